@@ -1,3 +1,158 @@
-fn main() {
-    println!("Hello, world!");
+//! The `confab` binary: `confab serve` runs the whole chat service.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig};
+use confab_server::{Config, Server};
+
+#[derive(Parser)]
+#[command(name = "confab", version, about = "A chat server: one binary, durable messages")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the chat server (every service in this process by default).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP + WebSocket address (port 0 picks a free port).
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the embedded store lives.
+    #[arg(long, env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
+    data_dir: PathBuf,
+    /// Message store: `sqlite` (in the data dir) or a postgres:// URL.
+    #[arg(long, env = "CONFAB_STORE", default_value = "sqlite", value_parser = StoreConfig::parse, hide_default_value = false)]
+    store: StoreConfig,
+    /// Message sync queue between nodes: `memory` or a nats:// URL.
+    #[arg(long, env = "CONFAB_QUEUE", default_value = "memory", value_parser = QueueConfig::parse)]
+    queue: QueueConfig,
+    /// Presence backend: `memory` or a redis:// URL.
+    #[arg(long, env = "CONFAB_PRESENCE", default_value = "memory", value_parser = PresenceConfig::parse)]
+    presence: PresenceConfig,
+    /// Sequencer node id, 0-1023, unique per running node.
+    #[arg(long, env = "CONFAB_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1023))]
+    node_id: u16,
+    /// Seconds a new socket has to send `hello`.
+    #[arg(long, env = "CONFAB_HELLO_TIMEOUT", default_value_t = 10.0)]
+    hello_timeout: f64,
+    /// Seconds of silence after which a socket counts as dead (WebSocket pings keep live ones busy).
+    #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = 45.0)]
+    idle_timeout: f64,
+    /// Sustained `send` frames per second allowed per socket.
+    #[arg(long, env = "CONFAB_SEND_RATE", default_value_t = 20.0)]
+    send_rate: f64,
+    /// Burst of `send` frames allowed above the rate.
+    #[arg(long, env = "CONFAB_SEND_BURST", default_value_t = 100)]
+    send_burst: u32,
+    /// Most open WebSockets; more are refused with 503.
+    #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value_t = 100_000)]
+    max_connections: usize,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<Config, String> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(format!("{name} must be a positive number of seconds"))
+            }
+        };
+        let defaults = Config::default();
+        let idle_timeout = secs("--idle-timeout", self.idle_timeout)?;
+        Ok(Config {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            store: self.store,
+            queue: self.queue,
+            presence: self.presence,
+            node_id: self.node_id,
+            hello_timeout: secs("--hello-timeout", self.hello_timeout)?,
+            // Ping often enough that a live but quiet client is never taken for dead.
+            ping_interval: defaults.ping_interval.min(idle_timeout / 3),
+            idle_timeout,
+            send_rate_per_sec: self.send_rate,
+            send_burst: self.send_burst,
+            max_connections: self.max_connections,
+            ..defaults
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("confab: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("confab: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("confab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("confab listening on http://{}", server.addr);
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    match server.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confab: error while shutting down: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -1,14 +1,23 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! confab's server: every box of the chat design as a module.
+//!
+//! - [`gateway`]: the chat service holding WebSockets (login step 1, messaging 1-2, 7-8)
+//! - [`presence`]: who is online (login steps 2-4)
+//! - [`sequencer`]: unique message ids (messaging step 3)
+//! - [`store`]: the message store (messaging step 4)
+//! - [`sync`]: the message sync queue (messaging step 5)
+//! - [`api`]: the HTTP API; [`auth`]: passwords and tokens; [`app`]: wiring and lifecycle.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod presence;
+pub mod sequencer;
+pub mod store;
+pub mod sync;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use app::{App, Server, StartError};
+pub use config::Config;

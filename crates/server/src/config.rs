@@ -1,0 +1,129 @@
+//! The server's typed configuration. Defaults here; the binary layers flags and env vars on top.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which message store to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Embedded SQLite in the data directory.
+    Sqlite,
+    /// A PostgreSQL URL (cluster mode).
+    Postgres(String),
+}
+
+impl StoreConfig {
+    /// Parses `--store`: `sqlite` or a `postgres://` URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("sqlite") || s.is_empty() {
+            Ok(StoreConfig::Sqlite)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreConfig::Postgres(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown store {s:?}: expected `sqlite` or a postgres:// URL"
+            ))
+        }
+    }
+}
+
+/// Which message sync queue to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueConfig {
+    Memory,
+    Nats(String),
+}
+
+impl QueueConfig {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("memory") || s.is_empty() {
+            Ok(QueueConfig::Memory)
+        } else if s.starts_with("nats://") {
+            Ok(QueueConfig::Nats(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown queue {s:?}: expected `memory` or a nats:// URL"
+            ))
+        }
+    }
+}
+
+/// Which presence backend to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PresenceConfig {
+    Memory,
+    Redis(String),
+}
+
+impl PresenceConfig {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("memory") || s.is_empty() {
+            Ok(PresenceConfig::Memory)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(PresenceConfig::Redis(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown presence {s:?}: expected `memory` or a redis:// URL"
+            ))
+        }
+    }
+}
+
+/// Everything the server needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub queue: QueueConfig,
+    pub presence: PresenceConfig,
+    /// Sequencer node id (0-1023). Unique per live node.
+    pub node_id: u16,
+    /// A socket that has not sent `hello` by then is closed with 1008.
+    pub hello_timeout: Duration,
+    /// How often the server sends a WebSocket ping to each socket.
+    pub ping_interval: Duration,
+    /// A socket silent for this long (no frame, no pong) is considered dead and closed.
+    pub idle_timeout: Duration,
+    /// Sustained `send` rate per device (messages per second)...
+    pub send_rate_per_sec: f64,
+    /// ...and the burst it may send above that rate.
+    pub send_burst: u32,
+    /// Frames of any kind per second per socket, and their burst, before `rate_limited`.
+    pub frame_rate_per_sec: f64,
+    pub frame_burst: u32,
+    /// Events queued for one socket before it counts as too slow and is disconnected.
+    pub outbound_queue: usize,
+    /// `send`s of one socket awaiting their durable ack at once; past this the socket is not read.
+    pub max_inflight_sends: usize,
+    /// Most open WebSockets; more are refused with 503 `unavailable`.
+    pub max_connections: usize,
+    /// Most writes the store commits in one transaction (one fsync).
+    pub max_commit_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./confab-data"),
+            store: StoreConfig::Sqlite,
+            queue: QueueConfig::Memory,
+            presence: PresenceConfig::Memory,
+            node_id: 0,
+            hello_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            // Under the 60 s within which friends must learn a vanished device is offline.
+            idle_timeout: Duration::from_secs(45),
+            send_rate_per_sec: 20.0,
+            send_burst: 100,
+            frame_rate_per_sec: 200.0,
+            frame_burst: 400,
+            outbound_queue: 4096,
+            max_inflight_sends: 256,
+            max_connections: 100_000,
+            max_commit_batch: 1024,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The one error type of the server's request paths, and how it reaches a client.
+//!
+//! 4xx-class errors are the client's business and are not logged as failures; `internal` and
+//! `unavailable` are logged with their cause while the client gets a generic message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use confab_protocol::{ErrorBody, ErrorCode, ErrorDetail, ServerFrame};
+
+use crate::store::StoreError;
+
+/// An error a request or frame ends with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client's fault; the message is shown to it.
+    #[error("{message}")]
+    Client { code: ErrorCode, message: String },
+    /// A backend is unreachable; the request may be retried.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected backend failure.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Error::Client {
+            code: ErrorCode::BadRequest,
+            message: message.into(),
+        }
+    }
+    pub fn unauthorized() -> Self {
+        Error::Client {
+            code: ErrorCode::Unauthorized,
+            message: "missing, invalid or revoked credentials".into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::Client {
+            code: ErrorCode::NotFound,
+            message: message.into(),
+        }
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Error::Client {
+            code: ErrorCode::TooLarge,
+            message: message.into(),
+        }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Error::Client {
+            code: ErrorCode::Forbidden,
+            message: message.into(),
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Error::Client {
+            code: ErrorCode::Conflict,
+            message: message.into(),
+        }
+    }
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Error::Client {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Client { code, .. } => *code,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What the client is told. Server-side causes stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Client { message, .. } => message.clone(),
+            Error::Unavailable(_) => "a backend is unavailable; retry later".into(),
+            Error::Internal(_) => "internal error".into(),
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Error::Client { .. } => {}
+            Error::Unavailable(cause) => tracing::warn!(%cause, "request failed: unavailable"),
+            Error::Internal(cause) => tracing::error!(%cause, "request failed: internal error"),
+        }
+    }
+
+    /// The WebSocket form, with `ref` echoing the frame's `client_id`.
+    pub fn to_frame(&self, reference: Option<String>) -> ServerFrame {
+        self.log();
+        ServerFrame::error(self.code(), self.public_message(), reference)
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(m) => Error::conflict(m),
+            StoreError::NotFound(m) => Error::not_found(m),
+            StoreError::Forbidden(m) => Error::forbidden(m),
+            StoreError::Unavailable(m) => Error::Unavailable(m),
+            StoreError::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.log();
+        let code = self.code();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.public_message(),
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,159 @@
+//! The registry of sockets this node holds, by user: where the sync queue's events land
+//! (design steps 7-8).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use confab_protocol::{Id, Message};
+use tokio::sync::{mpsc, watch};
+
+use crate::sync::SyncEvent;
+
+/// Why the hub asks a socket to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its outbound queue overflowed: the client reads slower than events arrive.
+    TooSlow,
+    /// Its device's token was revoked.
+    Revoked,
+}
+
+/// An event queued for one socket.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    /// A message at position `pos` of the socket's user's stream.
+    Message { message: Arc<Message>, pos: u64 },
+}
+
+struct Socket {
+    id: u64,
+    device: Id,
+    tx: mpsc::Sender<Outbound>,
+    close: watch::Sender<Option<CloseReason>>,
+}
+
+const SHARDS: usize = 64;
+
+/// Sockets by user, sharded so that fan-out for different users does not contend.
+pub struct Hub {
+    shards: Vec<Mutex<HashMap<Id, Vec<Socket>>>>,
+    next_socket: AtomicU64,
+    /// Node-unique prefix for socket ids, so they are unique cluster-wide.
+    node: u64,
+    queue_len: usize,
+    on_slow: Box<dyn Fn() + Send + Sync>,
+}
+
+/// A socket's place in the hub and its queues.
+pub struct Registration {
+    pub membership: Membership,
+    pub events: mpsc::Receiver<Outbound>,
+    pub close: watch::Receiver<Option<CloseReason>>,
+}
+
+/// A socket's membership in the hub; leaving is automatic on drop.
+pub struct Membership {
+    hub: Arc<Hub>,
+    user: Id,
+    pub socket: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut shard = self.hub.shard(self.user);
+        if let Some(list) = shard.get_mut(&self.user) {
+            list.retain(|s| s.id != self.socket);
+            if list.is_empty() {
+                shard.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// `queue_len` events may wait for one socket; `on_slow` counts sockets dropped for lag.
+    pub fn new(node: u16, queue_len: usize, on_slow: Box<dyn Fn() + Send + Sync>) -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            next_socket: AtomicU64::new(1),
+            node: u64::from(node),
+            queue_len,
+            on_slow,
+        }
+    }
+
+    fn shard(&self, user: Id) -> std::sync::MutexGuard<'_, HashMap<Id, Vec<Socket>>> {
+        self.shards[(user.0 as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a socket of `user`'s `device`. Events for the user queue from this moment on.
+    pub fn register(self: &Arc<Self>, user: Id, device: Id) -> Registration {
+        let socket = (self.node << 48) | self.next_socket.fetch_add(1, Ordering::Relaxed);
+        let (tx, events) = mpsc::channel(self.queue_len);
+        let (close_tx, close) = watch::channel(None);
+        self.shard(user).entry(user).or_default().push(Socket {
+            id: socket,
+            device,
+            tx,
+            close: close_tx,
+        });
+        Registration {
+            membership: Membership {
+                hub: self.clone(),
+                user,
+                socket,
+            },
+            events,
+            close,
+        }
+    }
+
+    /// Number of sockets this node holds for `user`.
+    pub fn sockets_of(&self, user: Id) -> usize {
+        self.shard(user).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Hands an event from the sync queue to the local sockets it concerns.
+    pub fn deliver(&self, event: SyncEvent) {
+        match event {
+            SyncEvent::Message { message, positions } => {
+                for (user, pos) in positions {
+                    self.each_socket(user, |s| {
+                        Some(Outbound::Message {
+                            message: message.clone(),
+                            pos,
+                        })
+                        .filter(|_| !s.tx.is_closed())
+                    });
+                }
+            }
+            SyncEvent::DeviceRevoked { user, device } => {
+                let shard = self.shard(user);
+                for s in shard.get(&user).into_iter().flatten() {
+                    if s.device == device {
+                        let _ = s.close.send(Some(CloseReason::Revoked));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `make(socket)` on each socket of `user`; a socket whose queue is full is told to
+    /// close (it will catch up by cursor on reconnect) instead of growing memory.
+    fn each_socket(&self, user: Id, make: impl Fn(&Socket) -> Option<Outbound>) {
+        let shard = self.shard(user);
+        for s in shard.get(&user).into_iter().flatten() {
+            let Some(out) = make(s) else { continue };
+            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out) {
+                if s.close.borrow().is_none() {
+                    (self.on_slow)();
+                }
+                let _ = s.close.send(Some(CloseReason::TooSlow));
+            }
+        }
+    }
+}

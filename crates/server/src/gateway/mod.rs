@@ -1,0 +1,545 @@
+//! The chat service (design login step 1, messaging steps 1-2 and 7-8): holds each client's
+//! WebSocket, turns `send` frames into stored messages and delivers events to sockets.
+//!
+//! A socket's life: `hello` (authenticate) → register in the [`hub::Hub`] (live events start
+//! queueing) → `welcome` → catch-up from the store after the cursor → `synced` → live.
+//! Registering *before* reading the store is what makes the hand-over exact: an event committed
+//! after the read is already queued, one committed before is in the read, and queued events at
+//! or below the last position sent are dropped. A live event that jumps ahead of the last
+//! position sent (the queue reordered or lost one) is preceded by a read of the gap from the
+//! store, so nothing is skipped or repeated.
+
+pub mod hub;
+mod limits;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use confab_protocol::{
+    ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, MAX_FRAME_BYTES, Message,
+    ServerFrame,
+};
+use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::app::{App, now_ms};
+use crate::auth::token_hash;
+use crate::error::Error;
+use crate::store::{DeviceSession, NewMessage};
+use crate::sync::SyncEvent;
+use hub::{CloseReason, Outbound};
+use limits::TokenBucket;
+
+/// WebSocket close codes used by the server.
+pub mod close {
+    /// Normal closure (idle timeout).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol violation: no `hello`, bad token, revoked token.
+    pub const POLICY: u16 = 1008;
+    /// A message over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The server could not continue this socket (a store read failed).
+    pub const INTERNAL: u16 = 1011;
+    /// The client reads too slowly; reconnect and catch up.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Stream entries read per store query during catch-up.
+const CATCH_UP_PAGE: usize = 1000;
+
+type Sink = SplitSink<WebSocket, WsMessage>;
+type Source = SplitStream<WebSocket>;
+type PendingSend = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Releases the connection slot taken at upgrade.
+struct Slot(Arc<App>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0
+            .open_sockets
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `GET /v1/ws`.
+pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    use std::sync::atomic::Ordering;
+    let open = app.open_sockets.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(app.clone());
+    if open >= app.config.max_connections {
+        tracing::warn!(open, "connection refused: at the configured connection limit");
+        return Error::Client {
+            code: ErrorCode::Unavailable,
+            message: format!(
+                "server is at its limit of {} connections",
+                app.config.max_connections
+            ),
+        }
+        .into_response();
+    }
+    let header_token = crate::api::bearer_token(&headers).map(str::to_owned);
+    let tracked = app.sockets.token();
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            let _tracked = tracked;
+            let _slot = slot;
+            let (sink, source) = socket.split();
+            let mut io = Io { sink, source };
+            if let Some(end) = run(&app, &mut io, header_token).await {
+                io.finish(end.0, end.1).await;
+            }
+        })
+}
+
+/// The two halves of a socket.
+struct Io {
+    sink: Sink,
+    source: Source,
+}
+
+impl Io {
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
+        self.sink
+            .send(WsMessage::Text(Utf8Bytes::from(frame.to_json())))
+            .await
+    }
+
+    async fn feed(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
+        self.sink
+            .feed(WsMessage::Text(Utf8Bytes::from(frame.to_json())))
+            .await
+    }
+
+    /// The closing handshake: send a close frame, then read until the client answers (or a
+    /// short timeout), so the close frame is not lost to a TCP reset.
+    async fn finish(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        if self.sink.send(WsMessage::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(m)) = self.source.next().await {
+                if matches!(m, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// How a socket ends when the server ends it: close code and reason.
+type End = Option<(u16, &'static str)>;
+
+/// Reads `hello` and authenticates. `Err` ends the socket with the given close.
+async fn hello(app: &App, io: &mut Io, header_token: Option<String>) -> Result<(DeviceSession, Option<String>), End> {
+    let deadline = Instant::now() + app.config.hello_timeout;
+    let text = loop {
+        match tokio::time::timeout_at(deadline, io.source.next()).await {
+            Err(_) => return Err(Some((close::POLICY, "no hello within the timeout"))),
+            Ok(None) | Ok(Some(Err(_))) => return Err(None),
+            Ok(Some(Ok(WsMessage::Text(t)))) => break t,
+            Ok(Some(Ok(WsMessage::Close(_)))) => return Err(None),
+            Ok(Some(Ok(WsMessage::Binary(_)))) => {
+                let _ = io
+                    .send(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None))
+                    .await;
+                return Err(Some((close::POLICY, "expected hello")));
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let refuse = async |io: &mut Io, code: ErrorCode, message: &str, reason: &'static str| {
+        let _ = io.send(&ServerFrame::error(code, message, None)).await;
+        Err(Some((close::POLICY, reason)))
+    };
+    let (token, cursor) = match ClientFrame::parse(&text) {
+        Ok(ClientFrame::Hello { token, cursor }) => (token.or(header_token), cursor),
+        Ok(_) => return refuse(io, ErrorCode::BadRequest, "the first frame must be hello", "expected hello").await,
+        Err(e) => return refuse(io, ErrorCode::BadRequest, &e.message, "expected hello").await,
+    };
+    let Some(token) = token else {
+        return refuse(io, ErrorCode::Unauthorized, "hello needs a token", "unauthorized").await;
+    };
+    match app.store.device_by_token(token_hash(&token)).await {
+        Ok(Some(session)) => Ok((session, cursor)),
+        Ok(None) => refuse(io, ErrorCode::Unauthorized, "invalid or revoked token", "unauthorized").await,
+        Err(e) => {
+            let _ = io.send(&Error::from(e).to_frame(None)).await;
+            Err(Some((close::INTERNAL, "store unavailable")))
+        }
+    }
+}
+
+/// One socket, from `hello` to its end. Returns the close to send, if the server ends it.
+async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
+    let (session, cursor) = match hello(app, io, header_token).await {
+        Ok(s) => s,
+        Err(end) => return end,
+    };
+    let user = session.user_id;
+    let start_pos = match cursor {
+        None => session.cursor,
+        Some(c) => match parse_cursor(&c) {
+            Some(p) => p,
+            None => {
+                let _ = io.send(&ServerFrame::error(ErrorCode::BadRequest, "malformed cursor", None)).await;
+                return Some((close::POLICY, "malformed cursor"));
+            }
+        },
+    };
+    match app.store.stream_head(user).await {
+        Ok(head) if start_pos > head => {
+            let _ = io
+                .send(&ServerFrame::error(ErrorCode::BadRequest, "cursor is ahead of this account's stream", None))
+                .await;
+            return Some((close::POLICY, "bad cursor"));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let _ = io.send(&Error::from(e).to_frame(None)).await;
+            return Some((close::INTERNAL, "store unavailable"));
+        }
+    }
+
+    let registration = app.hub.register(user, session.device_id);
+    let socket = registration.membership.socket;
+    let span = tracing::info_span!("socket", user = %user, device = %session.device_id, socket);
+    if let Err(e) = app.presence.connected(user, socket, now_ms()).await {
+        tracing::warn!(error = %e, "presence update failed");
+    }
+    app.metrics.connections.inc();
+    let mut conn = Conn {
+        app: app.clone(),
+        session,
+        last: start_pos,
+        acks: watch::channel(start_pos).0,
+    };
+    let end = conn
+        .serve(io, registration.events, registration.close)
+        .instrument(span)
+        .await;
+    app.metrics.connections.dec();
+    if let Err(e) = app.presence.disconnected(user, socket, now_ms()).await {
+        tracing::warn!(error = %e, "presence update failed");
+    }
+    drop(registration.membership);
+    end
+}
+
+fn parse_cursor(c: &str) -> Option<u64> {
+    if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    c.parse().ok()
+}
+
+/// A socket past `hello`.
+struct Conn {
+    app: Arc<App>,
+    session: DeviceSession,
+    /// Highest stream position sent to this socket.
+    last: u64,
+    /// Latest acknowledged position, written to the store by the ack task.
+    acks: watch::Sender<u64>,
+}
+
+/// Why a socket stops.
+enum Stop {
+    /// The client went away or the transport failed: nothing more can be sent.
+    Gone,
+    /// The server ends it with this close.
+    Close(u16, &'static str),
+}
+
+impl Conn {
+    async fn serve(
+        &mut self,
+        io: &mut Io,
+        mut events: tokio::sync::mpsc::Receiver<Outbound>,
+        mut close_rx: watch::Receiver<Option<CloseReason>>,
+    ) -> End {
+        let ack_task = tokio::spawn(ack_writer(self.app.clone(), self.session.device_id, self.acks.subscribe()));
+        let result = self.serve_inner(io, &mut events, &mut close_rx).await;
+        // Dropping the sender lets the ack task write the last ack and stop.
+        self.acks = watch::channel(0).0;
+        let _ = ack_task.await;
+        match result {
+            Ok(()) | Err(Stop::Gone) => None,
+            Err(Stop::Close(code, reason)) => Some((code, reason)),
+        }
+    }
+
+    async fn serve_inner(
+        &mut self,
+        io: &mut Io,
+        events: &mut tokio::sync::mpsc::Receiver<Outbound>,
+        close_rx: &mut watch::Receiver<Option<CloseReason>>,
+    ) -> Result<(), Stop> {
+        let app = self.app.clone();
+        let welcome = ServerFrame::Welcome {
+            user_id: self.session.user_id,
+            device_id: self.session.device_id,
+        };
+        io.send(&welcome).await.map_err(|_| Stop::Gone)?;
+        self.catch_up(io, None).await?;
+        io.send(&ServerFrame::Synced {
+            cursor: self.last.to_string(),
+        })
+        .await
+        .map_err(|_| Stop::Gone)?;
+
+        let cfg = &app.config;
+        let mut sends = TokenBucket::new(cfg.send_rate_per_sec, cfg.send_burst);
+        let mut frames = TokenBucket::new(cfg.frame_rate_per_sec, cfg.frame_burst);
+        let mut inflight: FuturesUnordered<PendingSend> = FuturesUnordered::new();
+        let mut heard = Instant::now();
+        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => {
+                    return Err(Stop::Close(close::GOING_AWAY, "server shutting down"));
+                }
+                _ = close_rx.changed() => {
+                    let reason = *close_rx.borrow();
+                    return Err(match reason {
+                        Some(CloseReason::Revoked) => Stop::Close(close::POLICY, "token revoked"),
+                        _ => Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up"),
+                    });
+                }
+                Some(frame) = inflight.next(), if !inflight.is_empty() => {
+                    io.send(&frame).await.map_err(|_| Stop::Gone)?;
+                }
+                event = events.recv() => match event {
+                    Some(Outbound::Message { message, pos }) => self.deliver(io, &message, pos).await?,
+                    None => return Err(Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up")),
+                },
+                incoming = io.source.next(), if inflight.len() < cfg.max_inflight_sends => {
+                    heard = Instant::now();
+                    let text = match incoming {
+                        None => return Err(Stop::Gone),
+                        Some(Err(e)) => return Err(transport_error(e)),
+                        Some(Ok(WsMessage::Text(t))) => t,
+                        Some(Ok(WsMessage::Close(_))) => return Err(Stop::Gone),
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            io.send(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None))
+                                .await.map_err(|_| Stop::Gone)?;
+                            continue;
+                        }
+                        Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
+                    };
+                    if !frames.take() {
+                        io.send(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", None))
+                            .await.map_err(|_| Stop::Gone)?;
+                        continue;
+                    }
+                    if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
+                        io.send(&reply).await.map_err(|_| Stop::Gone)?;
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() >= cfg.idle_timeout {
+                        return Err(Stop::Close(close::NORMAL, "idle timeout"));
+                    }
+                    io.sink.send(WsMessage::Ping(Default::default())).await.map_err(|_| Stop::Gone)?;
+                }
+            }
+        }
+    }
+
+    /// Handles one client text frame; returns an immediate reply, if any.
+    fn handle(
+        &mut self,
+        text: &str,
+        sends: &mut TokenBucket,
+        inflight: &mut FuturesUnordered<PendingSend>,
+    ) -> Option<ServerFrame> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(f) => f,
+            Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.message, e.reference)),
+        };
+        match frame {
+            ClientFrame::Ping => Some(ServerFrame::Pong),
+            ClientFrame::Hello { .. } => Some(ServerFrame::error(
+                ErrorCode::BadRequest,
+                "hello was already received on this socket",
+                None,
+            )),
+            ClientFrame::Send { to, client_id, body } => {
+                let reference = Some(client_id.clone());
+                if let Err(e) = self.check_send(to, &client_id, &body) {
+                    return Some(e.to_frame(reference));
+                }
+                if !sends.take() {
+                    return Some(Error::rate_limited("send rate exceeded; retry later with the same client_id").to_frame(reference));
+                }
+                inflight.push(Box::pin(send_message(self.app.clone(), self.session.user_id, to, client_id, body)));
+                None
+            }
+            ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
+                Some(pos) => {
+                    self.acks.send_if_modified(|v| {
+                        let advanced = pos > *v;
+                        *v = (*v).max(pos);
+                        advanced
+                    });
+                    None
+                }
+                None => Some(ServerFrame::error(ErrorCode::BadRequest, "malformed cursor", None)),
+            },
+            ClientFrame::Read { .. } | ClientFrame::Typing { .. } => Some(ServerFrame::error(
+                ErrorCode::BadRequest,
+                "read receipts and typing are not supported by this server yet",
+                None,
+            )),
+        }
+    }
+
+    fn check_send(&self, to: Id, client_id: &str, body: &str) -> Result<(), Error> {
+        let n = client_id.chars().count();
+        if n == 0 || n > MAX_CLIENT_ID_CHARS {
+            return Err(Error::bad_request("client_id must be 1-64 characters"));
+        }
+        if body.is_empty() {
+            return Err(Error::bad_request("body must not be empty"));
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Error::too_large(format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len())));
+        }
+        if to == self.session.user_id {
+            return Err(Error::bad_request("cannot send a message to yourself"));
+        }
+        Ok(())
+    }
+
+    /// Sends a live event, first filling any gap before it from the store.
+    async fn deliver(&mut self, io: &mut Io, message: &Message, pos: u64) -> Result<(), Stop> {
+        if pos <= self.last {
+            return Ok(()); // already sent during catch-up or a gap fill
+        }
+        if pos > self.last + 1 {
+            self.catch_up(io, Some(pos - 1)).await?;
+            if self.last != pos - 1 {
+                tracing::warn!(last = self.last, pos, "stream gap could not be filled; closing so the client resyncs");
+                return Err(Stop::Close(close::INTERNAL, "stream gap; reconnect"));
+            }
+        }
+        let frame = ServerFrame::Message {
+            message: message.clone(),
+            cursor: pos.to_string(),
+        };
+        io.send(&frame).await.map_err(|_| Stop::Gone)?;
+        self.last = pos;
+        Ok(())
+    }
+
+    /// Sends stream entries after `self.last`, up to `upto` (or the head).
+    async fn catch_up(&mut self, io: &mut Io, upto: Option<u64>) -> Result<(), Stop> {
+        loop {
+            let want = upto.map_or(CATCH_UP_PAGE, |u| (u.saturating_sub(self.last) as usize).min(CATCH_UP_PAGE));
+            if want == 0 {
+                break;
+            }
+            let entries = match self.app.store.stream_after(self.session.user_id, self.last, want).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "catch-up read failed");
+                    return Err(Stop::Close(close::INTERNAL, "store unavailable; reconnect"));
+                }
+            };
+            let n = entries.len();
+            for entry in entries {
+                let frame = ServerFrame::Message {
+                    message: entry.message,
+                    cursor: entry.pos.to_string(),
+                };
+                io.feed(&frame).await.map_err(|_| Stop::Gone)?;
+                self.last = entry.pos;
+            }
+            io.sink.flush().await.map_err(|_| Stop::Gone)?;
+            if n < want {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn transport_error(e: axum::Error) -> Stop {
+    // axum wraps tungstenite's error; a capacity error means the frame was over the limit.
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+        Stop::Close(close::TOO_BIG, "message too big")
+    } else {
+        tracing::debug!(error = %e, "socket read failed");
+        Stop::Gone
+    }
+}
+
+/// Messaging steps 3-5: id from the sequencer, durable append, hand-off to the sync queue.
+async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: String) -> ServerFrame {
+    let started = std::time::Instant::now();
+    let reference = Some(client_id.clone());
+    let new = NewMessage {
+        id: Id(app.sequencer.next_id()),
+        from,
+        to,
+        client_id: client_id.clone(),
+        body,
+        ts: now_ms(),
+    };
+    let appended = match app.store.append(new).await {
+        Ok(a) => a,
+        Err(e) => return Error::from(e).to_frame(reference),
+    };
+    let m = &appended.message;
+    let sent = ServerFrame::Sent {
+        client_id,
+        id: m.id,
+        conversation: m.conversation.clone(),
+        seq: m.seq,
+        ts: m.ts,
+    };
+    if !appended.duplicate {
+        app.metrics.messages_stored.inc();
+        let event = SyncEvent::Message {
+            message: appended.message.clone(),
+            positions: [(m.from, appended.sender_pos), (m.to, appended.recipient_pos)],
+        };
+        if let Err(e) = app.sync.publish(event).await {
+            // Stored is stored: devices get it at their next catch-up.
+            tracing::warn!(error = %e, "sync publish failed; recipients will catch up");
+        }
+    }
+    app.metrics.send_latency.observe(started.elapsed().as_secs_f64());
+    sent
+}
+
+/// Writes a socket's acknowledged cursor, coalescing acks that arrive during a write.
+async fn ack_writer(app: Arc<App>, device: Id, mut acks: watch::Receiver<u64>) {
+    acks.borrow_and_update();
+    while acks.changed().await.is_ok() {
+        let pos = *acks.borrow_and_update();
+        if let Err(e) = app.store.set_cursor(device, pos).await {
+            tracing::warn!(error = %e, "storing a cursor failed");
+        }
+    }
+}

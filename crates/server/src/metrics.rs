@@ -1,0 +1,81 @@
+//! Prometheus metrics. Each server instance has its own registry, so several servers in one
+//! process (as in the tests) do not mix their numbers.
+
+use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+
+/// The server's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub messages_stored: IntCounter,
+    pub send_latency: Histogram,
+    pub commit_batch_size: Histogram,
+    pub slow_consumers: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("confab".into()), None)
+            .expect("a valid static prefix");
+        let connections = IntGauge::new("connections", "Open WebSockets past welcome")
+            .expect("valid metric");
+        let messages_stored = IntCounter::new("messages_stored_total", "Messages durably stored")
+            .expect("valid metric");
+        let send_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "send_latency_seconds",
+                "From a `send` frame read to its `sent` ack (includes the fsync)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        let commit_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "store_commit_batch_size",
+                "Writes committed per transaction (per fsync)",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ]),
+        )
+        .expect("valid metric");
+        let slow_consumers = IntCounter::new(
+            "slow_consumers_disconnected_total",
+            "Sockets closed because they could not keep up",
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(messages_stored.clone()),
+            Box::new(send_latency.clone()),
+            Box::new(commit_batch_size.clone()),
+            Box::new(slow_consumers.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            connections,
+            messages_stored,
+            send_latency,
+            commit_batch_size,
+            slow_consumers,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

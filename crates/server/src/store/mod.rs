@@ -1,0 +1,186 @@
+//! The message store (design step 4): the source of truth for accounts, devices, messages and
+//! every user's event stream.
+//!
+//! Each user has one **stream**: a gapless sequence of positions `1, 2, 3, …`, one per event
+//! (today: each message the user sent or received). A device's cursor is a position in its
+//! user's stream; catch-up is "every entry after the cursor". Positions are assigned in commit
+//! order per user (the row that holds the user's head is written in the same transaction), so a
+//! reader that has seen position `p` has seen every position below it: nothing commits "late"
+//! behind a cursor.
+//!
+//! Backends: [`sqlite::SqliteStore`] (embedded, default).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use confab_protocol::{ConversationSummary, Id, Message, MessagePage, User};
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken (e.g. the username is taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// A referenced row does not exist (e.g. an unknown recipient).
+    #[error("{0}")]
+    NotFound(String),
+    /// The operation is not allowed (e.g. the recipient blocked the sender).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The backend cannot be reached or is shutting down; nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a corrupt database.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An account with its password hash, for login.
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub id: Id,
+    pub username: String,
+    pub password_hash: String,
+}
+
+/// A device (one login session) to create.
+#[derive(Clone, Debug)]
+pub struct NewDevice {
+    pub id: Id,
+    pub user_id: Id,
+    pub name: Option<String>,
+    /// SHA-256 of the bearer token; the token itself is never stored.
+    pub token_hash: [u8; 32],
+    pub now: i64,
+}
+
+/// A live (unrevoked) device, found by its token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSession {
+    pub user_id: Id,
+    pub device_id: Id,
+    /// The last stream position this device acknowledged.
+    pub cursor: u64,
+}
+
+/// A message to append, its id already made by the sequencer.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub id: Id,
+    pub from: Id,
+    pub to: Id,
+    pub client_id: String,
+    pub body: String,
+    pub ts: i64,
+}
+
+/// The outcome of [`MessageStore::append`].
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// The stored message; on a duplicate, the one stored the first time.
+    pub message: Arc<Message>,
+    /// Stream position of the message in the sender's and the recipient's streams.
+    /// Zero on a duplicate: no new event exists.
+    pub sender_pos: u64,
+    pub recipient_pos: u64,
+    /// True when `(from, client_id)` had been stored before: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// One entry of a user's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub pos: u64,
+    pub message: Message,
+}
+
+/// The conversation id of two users: the same whoever sends.
+pub fn conversation_id(a: Id, b: Id) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}-{hi}")
+}
+
+/// The two participants of a conversation id, if it is well formed.
+pub fn conversation_members(conversation: &str) -> Option<(Id, Id)> {
+    let (lo, hi) = conversation.split_once('-')?;
+    let (lo, hi): (Id, Id) = (lo.parse().ok()?, hi.parse().ok()?);
+    (lo < hi && conversation_id(lo, hi) == conversation).then_some((lo, hi))
+}
+
+/// What every message store provides. Operations are at the level of chat, not of rows.
+///
+/// Guarantees every backend must keep (the contract tests check them):
+/// - A write that returned `Ok` is durable: it survives `kill -9` of the process right after.
+/// - `append` is atomic and idempotent by `(from, client_id)`, also across restarts: a repeat
+///   returns the first message and writes nothing. `seq` per conversation starts at 1 and grows
+///   by exactly 1; stream positions per user likewise; both under any number of concurrent
+///   appends.
+/// - `stream_after(user, p, n)` returns entries in position order with no gaps, and a position
+///   is visible only once every lower position of that user is.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Creates an account. `Conflict` if the username is taken, ignoring ASCII case.
+    async fn create_user(
+        &self,
+        id: Id,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> StoreResult<User>;
+    /// Finds an account by username, ignoring ASCII case.
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>>;
+
+    async fn create_device(&self, device: NewDevice) -> StoreResult<()>;
+    /// The unrevoked device holding this token hash.
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>>;
+    /// Revokes a device's token. Idempotent.
+    async fn revoke_device(&self, device_id: Id, now: i64) -> StoreResult<()>;
+    /// Moves a device's cursor forward to `pos` (never back, never past the stream's head).
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<()>;
+
+    /// Stores a message in its conversation and in both participants' streams.
+    /// `NotFound` if the recipient does not exist.
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
+    /// The head (highest position) of a user's stream; 0 when empty.
+    async fn stream_head(&self, user: Id) -> StoreResult<u64>;
+    /// Up to `limit` stream entries after position `after`, in order.
+    async fn stream_after(&self, user: Id, after: u64, limit: usize)
+    -> StoreResult<Vec<StreamEntry>>;
+
+    /// The user's conversations, newest activity first.
+    async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>>;
+    /// A page of a conversation's messages, ascending; `None` if `user` is not a participant
+    /// or the conversation does not exist (indistinguishable on purpose).
+    async fn messages(
+        &self,
+        user: Id,
+        conversation: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<MessagePage>>;
+
+    /// Succeeds when the backend is reachable and writable.
+    async fn check(&self) -> StoreResult<()>;
+    /// Finishes every accepted write and releases the backend. Later calls fail `Unavailable`.
+    async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversation_ids_are_symmetric_and_parse_back() {
+        let c = conversation_id(Id(9), Id(3));
+        assert_eq!(c, conversation_id(Id(3), Id(9)));
+        assert_eq!(conversation_members(&c), Some((Id(3), Id(9))));
+        for bad in ["", "3", "9-3", "3-3", "03-9", "a-b", "3-9-1", "-3-9"] {
+            assert_eq!(conversation_members(bad), None, "{bad}");
+        }
+    }
+}

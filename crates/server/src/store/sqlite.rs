@@ -1,0 +1,714 @@
+//! The embedded message store: SQLite in WAL mode with `synchronous=FULL` and group commit.
+//!
+//! One writer thread owns the only writable connection. Every write is a job sent to it; the
+//! thread takes all jobs waiting (up to a batch limit), runs each inside its own savepoint in
+//! one transaction, commits once (one fsync for the whole batch), and only then answers each
+//! job. So a caller's `Ok` always means "fsync'd", while throughput is not capped at one
+//! message per fsync. Reads run on a small pool of read-only connections, which WAL lets
+//! proceed while the writer commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use confab_protocol::{ConversationSummary, Id, Message, MessagePage, User};
+use prometheus::Histogram;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Appended, DeviceSession, MessageStore, NewDevice, NewMessage, StoreError, StoreResult,
+    StreamEntry, UserRecord, conversation_id, conversation_members,
+};
+
+/// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory).
+const WRITE_QUEUE: usize = 16 * 1024;
+/// Read connections kept open for reuse.
+const READ_POOL: usize = 8;
+
+/// Runs on the writer thread inside a savepoint; returns what to do once the commit is known.
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// Called with the commit's outcome (`None` = committed and fsync'd).
+type Completion = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+/// Schema versions, applied in order and recorded in `PRAGMA user_version`. Append new
+/// migrations; never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, devices, conversations, messages, per-user streams.
+    r#"
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        username      TEXT    NOT NULL,
+        username_key  TEXT    NOT NULL UNIQUE,
+        password_hash TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL,
+        stream_head   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE devices (
+        id          INTEGER PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        name        TEXT,
+        token_hash  BLOB    NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER,
+        cursor      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX devices_user ON devices(user_id);
+    CREATE TABLE conversations (
+        id            TEXT    PRIMARY KEY,
+        user_lo       INTEGER NOT NULL,
+        user_hi       INTEGER NOT NULL,
+        last_seq      INTEGER NOT NULL,
+        last_ts       INTEGER NOT NULL,
+        read_lo       INTEGER NOT NULL DEFAULT 0,
+        read_hi       INTEGER NOT NULL DEFAULT 0,
+        delivered_lo  INTEGER NOT NULL DEFAULT 0,
+        delivered_hi  INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_lo ON conversations(user_lo, last_ts);
+    CREATE INDEX conversations_hi ON conversations(user_hi, last_ts);
+    CREATE TABLE messages (
+        id            INTEGER PRIMARY KEY,
+        conversation  TEXT    NOT NULL,
+        seq           INTEGER NOT NULL,
+        sender        INTEGER NOT NULL,
+        recipient     INTEGER NOT NULL,
+        client_id     TEXT    NOT NULL,
+        body          TEXT    NOT NULL,
+        ts            INTEGER NOT NULL,
+        UNIQUE (conversation, seq),
+        UNIQUE (sender, client_id)
+    );
+    CREATE TABLE stream (
+        user_id    INTEGER NOT NULL,
+        pos        INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, pos)
+    ) WITHOUT ROWID;
+    "#,
+];
+
+/// The embedded SQLite message store.
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: RwLock<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn internal(e: rusqlite::Error) -> StoreError {
+    StoreError::Internal(e.to_string())
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn to_i64(v: u64) -> i64 {
+    v as i64
+}
+
+fn id_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Id> {
+    Ok(Id(row.get::<_, i64>(i)? as u64))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `confab.db` in `dir`, applies migrations and starts the writer.
+    pub fn open(dir: &Path, max_batch: usize, batch_sizes: Histogram) -> StoreResult<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("confab.db");
+        let mut conn = Connection::open(&path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+        })?;
+        // WAL lets readers run during commits; FULL makes every commit fsync the WAL, which
+        // is what a `sent` ack promises.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(internal)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(internal)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(internal)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(internal)?;
+        migrate(&mut conn)?;
+
+        let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
+        let max_batch = max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("confab-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, max_batch, batch_sizes))
+            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            path,
+            jobs: RwLock::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// Runs `f` in its own savepoint in the writer's next transaction; resolves after the
+    /// commit is fsync'd.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let sender = self
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("store is closed".into()))?;
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    None => result,
+                    Some(e) => Err(e),
+                });
+            })
+        });
+        sender
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store writer stopped".into()))?
+    }
+
+    /// Runs `f` on a pooled read-only connection off the async threads.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        if self.jobs.read().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Err(StoreError::Unavailable("store is closed".into()));
+        }
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_reader(&path)?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READ_POOL {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_reader(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Unavailable(format!("cannot open reader: {e}")))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(internal)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(internal)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Internal(format!(
+            "database schema version {version} is newer than this confab ({}); upgrade confab",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(internal)?;
+        tx.execute_batch(sql).map_err(internal)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    conn.execute_batch("SAVEPOINT job").map_err(internal)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end).map_err(internal)?;
+    result
+}
+
+fn writer_loop(
+    conn: Connection,
+    mut jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+    batch_sizes: Histogram,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut completions = Vec::with_capacity(max_batch);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        batch_sizes.observe(batch.len() as f64);
+        let error = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(e) => Some(StoreError::Unavailable(format!("cannot begin: {e}"))),
+            Ok(()) => {
+                completions.extend(batch.drain(..).map(|job| job(&conn)));
+                match conn.execute_batch("COMMIT") {
+                    Ok(()) => None,
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        Some(StoreError::Unavailable(format!("commit failed: {e}")))
+                    }
+                }
+            }
+        };
+        if let Some(e) = &error {
+            tracing::error!(error = %e, "store commit failed; batch rejected");
+            // Jobs that never ran are answered too, so no caller waits forever.
+            for _ in batch.drain(..) {}
+        }
+        for done in completions.drain(..) {
+            done(error.clone());
+        }
+    }
+    // Every sender is gone: all accepted writes are committed. Fold the WAL into the main
+    // file so the next start does not replay it.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final WAL checkpoint failed");
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the store failed");
+    }
+}
+
+fn message_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: id_col(row, at)?,
+        conversation: row.get(at + 1)?,
+        seq: row.get::<_, i64>(at + 2)? as u64,
+        from: id_col(row, at + 3)?,
+        to: id_col(row, at + 4)?,
+        body: row.get(at + 5)?,
+        ts: row.get(at + 6)?,
+    })
+}
+
+const MESSAGE_COLUMNS: &str = "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts";
+
+fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
+    let existing = conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_id = ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_row(params![to_i64(m.from.0), m.client_id], |r| {
+                message_from_row(r, 0)
+            })
+            .optional()
+        })
+        .map_err(internal)?;
+    if let Some(message) = existing {
+        return Ok(Appended {
+            message: Arc::new(message),
+            sender_pos: 0,
+            recipient_pos: 0,
+            duplicate: true,
+        });
+    }
+    let bump_head = |user: Id| -> StoreResult<Option<u64>> {
+        conn.prepare_cached(
+            "UPDATE users SET stream_head = stream_head + 1 WHERE id = ?1 RETURNING stream_head",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![to_i64(user.0)], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|v| v.map(|v| v as u64))
+        .map_err(internal)
+    };
+    let recipient_pos =
+        bump_head(m.to)?.ok_or_else(|| StoreError::NotFound(format!("no user {}", m.to)))?;
+    let sender_pos =
+        bump_head(m.from)?.ok_or_else(|| StoreError::NotFound(format!("no user {}", m.from)))?;
+
+    let conversation = conversation_id(m.from, m.to);
+    let (lo, hi) = if m.from <= m.to {
+        (m.from, m.to)
+    } else {
+        (m.to, m.from)
+    };
+    let seq: i64 = conn
+        .prepare_cached(
+            "INSERT INTO conversations (id, user_lo, user_hi, last_seq, last_ts)
+             VALUES (?1, ?2, ?3, 1, ?4)
+             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1, last_ts = excluded.last_ts
+             RETURNING last_seq",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![conversation, to_i64(lo.0), to_i64(hi.0), m.ts],
+                |r| r.get(0),
+            )
+        })
+        .map_err(internal)?;
+    conn.prepare_cached(
+        "INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            to_i64(m.id.0),
+            conversation,
+            seq,
+            to_i64(m.from.0),
+            to_i64(m.to.0),
+            m.client_id,
+            m.body,
+            m.ts
+        ])
+    })
+    .map_err(internal)?;
+    let mut stream_insert = conn
+        .prepare_cached("INSERT INTO stream (user_id, pos, message_id) VALUES (?1, ?2, ?3)")
+        .map_err(internal)?;
+    for (user, pos) in [(m.to, recipient_pos), (m.from, sender_pos)] {
+        stream_insert
+            .execute(params![to_i64(user.0), to_i64(pos), to_i64(m.id.0)])
+            .map_err(internal)?;
+    }
+    Ok(Appended {
+        message: Arc::new(Message {
+            id: m.id,
+            conversation,
+            seq: seq as u64,
+            from: m.from,
+            to: m.to,
+            body: m.body,
+            ts: m.ts,
+        }),
+        sender_pos,
+        recipient_pos,
+        duplicate: false,
+    })
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn create_user(
+        &self,
+        id: Id,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> StoreResult<User> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO users (id, username, username_key, password_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    to_i64(id.0),
+                    username,
+                    username.to_ascii_lowercase(),
+                    hash,
+                    now
+                ])
+            })
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("username {username:?} is taken"))
+                } else {
+                    internal(e)
+                }
+            })?;
+            Ok(User {
+                user_id: id,
+                username,
+            })
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let key = username.to_ascii_lowercase();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, username, password_hash FROM users WHERE username_key = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key], |r| {
+                    Ok(UserRecord {
+                        id: id_col(r, 0)?,
+                        username: r.get(1)?,
+                        password_hash: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT id, username FROM users WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![to_i64(id.0)], |r| {
+                        Ok(User {
+                            user_id: id_col(r, 0)?,
+                            username: r.get(1)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(internal)
+        })
+        .await
+    }
+
+    async fn create_device(&self, d: NewDevice) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO devices (id, user_id, name, token_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    to_i64(d.id.0),
+                    to_i64(d.user_id.0),
+                    d.name,
+                    &d.token_hash[..],
+                    d.now
+                ])
+            })
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT user_id, id, cursor FROM devices
+                 WHERE token_hash = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![&token_hash[..]], |r| {
+                    Ok(DeviceSession {
+                        user_id: id_col(r, 0)?,
+                        device_id: id_col(r, 1)?,
+                        cursor: r.get::<_, i64>(2)? as u64,
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, device_id: Id, now: i64) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![to_i64(device_id.0), now]))
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE devices SET cursor = min(?2, (SELECT stream_head FROM users u
+                                                     WHERE u.id = devices.user_id))
+                 WHERE id = ?1 AND cursor < ?2",
+            )
+            .and_then(|mut s| s.execute(params![to_i64(device_id.0), to_i64(pos)]))
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
+        self.write(move |conn| append_in(conn, message)).await
+    }
+
+    async fn stream_head(&self, user: Id) -> StoreResult<u64> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT stream_head FROM users WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![to_i64(user.0)], |r| r.get::<_, i64>(0))
+                        .optional()
+                })
+                .map(|v| v.unwrap_or(0) as u64)
+                .map_err(internal)
+        })
+        .await
+    }
+
+    async fn stream_after(
+        &self,
+        user: Id,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StreamEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT s.pos, {MESSAGE_COLUMNS} FROM stream s
+                     JOIN messages m ON m.id = s.message_id
+                     WHERE s.user_id = ?1 AND s.pos > ?2 ORDER BY s.pos LIMIT ?3"
+                ))
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(
+                    params![to_i64(user.0), to_i64(after), limit as i64],
+                    |r| {
+                        Ok(StreamEntry {
+                            pos: r.get::<_, i64>(0)? as u64,
+                            message: message_from_row(r, 1)?,
+                        })
+                    },
+                )
+                .map_err(internal)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+        })
+        .await
+    }
+
+    async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT c.id, c.user_lo, c.user_hi, c.last_seq,
+                            c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi,
+                            {MESSAGE_COLUMNS}
+                     FROM conversations c
+                     JOIN messages m ON m.conversation = c.id AND m.seq = c.last_seq
+                     WHERE c.user_lo = ?1 OR c.user_hi = ?1
+                     ORDER BY c.last_ts DESC, m.id DESC"
+                ))
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(params![to_i64(user.0)], |r| {
+                    let lo = id_col(r, 1)?;
+                    let hi = id_col(r, 2)?;
+                    let col = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                    let (read_lo, read_hi, del_lo, del_hi) = (col(4)?, col(5)?, col(6)?, col(7)?);
+                    let i_am_lo = lo == user;
+                    Ok(ConversationSummary {
+                        conversation: r.get(0)?,
+                        peer: if i_am_lo { hi } else { lo },
+                        last_seq: col(3)?,
+                        last_message: Some(message_from_row(r, 8)?),
+                        read_seq: if i_am_lo { read_lo } else { read_hi },
+                        peer_read_seq: if i_am_lo { read_hi } else { read_lo },
+                        peer_delivered_seq: if i_am_lo { del_hi } else { del_lo },
+                    })
+                })
+                .map_err(internal)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        user: Id,
+        conversation: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<MessagePage>> {
+        let Some((lo, hi)) = conversation_members(conversation) else {
+            return Ok(None);
+        };
+        if user != lo && user != hi {
+            return Ok(None);
+        }
+        let conversation = conversation.to_owned();
+        self.read(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM conversations WHERE id = ?1")
+                .and_then(|mut s| s.exists(params![conversation]))
+                .map_err(internal)?;
+            if !exists {
+                return Ok(None);
+            }
+            let before = before.map_or(i64::MAX, to_i64);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m
+                     WHERE m.conversation = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT ?3"
+                ))
+                .map_err(internal)?;
+            let mut messages = stmt
+                .query_map(params![conversation, before, limit as i64 + 1], |r| {
+                    message_from_row(r, 0)
+                })
+                .map_err(internal)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?;
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            messages.reverse();
+            Ok(Some(MessagePage { messages, more }))
+        })
+        .await
+    }
+
+    async fn check(&self) -> StoreResult<()> {
+        self.write(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(internal)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let sender = self.jobs.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(sender);
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = writer {
+            // The writer finishes the jobs already queued, checkpoints and exits.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}

@@ -1,0 +1,63 @@
+//! The message sync queue (design step 5): carries events from the node that stored them to
+//! every node holding a socket of an addressed user.
+//!
+//! The queue is a fast path, not a source of truth: an event it loses is still in the message
+//! store, and the device receives it at its next catch-up (or as soon as a later event reveals
+//! the gap in its stream positions, see `gateway`). So delivery through the queue may be
+//! at-most-once; what must hold is that an event published after a commit is never delivered
+//! before that commit is visible to readers.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use confab_protocol::{Id, Message};
+
+/// Something that happened which connected devices must hear about.
+#[derive(Clone, Debug)]
+pub enum SyncEvent {
+    /// A stored message, with its position in each participant's stream.
+    Message {
+        message: Arc<Message>,
+        positions: [(Id, u64); 2],
+    },
+    /// A device's token was revoked: its open sockets must close (1008).
+    DeviceRevoked { user: Id, device: Id },
+}
+
+impl SyncEvent {
+    /// The users whose sockets this event is for.
+    pub fn users(&self) -> impl Iterator<Item = Id> + '_ {
+        let (a, b) = match self {
+            SyncEvent::Message { positions, .. } => (positions[0].0, Some(positions[1].0)),
+            SyncEvent::DeviceRevoked { user, .. } => (*user, None),
+        };
+        std::iter::once(a).chain(b)
+    }
+}
+
+/// Why the queue failed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("sync queue unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives every event published anywhere in the cluster that concerns this node.
+pub type EventHandler = Arc<dyn Fn(SyncEvent) + Send + Sync>;
+
+/// A message sync queue between chat service nodes.
+///
+/// Guarantees: events published by one node for one user arrive in publish order (per user,
+/// per publisher); delivery is at-most-once and may lose events when a node or the broker
+/// fails (the store covers for that).
+#[async_trait]
+pub trait SyncQueue: Send + Sync + 'static {
+    /// Starts delivering events to `handler`. Called once, before any publish.
+    async fn subscribe(&self, handler: EventHandler) -> Result<(), SyncError>;
+    /// Hands an event to every node that holds a socket of one of its users.
+    async fn publish(&self, event: SyncEvent) -> Result<(), SyncError>;
+    /// Succeeds while the queue is reachable.
+    async fn check(&self) -> Result<(), SyncError>;
+}
