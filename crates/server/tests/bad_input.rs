@@ -1,0 +1,256 @@
+//! Bad input gets the error PROTOCOL.md names, the server keeps serving everyone else, and
+//! nothing stored is lost.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, Ws};
+use serde_json::json;
+
+#[tokio::test]
+async fn bad_frames_get_errors_and_the_socket_stays_open() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b, _) = s.connect(&bob).await;
+    a.send_message(&bob, "before", "stored before the abuse").await;
+
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("{not json", "bad_request", None),
+        ("[1,2]", "bad_request", None),
+        ("\"hello\"", "bad_request", None),
+        (r#"{"no":"type"}"#, "bad_request", None),
+        (r#"{"type":"teleport","client_id":"t1"}"#, "bad_request", Some("t1")),
+        (r#"{"type":"send","client_id":"m1"}"#, "bad_request", Some("m1")),
+        (r#"{"type":"send","to":12,"client_id":"m2","body":"x"}"#, "bad_request", Some("m2")),
+        (r#"{"type":"send","to":"1","client_id":"","body":"x"}"#, "bad_request", Some("")),
+        (r#"{"type":"ack","cursor":"nope"}"#, "bad_request", None),
+        (r#"{"type":"hello","token":"x"}"#, "bad_request", None),
+    ];
+    for (frame, code, reference) in cases {
+        a.send_raw(frame).await;
+        let e = a.next_of("error").await;
+        assert_eq!(e["code"], *code, "{frame} -> {e}");
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(e["ref"].as_str(), *reference, "{frame} -> {e}");
+    }
+
+    let long_id = "x".repeat(65);
+    a.send(json!({"type": "send", "to": bob.id, "client_id": long_id, "body": "x"}))
+        .await;
+    assert_eq!(a.next_of("error").await["code"], "bad_request");
+    a.send(json!({"type": "send", "to": bob.id, "client_id": "big", "body": "x".repeat(4097)}))
+        .await;
+    let e = a.next_of("error").await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("too_large"), Some("big")));
+    a.send(json!({"type": "send", "to": "12345", "client_id": "who", "body": "x"}))
+        .await;
+    let e = a.next_of("error").await;
+    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("not_found"), Some("who")));
+    a.send(json!({"type": "send", "to": alice.id, "client_id": "me", "body": "x"}))
+        .await;
+    assert_eq!(a.next_of("error").await["code"], "bad_request");
+    // A body of exactly 4096 bytes is fine.
+    a.send_message(&bob, "max", &"é".repeat(2048)).await;
+
+    // Still open and serving; bob got only the two valid messages.
+    a.send(json!({"type": "ping"})).await;
+    assert_eq!(a.next_of("pong").await["type"], "pong");
+    let first = b.next_of("message").await;
+    assert_eq!(first["body"], "stored before the abuse");
+    let second = b.next_of("message").await;
+    assert_eq!(second["body"].as_str().unwrap().len(), 4096);
+    b.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b, _) = s.connect(&bob).await;
+    a.send_message(&bob, "keep", "kept").await;
+    let huge = format!(
+        r#"{{"type":"send","to":"{}","client_id":"huge","body":"{}"}}"#,
+        bob.id,
+        "x".repeat(70_000)
+    );
+    a.send_raw(&huge).await;
+    assert_eq!(a.closed().await, Some(1009));
+
+    b.send_message(&alice, "still", "still here").await;
+    let (_a2, history) = s.connect(&alice).await;
+    let bodies: Vec<_> = history.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["kept", "still here"]);
+}
+
+#[tokio::test]
+async fn hello_rules() {
+    let s = TestServer::start_with(|c| c.hello_timeout = Duration::from_millis(300)).await;
+    let alice = s.user("alice").await;
+
+    // No hello in time.
+    let mut ws = Ws::open(s.addr).await;
+    assert_eq!(ws.closed().await, Some(1008));
+
+    // A bad token.
+    let mut ws = Ws::open(s.addr).await;
+    ws.send(json!({"type": "hello", "token": "forged"})).await;
+    let e = ws.next().await;
+    assert_eq!(e["code"], "unauthorized");
+    assert_eq!(ws.closed().await, Some(1008));
+
+    // No token at all.
+    let mut ws = Ws::open(s.addr).await;
+    ws.send(json!({"type": "hello"})).await;
+    assert_eq!(ws.next().await["code"], "unauthorized");
+    assert_eq!(ws.closed().await, Some(1008));
+
+    // Something other than hello first.
+    let mut ws = Ws::open(s.addr).await;
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next().await["code"], "bad_request");
+    assert_eq!(ws.closed().await, Some(1008));
+
+    // A malformed or impossible cursor.
+    for cursor in ["abc", "99"] {
+        let mut ws = Ws::open(s.addr).await;
+        ws.send(json!({"type": "hello", "token": alice.token, "cursor": cursor}))
+            .await;
+        assert_eq!(ws.next().await["code"], "bad_request", "{cursor}");
+        assert_eq!(ws.closed().await, Some(1008));
+    }
+
+    // The token in the upgrade request's Authorization header.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/v1/ws", s.addr),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", alice.token).parse().unwrap(),
+    );
+    let (inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut ws = Ws {
+        inner,
+        synced: String::new(),
+    };
+    ws.send(json!({"type": "hello"})).await;
+    assert_eq!(ws.next().await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn http_bad_input() {
+    let s = TestServer::start().await;
+    let r = s
+        .http
+        .post(s.url("/v1/users"))
+        .body(format!(
+            r#"{{"username":"alice","password":"{}"}}"#,
+            "p".repeat(5000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_large");
+
+    let r = s.http.post(s.url("/v1/users")).body("{oops").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request");
+
+    let r = s.http.get(s.url("/v1/nothing-here")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn send_flood_is_rate_limited_by_default() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    for i in 0..150 {
+        a.send(json!({"type": "send", "to": bob.id, "client_id": format!("f{i}"), "body": "x"}))
+            .await;
+    }
+    let (mut sent, mut limited) = (0, 0);
+    while sent + limited < 150 {
+        let f = a.next().await;
+        match f["type"].as_str() {
+            Some("sent") => sent += 1,
+            Some("error") => {
+                assert_eq!(f["code"], "rate_limited");
+                assert!(f["ref"].as_str().unwrap().starts_with('f'));
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    // The burst of 100 passes (plus what the rate refilled meanwhile); the rest is refused.
+    assert!((100..150).contains(&sent), "sent {sent}");
+    assert!(limited > 0);
+}
+
+#[tokio::test]
+async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
+    let s = TestServer::start_with(|c| {
+        c.outbound_queue = 32;
+        c.send_rate_per_sec = 100_000.0;
+        c.send_burst = 100_000;
+        c.frame_rate_per_sec = 100_000.0;
+        c.frame_burst = 100_000;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    // Bob connects and then never reads.
+    let (mut b, _) = s.connect(&bob).await;
+    let body = "y".repeat(4000);
+    const N: usize = 3000; // ~12 MB: more than the socket buffers hold
+    // Alice keeps up: a window of 8 sends, reading her acks and echoes as she goes.
+    for chunk in (0..N).collect::<Vec<_>>().chunks(8) {
+        for i in chunk {
+            a.send(json!({"type": "send", "to": bob.id, "client_id": i.to_string(), "body": body}))
+                .await;
+        }
+        let mut sent = 0;
+        while sent < chunk.len() {
+            let f = a.next().await;
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "sent" {
+                sent += 1;
+            }
+        }
+    }
+    assert_eq!(b.closed().await, Some(1013), "the slow reader is cut off");
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("confab_slow_consumers_disconnected_total 1"), "{metrics}");
+    // Reconnecting catches up on everything.
+    let (_b, caught) = s.connect(&bob).await;
+    assert_eq!(caught.len(), N);
+}
+
+#[tokio::test]
+async fn connection_limit_refuses_with_a_clear_error() {
+    let s = TestServer::start_with(|c| c.max_connections = 2).await;
+    let alice = s.user("alice").await;
+    let (_a1, _) = s.connect(&alice).await;
+    let (_a2, _) = s.connect(&alice).await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
+        .await
+        .unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 503);
+            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("unavailable") && body.contains("limit"), "{body}");
+        }
+        other => panic!("expected an HTTP 503, got {other}"),
+    }
+}

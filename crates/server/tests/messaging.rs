@@ -1,0 +1,407 @@
+//! Black-box tests of 1:1 messaging: live delivery, catch-up, multi-device, idempotency,
+//! ordering under concurrency, history.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{TestServer, Ws};
+use serde_json::{Value, json};
+
+fn seq(v: &Value) -> u64 {
+    v["seq"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn two_users_chat() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b, _) = s.connect(&bob).await;
+
+    let sent = a.send_message(&bob, "c1", "hello bob").await;
+    assert_eq!(seq(&sent), 1);
+    let id = sent["id"].as_str().unwrap();
+    assert!(id.parse::<u64>().is_ok(), "ids are decimal strings");
+    let conv = sent["conversation"].as_str().unwrap().to_owned();
+
+    let got = b.next_of("message").await;
+    assert_eq!(got["id"], id);
+    assert_eq!(got["from"], alice.id.as_str());
+    assert_eq!(got["to"], bob.id.as_str());
+    assert_eq!(got["body"], "hello bob");
+    assert_eq!(got["conversation"], conv.as_str());
+    assert_eq!(got["ts"], sent["ts"]);
+    assert!(got["cursor"].is_string());
+    // The sending device gets its own message too.
+    let echo = a.next_of("message").await;
+    assert_eq!(echo["id"], id);
+
+    let reply = b.send_message(&alice, "r1", "hi alice").await;
+    assert_eq!(seq(&reply), 2);
+    assert_eq!(reply["conversation"], conv.as_str());
+    let got = a.next_of("message").await;
+    assert_eq!(got["body"], "hi alice");
+    assert!(reply["id"].as_str().unwrap().parse::<u64>().unwrap() > id.parse::<u64>().unwrap());
+}
+
+#[tokio::test]
+async fn offline_user_catches_up_and_acked_events_are_not_repeated() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    for i in 0..5 {
+        a.send_message(&bob, &format!("m{i}"), &format!("msg {i}")).await;
+    }
+    let (mut b, missed) = s.connect(&bob).await;
+    let bodies: Vec<_> = missed.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["msg 0", "msg 1", "msg 2", "msg 3", "msg 4"]);
+    let seqs: Vec<_> = missed.iter().map(seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(b.synced, missed[4]["cursor"].as_str().unwrap());
+
+    // Ack the third; reconnecting resumes after it.
+    b.send(json!({"type": "ack", "cursor": missed[2]["cursor"]})).await;
+    // A ping round-trip orders the ack before the close.
+    b.send(json!({"type": "ping"})).await;
+    b.next_of("pong").await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_b, again) = s.connect(&bob).await;
+    let seqs: Vec<_> = again.iter().map(seq).collect();
+    assert_eq!(seqs, [4, 5]);
+
+    // An explicit cursor overrides the stored one.
+    let (_b2, from_start) = s.connect_from(&bob, Some("0")).await;
+    assert_eq!(from_start.len(), 5);
+}
+
+#[tokio::test]
+async fn second_device_sees_both_directions() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let bob2 = s.login("bob").await;
+    assert_ne!(bob.device, bob2.device);
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b1, _) = s.connect(&bob).await;
+    let (mut b2, _) = s.connect(&bob2).await;
+
+    a.send_message(&bob, "a1", "to bob").await;
+    assert_eq!(b1.next_of("message").await["body"], "to bob");
+    assert_eq!(b2.next_of("message").await["body"], "to bob");
+    b1.send_message(&alice, "b1", "from bob's phone").await;
+    assert_eq!(b1.next_of("message").await["body"], "from bob's phone");
+    assert_eq!(b2.next_of("message").await["body"], "from bob's phone");
+    loop {
+        let m = a.next_of("message").await;
+        if m["from"] == bob.id.as_str() {
+            assert_eq!(m["body"], "from bob's phone");
+            break;
+        }
+    }
+
+    // A third device that logs in later sees the whole history by catch-up.
+    let bob3 = s.login("bob").await;
+    let (_b3, history) = s.connect(&bob3).await;
+    assert_eq!(history.len(), 2);
+}
+
+#[tokio::test]
+async fn send_is_idempotent_on_the_same_socket_a_new_socket_and_after_restart() {
+    let mut s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let first = a.send_message(&bob, "same", "once").await;
+    let again = a.send_message(&bob, "same", "once").await;
+    assert_eq!(first, again);
+
+    let (mut a2, caught) = s.connect(&alice).await;
+    assert_eq!(caught.len(), 1);
+    let third = a2.send_message(&bob, "same", "once").await;
+    assert_eq!(first, third);
+    drop((a, a2));
+
+    s.restart().await;
+    let (mut a3, caught) = s.connect(&alice).await;
+    assert_eq!(caught.len(), 1, "the stored cursor/session survive a restart");
+    let fourth = a3.send_message(&bob, "same", "once").await;
+    assert_eq!(first, fourth);
+    let next = a3.send_message(&bob, "other", "twice").await;
+    assert_eq!(seq(&next), 2, "nothing new was stored by the repeats");
+    let (_b, inbox) = s.connect(&bob).await;
+    assert_eq!(inbox.len(), 2);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_senders_get_gapless_seqs() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    const SENDERS: usize = 50;
+    const EACH: usize = 20;
+    let mut devices = Vec::new();
+    for i in 0..SENDERS {
+        let (from, to) = if i % 2 == 0 { ("alice", &bob) } else { ("bob", &alice) };
+        devices.push((s.login(from).await, to.clone()));
+    }
+    let addr = s.addr;
+    let tasks: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, (me, to))| {
+            tokio::spawn(async move {
+                let mut ws = Ws::open(addr).await;
+                ws.send(json!({"type": "hello", "token": me.token})).await;
+                ws.next_of("synced").await;
+                for k in 0..EACH {
+                    ws.send(json!({"type": "send", "to": to.id, "client_id": format!("{i}-{k}"), "body": "x"}))
+                        .await;
+                }
+                let mut seqs = Vec::new();
+                while seqs.len() < EACH {
+                    let f = ws.next().await;
+                    assert_ne!(f["type"], "error", "{f}");
+                    if f["type"] == "sent" {
+                        seqs.push(seq(&f));
+                    }
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let n = (SENDERS * EACH) as u64;
+    assert_eq!(all, (1..=n).collect::<Vec<_>>());
+    // The store agrees: history has exactly 1..N.
+    let (_, inbox) = s.connect(&alice).await;
+    let seqs: Vec<_> = inbox.iter().map(seq).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn live_and_catch_up_meet_without_gaps_or_repeats() {
+    let s = TestServer::start_with(|c| {
+        c.send_rate_per_sec = 10_000.0;
+        c.send_burst = 10_000;
+        c.frame_rate_per_sec = 10_000.0;
+        c.frame_burst = 10_000;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    const N: usize = 600;
+    let (mut a, _) = s.connect(&alice).await;
+    let bob_id = bob.id.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..N {
+            a.send(json!({"type": "send", "to": bob_id, "client_id": format!("r{i}"), "body": "b"}))
+                .await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let mut acks = 0;
+        while acks < N {
+            if a.next().await["type"] == "sent" {
+                acks += 1;
+            }
+        }
+    });
+    // Bob connects while alice is mid-stream, and sees every position exactly once, in order.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (mut b, caught) = s.connect(&bob).await;
+    let mut cursors: Vec<u64> = caught
+        .iter()
+        .map(|m| m["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
+    while cursors.len() < N {
+        let f = b.next_of("message").await;
+        cursors.push(f["cursor"].as_str().unwrap().parse().unwrap());
+    }
+    sender.await.unwrap();
+    assert_eq!(cursors, (1..=N as u64).collect::<Vec<_>>());
+    b.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn history_endpoints() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let mut conv = String::new();
+    for i in 1..=7 {
+        conv = a.send_message(&bob, &format!("ab{i}"), &format!("ab {i}")).await["conversation"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let ac = a.send_message(&carol, "ac1", "hi carol").await;
+
+    let (status, list) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(status, 200);
+    let list = list["conversations"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["conversation"], ac["conversation"], "newest activity first");
+    assert_eq!(list[0]["peer"], carol.id.as_str());
+    assert_eq!(list[1]["peer"], bob.id.as_str());
+    assert_eq!(list[1]["last_seq"], 7);
+    assert_eq!(list[1]["last_message"]["body"], "ab 7");
+    assert!(list[1]["last_message"].get("cursor").is_none());
+    for k in ["read_seq", "peer_read_seq", "peer_delivered_seq"] {
+        assert!(list[1][k].is_u64(), "{k}");
+    }
+
+    let path = format!("/v1/conversations/{conv}/messages");
+    let (status, page) = s.get(&format!("{path}?limit=3"), &bob.token).await;
+    assert_eq!(status, 200);
+    let seqs: Vec<_> = page["messages"].as_array().unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, [5, 6, 7]);
+    assert_eq!(page["more"], true);
+    let (_, page) = s.get(&format!("{path}?limit=3&before=5"), &bob.token).await;
+    let seqs: Vec<_> = page["messages"].as_array().unwrap().iter().map(seq).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(page["more"], true);
+    let (_, page) = s.get(&format!("{path}?before=2"), &bob.token).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(page["more"], false);
+    let (_, page) = s.get(&format!("{path}?limit=1000"), &bob.token).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 7);
+
+    // Not a participant, or no such conversation: the same 404.
+    let (status, body) = s.get(&path, &carol.token).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    let (status, _) = s.get("/v1/conversations/1-2/messages", &alice.token).await;
+    assert_eq!(status, 404);
+    let (status, _) = s.get("/v1/conversations/garbage/messages", &alice.token).await;
+    assert_eq!(status, 404);
+    let (status, body) = s.get(&format!("{path}?limit=0"), &bob.token).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    let (status, _) = s.get(&format!("{path}?limit=abc"), &bob.token).await;
+    assert_eq!(status, 400);
+    let (status, _) = s.get("/v1/conversations", "not-a-token").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn users_lookup_and_logout() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let (status, body) = s.get("/v1/users/ALICE", &alice.token).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"user_id": alice.id, "username": "alice"}));
+    let (status, body) = s.get("/v1/users/nobody", &alice.token).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, _) = s.get("/v1/users/alice", "bad").await;
+    assert_eq!(status, 401);
+
+    let other = s.login("alice").await;
+    let (mut ws, _) = s.connect(&alice).await;
+    let (mut ws_other, _) = s.connect(&other).await;
+    let r = s
+        .http
+        .delete(s.url("/v1/sessions/current"))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(ws.closed().await, Some(1008), "the revoked device's socket closes");
+    // The other device is untouched.
+    ws_other.send(json!({"type": "ping"})).await;
+    assert_eq!(ws_other.next().await["type"], "pong");
+    let (status, _) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(status, 401, "a revoked token is refused");
+    let mut again = Ws::open(s.addr).await;
+    again.send(json!({"type": "hello", "token": alice.token})).await;
+    assert_eq!(again.next().await["code"], "unauthorized");
+    assert_eq!(again.closed().await, Some(1008));
+}
+
+#[tokio::test]
+async fn registration_and_login_rules() {
+    let s = TestServer::start().await;
+    s.user("Bob").await;
+    let (status, body) = s
+        .post("/v1/users", json!({"username": "bob", "password": "password1"}))
+        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    for bad in [
+        json!({"username": "ab", "password": "password1"}),
+        json!({"username": "bad name", "password": "password1"}),
+        json!({"username": "carol", "password": "short"}),
+        json!({"username": "carol"}),
+        json!({"username": 5, "password": "password1"}),
+    ] {
+        let (status, body) = s.post("/v1/users", bad.clone()).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}");
+    }
+    let wrong_password = s
+        .post("/v1/sessions", json!({"username": "bob", "password": "password2"}))
+        .await;
+    let unknown_user = s
+        .post("/v1/sessions", json!({"username": "nobody", "password": "password1"}))
+        .await;
+    assert_eq!(wrong_password.0, 401);
+    assert_eq!(wrong_password, unknown_user, "the same answer for both");
+    // Login is case-insensitive on the username, like registration.
+    let (status, _) = s
+        .post("/v1/sessions", json!({"username": "BOB", "password": "password1"}))
+        .await;
+    assert_eq!(status, 201);
+}
+
+#[tokio::test]
+async fn tokens_are_unique_per_device() {
+    let s = TestServer::start().await;
+    s.user("alice").await;
+    let mut tokens = HashSet::new();
+    for _ in 0..5 {
+        assert!(tokens.insert(s.login("alice").await.token));
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let mut s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let (mut ws, _) = s.connect(&alice).await;
+    let server = s.server.take().unwrap();
+    let stopping = tokio::spawn(server.shutdown());
+    assert_eq!(ws.closed().await, Some(1001));
+    stopping.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    a.send_message(&bob, "m", "x").await;
+    let r = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s.http.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "confab_connections 1",
+        "confab_messages_stored_total 1",
+        "confab_send_latency_seconds_count 1",
+        "confab_store_commit_batch_size_count",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
