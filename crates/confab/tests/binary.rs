@@ -1,0 +1,259 @@
+//! Tests of the built `confab` binary: start-up line, clean shutdown on SIGTERM, and a crash
+//! (SIGKILL) under steady sending that must lose no acknowledged message.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Socket = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+>;
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts `confab serve` on a free port and reads the address from its first line.
+    fn start(data_dir: &Path) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("confab starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("confab listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Node { child, addr }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// Creates `name` and returns (token, user_id).
+async fn user(addr: SocketAddr, name: &str) -> (String, String) {
+    post(addr, "/v1/users", json!({"username": name, "password": "password1"})).await;
+    let s = post(addr, "/v1/sessions", json!({"username": name, "password": "password1"})).await;
+    (
+        s["token"].as_str().unwrap().to_owned(),
+        s["user_id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn connect(addr: SocketAddr, token: &str) -> Socket {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .unwrap();
+    send(&mut ws, json!({"type": "hello", "token": token})).await;
+    ws
+}
+
+async fn send(ws: &mut Socket, v: Value) {
+    ws.send(WsMessage::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Next JSON frame, or None once closed.
+async fn next(ws: &mut Socket) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("frame in time")
+        {
+            Some(Ok(WsMessage::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Connects and returns the catch-up messages (up to `synced`).
+async fn catch_up(addr: SocketAddr, token: &str) -> (Socket, Vec<Value>) {
+    let mut ws = connect(addr, token).await;
+    let mut messages = Vec::new();
+    loop {
+        let f = next(&mut ws).await.expect("catch-up");
+        match f["type"].as_str() {
+            Some("message") => messages.push(f),
+            Some("synced") => return (ws, messages),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn prints_its_address_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path());
+    let (alice, _) = user(node.addr, "alice").await;
+    let (_, bob_id) = user(node.addr, "bob").await;
+    let mut ws = connect(node.addr, &alice).await;
+    send(&mut ws, json!({"type": "send", "to": bob_id, "client_id": "c", "body": "kept"})).await;
+    while next(&mut ws).await.unwrap()["type"] != "sent" {}
+
+    node.signal("-TERM");
+    // The socket is closed with 1001.
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(WsMessage::Close(c))) => break c.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(close, Some(1001));
+    let status = node.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    // The WAL was folded into the database on the way out.
+    let wal = dir.path().join("confab.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
+
+    let node = Node::start(dir.path());
+    let s = post(node.addr, "/v1/sessions", json!({"username": "bob", "password": "password1"})).await;
+    let (_, inbox) = catch_up(node.addr, s["token"].as_str().unwrap()).await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0]["body"], "kept");
+}
+
+#[tokio::test]
+async fn sigkill_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path());
+    let addr = node.addr;
+    let (alice, alice_id) = user(addr, "alice").await;
+    let (bob, bob_id) = user(addr, "bob").await;
+
+    // Several senders keep a window of sends in flight until the process dies.
+    let mut senders = Vec::new();
+    for k in 0..4 {
+        let (token, to) = if k % 2 == 0 {
+            (alice.clone(), bob_id.clone())
+        } else {
+            (bob.clone(), alice_id.clone())
+        };
+        senders.push(tokio::spawn(async move {
+            let mut ws = connect(addr, &token).await;
+            let mut acked: HashMap<String, Value> = HashMap::new();
+            let mut i = 0u64;
+            let mut inflight = 0;
+            loop {
+                while inflight < 16 {
+                    let frame = json!({"type": "send", "to": to, "client_id": format!("{k}-{i}"), "body": format!("{k}/{i}")});
+                    if ws.send(WsMessage::Text(frame.to_string().into())).await.is_err() {
+                        return acked;
+                    }
+                    i += 1;
+                    inflight += 1;
+                }
+                match next(&mut ws).await {
+                    None => return acked,
+                    Some(f) if f["type"] == "sent" => {
+                        inflight -= 1;
+                        acked.insert(f["client_id"].as_str().unwrap().to_owned(), f);
+                    }
+                    Some(f) if f["type"] == "error" => {
+                        // rate limited: count it as not in flight any more
+                        inflight -= 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }));
+    }
+    // Bob's reading device acks as it goes.
+    let reader = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let mut ws = connect(addr, &bob).await;
+            while let Some(f) = next(&mut ws).await {
+                if f["type"] == "message" {
+                    let ack = json!({"type": "ack", "cursor": f["cursor"]});
+                    if ws.send(WsMessage::Text(ack.to_string().into())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(node); // SIGKILL
+    let mut acked = HashMap::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    reader.await.unwrap();
+    assert!(acked.len() > 50, "only {} messages acked before the kill", acked.len());
+
+    let node = Node::start(dir.path());
+    // A fresh device of alice sees the whole conversation: every acked message, in order,
+    // with gapless seqs.
+    let s = post(node.addr, "/v1/sessions", json!({"username": "alice", "password": "password1"})).await;
+    let (_, all) = catch_up(node.addr, s["token"].as_str().unwrap()).await;
+    let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    let stored: HashMap<&str, &Value> = all.iter().map(|m| (m["id"].as_str().unwrap(), m)).collect();
+    for (client_id, sent) in &acked {
+        let m = stored
+            .get(sent["id"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("acked message {client_id} lost"));
+        assert_eq!(m["seq"], sent["seq"]);
+        assert_eq!(m["body"], client_id.replace('-', "/"));
+    }
+
+    // Bob's device resumes after its stored cursor and gets each remaining event exactly once.
+    let (mut ws, rest) = catch_up(node.addr, &bob).await;
+    let cursors: Vec<u64> = rest.iter().map(|m| m["cursor"].as_str().unwrap().parse().unwrap()).collect();
+    let head = all.len() as u64;
+    if let Some(first) = cursors.first() {
+        assert_eq!(cursors, (*first..=head).collect::<Vec<_>>());
+        send(&mut ws, json!({"type": "ack", "cursor": head.to_string()})).await;
+        send(&mut ws, json!({"type": "ping"})).await;
+        while next(&mut ws).await.unwrap()["type"] != "pong" {}
+    }
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, again) = catch_up(node.addr, &bob).await;
+    assert!(again.is_empty(), "acked events repeated: {}", again.len());
+}
