@@ -1,14 +1,24 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! confab's Rust SDK.
+//!
+//! - [`Api`]: the HTTP half (accounts, sessions, history, contacts).
+//! - [`Connection`]: one raw WebSocket session, no retries, for tests and benchmarks.
+//! - [`Client`]: connect, catch up, send with retry, dedupe, reconnect with backoff.
+//!
+//! The wire types come from `confab-protocol` and are re-exported here, so the SDK never
+//! restates the wire format.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod api;
+mod client;
+mod connection;
+mod error;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use api::Api;
+pub use client::{Client, ClientConfig, Event, Sent};
+pub use connection::{CONNECT_TIMEOUT, Connection, ConnectionReceiver, ConnectionSender, Welcome};
+pub use error::{BoxError, Error, ErrorKind};
+
+pub use confab_protocol as protocol;
+pub use confab_protocol::{
+    ClientFrame, Contact, Contacts, ConversationSummary, Conversations, ErrorCode, Id, Message,
+    MessagePage, Presence, PresenceStatus, ReceiptKind, ServerFrame, Session, User,
+};
