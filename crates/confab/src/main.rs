@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+mod admin;
+mod chat;
 use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig};
 use confab_server::{Config, Server};
 
@@ -21,13 +24,16 @@ struct Cli {
 enum Command {
     /// Run the chat server (every service in this process by default).
     Serve(ServeArgs),
+    /// Operator tasks on a store.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+    /// A terminal chat client: prints incoming messages, sends each stdin line to `--to`.
+    Chat(chat::ChatArgs),
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    /// HTTP + WebSocket address (port 0 picks a free port).
-    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+/// Where the data lives: shared by `serve` and the admin commands.
+#[derive(Args, Clone)]
+pub struct BackendArgs {
     /// Where the embedded store lives.
     #[arg(long, env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
     data_dir: PathBuf,
@@ -43,6 +49,29 @@ struct ServeArgs {
     /// Sequencer node id, 0-1023, unique per running node.
     #[arg(long, env = "CONFAB_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1023))]
     node_id: u16,
+}
+
+impl BackendArgs {
+    /// The server configuration with these backends and every other setting at its default.
+    pub fn config(&self) -> Config {
+        Config {
+            data_dir: self.data_dir.clone(),
+            store: self.store.clone(),
+            queue: self.queue.clone(),
+            presence: self.presence.clone(),
+            node_id: self.node_id,
+            ..Config::default()
+        }
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// HTTP + WebSocket address (port 0 picks a free port).
+    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Seconds a new socket has to send `hello`.
     #[arg(long, env = "CONFAB_HELLO_TIMEOUT", default_value_t = 10.0)]
     hello_timeout: f64,
@@ -69,15 +98,10 @@ impl ServeArgs {
                 Err(format!("{name} must be a positive number of seconds"))
             }
         };
-        let defaults = Config::default();
+        let defaults = self.backend.config();
         let idle_timeout = secs("--idle-timeout", self.idle_timeout)?;
         Ok(Config {
             listen: self.listen,
-            data_dir: self.data_dir,
-            store: self.store,
-            queue: self.queue,
-            presence: self.presence,
-            node_id: self.node_id,
             hello_timeout: secs("--hello-timeout", self.hello_timeout)?,
             // Ping often enough that a live but quiet client is never taken for dead.
             ping_interval: defaults.ping_interval.min(idle_timeout / 3),
@@ -108,6 +132,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Admin(cmd) => runtime.block_on(admin::run(cmd)),
+        Command::Chat(args) => runtime.block_on(chat::run(args)),
     }
 }
 

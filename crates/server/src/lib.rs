@@ -7,6 +7,7 @@
 //! - [`sync`]: the message sync queue (messaging step 5)
 //! - [`api`]: the HTTP API; [`auth`]: passwords and tokens; [`app`]: wiring and lifecycle.
 
+pub mod admin;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -58,6 +58,17 @@ pub struct NewDevice {
     pub now: i64,
 }
 
+/// An account with one logged-in device, written in bulk by `confab admin seed`.
+#[derive(Clone, Debug)]
+pub struct SeedAccount {
+    pub user_id: Id,
+    pub username: String,
+    pub password_hash: String,
+    pub device_id: Id,
+    pub token_hash: [u8; 32],
+    pub now: i64,
+}
+
 /// A live (unrevoked) device, found by its token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSession {
@@ -134,6 +145,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Finds an account by username, ignoring ASCII case.
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
     async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>>;
+
+    /// Creates many accounts, each with one device, in as few transactions as the backend
+    /// allows. `Conflict` (and nothing of that chunk written) if a username is taken.
+    async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()>;
 
     async fn create_device(&self, device: NewDevice) -> StoreResult<()>;
     /// The unrevoked device holding this token hash.

@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, DeviceSession, MessageStore, NewDevice, NewMessage, StoreError, StoreResult,
-    StreamEntry, UserRecord, conversation_id, conversation_members,
+    Appended, DeviceSession, MessageStore, NewDevice, NewMessage, SeedAccount, StoreError,
+    StoreResult, StreamEntry, UserRecord, conversation_id, conversation_members,
 };
 
 /// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory).
@@ -491,6 +491,49 @@ impl MessageStore for SqliteStore {
                     .optional()
                 })
                 .map_err(internal)
+        })
+        .await
+    }
+
+    async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
+        self.write(move |conn| {
+            let mut user = conn
+                .prepare_cached(
+                    "INSERT INTO users (id, username, username_key, password_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(internal)?;
+            let mut device = conn
+                .prepare_cached(
+                    "INSERT INTO devices (id, user_id, name, token_hash, created_at)
+                     VALUES (?1, ?2, 'seed', ?3, ?4)",
+                )
+                .map_err(internal)?;
+            for a in &accounts {
+                user.execute(params![
+                    to_i64(a.user_id.0),
+                    a.username,
+                    a.username.to_ascii_lowercase(),
+                    a.password_hash,
+                    a.now
+                ])
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("username {:?} is taken", a.username))
+                    } else {
+                        internal(e)
+                    }
+                })?;
+                device
+                    .execute(params![
+                        to_i64(a.device_id.0),
+                        to_i64(a.user_id.0),
+                        &a.token_hash[..],
+                        a.now
+                    ])
+                    .map_err(internal)?;
+            }
+            Ok(())
         })
         .await
     }

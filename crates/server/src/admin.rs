@@ -1,0 +1,75 @@
+//! Operator tasks that work on a store directly, without a running server.
+
+use confab_protocol::Id;
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, now_ms};
+use crate::auth::{new_token, validate_password, validate_username};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::store::SeedAccount;
+
+/// Accounts written per store transaction while seeding.
+const SEED_CHUNK: usize = 5_000;
+
+/// One seeded account and its device's bearer token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeededAccount {
+    pub username: String,
+    pub user_id: Id,
+    pub device_id: Id,
+    pub token: String,
+}
+
+/// Creates `count` accounts named `{prefix}{0..count}`, all with `password`, each with one
+/// device, and returns their tokens.
+///
+/// For load tests and demos: the password is hashed with Argon2id **once** and that hash is
+/// shared by every seeded account (a real registration hashes each password with its own
+/// salt). That is what makes 100,000 accounts take seconds instead of an hour of hashing; it
+/// is safe only because these accounts share one password anyway. Tokens are minted and
+/// stored hashed exactly as a login would.
+pub async fn seed(
+    config: &Config,
+    prefix: &str,
+    count: usize,
+    password: &str,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<SeededAccount>> {
+    validate_password(password)?;
+    validate_username(&format!("{prefix}{}", count.saturating_sub(1)))?;
+    let app = App::open(config.clone())
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let hash = app.auth.hash(password).await?;
+    let mut out = Vec::with_capacity(count);
+    let now = now_ms();
+    let mut start = 0;
+    while start < count {
+        let end = (start + SEED_CHUNK).min(count);
+        let mut chunk = Vec::with_capacity(end - start);
+        for i in start..end {
+            let (token, token_hash) = new_token();
+            let account = SeededAccount {
+                username: format!("{prefix}{i}"),
+                user_id: Id(app.sequencer.next_id()),
+                device_id: Id(app.sequencer.next_id()),
+                token,
+            };
+            chunk.push(SeedAccount {
+                user_id: account.user_id,
+                username: account.username.clone(),
+                password_hash: hash.clone(),
+                device_id: account.device_id,
+                token_hash,
+                now,
+            });
+            out.push(account);
+        }
+        app.store.seed_accounts(chunk).await?;
+        start = end;
+        progress(start);
+    }
+    app.store.close().await;
+    Ok(out)
+}
