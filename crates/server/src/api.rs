@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use confab_protocol::{
-    Conversations, CreateSession, CreateUser, Id, MAX_HTTP_BODY_BYTES, Session, User,
+    Contact, Contacts, Conversations, CreateSession, CreateUser, Id, MAX_HTTP_BODY_BYTES,
+    Presence, PresenceStatus, ServerFrame, Session, User,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -35,6 +36,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/users/{username}", get(get_user))
         .route("/v1/sessions", post(create_session))
         .route("/v1/sessions/current", delete(delete_session))
+        .route("/v1/contacts", get(list_contacts))
+        .route(
+            "/v1/contacts/{user_id}",
+            axum::routing::put(add_contact).delete(remove_contact),
+        )
+        .route("/v1/blocks/{user_id}", axum::routing::put(block).delete(unblock))
         .route("/v1/conversations", get(list_conversations))
         .route("/v1/conversations/{conversation}/messages", get(list_messages))
         .route("/v1/ws", get(crate::gateway::upgrade))
@@ -199,6 +206,113 @@ async fn delete_session(State(app): State<Arc<App>>, caller: Caller) -> Result<S
     if let Err(e) = app.sync.publish(event).await {
         // The token is revoked in the store; open sockets notice at their next reconnect.
         tracing::warn!(error = %e, "could not broadcast a revocation");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A `{user_id}` path segment: a decimal id, not the caller's own.
+fn other_user(caller: &Caller, id: std::result::Result<Path<String>, PathRejection>) -> Result<Id> {
+    let Path(id) = id.map_err(path_error)?;
+    let id: Id = id
+        .parse()
+        .map_err(|_| Error::bad_request("user_id must be a decimal 64-bit id"))?;
+    if id == caller.user {
+        return Err(Error::bad_request("that is your own user_id"));
+    }
+    Ok(id)
+}
+
+async fn list_contacts(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Contacts>> {
+    let entries = app.store.contacts(caller.user).await?;
+    // Presence only for friends: mutual, and no block either way.
+    let friends: Vec<Id> = entries
+        .iter()
+        .filter(|e| e.mutual && !e.blocked)
+        .map(|e| e.user_id)
+        .collect();
+    let live = app
+        .presence
+        .status(&friends)
+        .await
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    let live: std::collections::HashMap<Id, Presence> = friends.into_iter().zip(live).collect();
+    let contacts = entries
+        .into_iter()
+        .map(|e| Contact {
+            presence: live
+                .get(&e.user_id)
+                .map(|p| crate::presence::merge_last_seen(*p, e.last_seen)),
+            user_id: e.user_id,
+            username: e.username,
+            mutual: e.mutual,
+        })
+        .collect();
+    Ok(Json(Contacts { contacts }))
+}
+
+/// Two users just became friends (again): each online one is announced to the other at once.
+async fn start_presence_flow(app: &App, a: Id, b: Id) {
+    let Ok(statuses) = app.presence.status(&[a, b]).await else {
+        return;
+    };
+    for (who, to, p) in [(a, b, statuses[0]), (b, a, statuses[1])] {
+        if p.status == PresenceStatus::Online {
+            let event = SyncEvent::Ephemeral {
+                to: vec![to],
+                except_device: None,
+                frame: Arc::new(ServerFrame::Presence {
+                    user_id: who,
+                    status: p.status,
+                    last_seen: p.last_seen,
+                }),
+            };
+            let _ = app.sync.publish(event).await;
+        }
+    }
+}
+
+async fn add_contact(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<StatusCode> {
+    let other = other_user(&caller, id)?;
+    let mutual = app.store.add_contact(caller.user, other, now_ms()).await?;
+    if mutual && !app.store.blocked_between(caller.user, other).await? {
+        start_presence_flow(&app, caller.user, other).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_contact(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<StatusCode> {
+    let other = other_user(&caller, id)?;
+    app.store.remove_contact(caller.user, other).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn block(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<StatusCode> {
+    let other = other_user(&caller, id)?;
+    app.store.set_block(caller.user, other, true, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unblock(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<StatusCode> {
+    let other = other_user(&caller, id)?;
+    app.store.set_block(caller.user, other, false, now_ms()).await?;
+    if app.store.friends(caller.user).await?.contains(&other) {
+        start_presence_flow(&app, caller.user, other).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

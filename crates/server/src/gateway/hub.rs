@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::ws::Utf8Bytes;
 use confab_protocol::{Id, Message};
 use tokio::sync::{mpsc, watch};
 
@@ -25,6 +26,8 @@ pub enum CloseReason {
 pub enum Outbound {
     /// A message at position `pos` of the socket's user's stream.
     Message { message: Arc<Message>, pos: u64 },
+    /// A frame already serialised once for every socket it goes to.
+    Frame(Utf8Bytes),
 }
 
 struct Socket {
@@ -128,6 +131,18 @@ impl Hub {
                             pos,
                         })
                         .filter(|_| !s.tx.is_closed())
+                    });
+                }
+            }
+            SyncEvent::Ephemeral {
+                to,
+                except_device,
+                frame,
+            } => {
+                let text = Utf8Bytes::from(frame.to_json());
+                for user in to {
+                    self.each_socket(user, |s| {
+                        (Some(s.device) != except_device).then(|| Outbound::Frame(text.clone()))
                     });
                 }
             }

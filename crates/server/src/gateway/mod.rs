@@ -12,6 +12,7 @@
 pub mod hub;
 mod limits;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use confab_protocol::{
     ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, MAX_FRAME_BYTES, Message,
-    ServerFrame,
+    Presence, PresenceStatus, ReceiptKind, ServerFrame,
 };
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -33,6 +34,7 @@ use tracing::Instrument;
 use crate::app::{App, now_ms};
 use crate::auth::token_hash;
 use crate::error::Error;
+use crate::presence;
 use crate::store::{DeviceSession, NewMessage};
 use crate::sync::SyncEvent;
 use hub::{CloseReason, Outbound};
@@ -59,7 +61,10 @@ const CATCH_UP_PAGE: usize = 1000;
 
 type Sink = SplitSink<WebSocket, WsMessage>;
 type Source = SplitStream<WebSocket>;
-type PendingSend = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+/// Work a frame started that answers later (a store write): the frame to send, if any.
+type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+/// Typing relays allowed per peer per socket.
+const TYPING_EVERY: Duration = Duration::from_secs(1);
 
 /// Releases the connection slot taken at upgrade.
 struct Slot(Arc<App>);
@@ -220,23 +225,34 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
     let registration = app.hub.register(user, session.device_id);
     let socket = registration.membership.socket;
     let span = tracing::info_span!("socket", user = %user, device = %session.device_id, socket);
-    if let Err(e) = app.presence.connected(user, socket, now_ms()).await {
-        tracing::warn!(error = %e, "presence update failed");
-    }
     app.metrics.connections.inc();
     let mut conn = Conn {
         app: app.clone(),
         session,
+        socket,
         last: start_pos,
         acks: watch::channel(start_pos).0,
+        typing: HashMap::new(),
     };
     let end = conn
         .serve(io, registration.events, registration.close)
         .instrument(span)
         .await;
     app.metrics.connections.dec();
-    if let Err(e) = app.presence.disconnected(user, socket, now_ms()).await {
-        tracing::warn!(error = %e, "presence update failed");
+    let now = now_ms();
+    match app.presence.disconnected(user, socket, now).await {
+        Ok(true) => {
+            if let Err(e) = app.store.set_last_seen(user, now).await {
+                tracing::warn!(error = %e, "storing last_seen failed");
+            }
+            let offline = Presence {
+                status: PresenceStatus::Offline,
+                last_seen: now,
+            };
+            presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, offline).await;
+        }
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "presence update failed"),
     }
     drop(registration.membership);
     end
@@ -253,6 +269,10 @@ fn parse_cursor(c: &str) -> Option<u64> {
 struct Conn {
     app: Arc<App>,
     session: DeviceSession,
+    /// Cluster-unique id of this socket (for presence).
+    socket: u64,
+    /// When a typing relay to each peer last went out.
+    typing: HashMap<Id, Instant>,
     /// Highest stream position sent to this socket.
     last: u64,
     /// Latest acknowledged position, written to the store by the ack task.
@@ -274,7 +294,7 @@ impl Conn {
         mut events: tokio::sync::mpsc::Receiver<Outbound>,
         mut close_rx: watch::Receiver<Option<CloseReason>>,
     ) -> End {
-        let ack_task = tokio::spawn(ack_writer(self.app.clone(), self.session.device_id, self.acks.subscribe()));
+        let ack_task = tokio::spawn(ack_writer(self.app.clone(), self.session, self.acks.subscribe()));
         let result = self.serve_inner(io, &mut events, &mut close_rx).await;
         // Dropping the sender lets the ack task write the last ack and stop.
         self.acks = watch::channel(0).0;
@@ -297,6 +317,7 @@ impl Conn {
             device_id: self.session.device_id,
         };
         io.send(&welcome).await.map_err(|_| Stop::Gone)?;
+        self.go_online(io).await?;
         self.catch_up(io, None).await?;
         io.send(&ServerFrame::Synced {
             cursor: self.last.to_string(),
@@ -307,7 +328,7 @@ impl Conn {
         let cfg = &app.config;
         let mut sends = TokenBucket::new(cfg.send_rate_per_sec, cfg.send_burst);
         let mut frames = TokenBucket::new(cfg.frame_rate_per_sec, cfg.frame_burst);
-        let mut inflight: FuturesUnordered<PendingSend> = FuturesUnordered::new();
+        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut heard = Instant::now();
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -326,10 +347,13 @@ impl Conn {
                     });
                 }
                 Some(frame) = inflight.next(), if !inflight.is_empty() => {
-                    io.send(&frame).await.map_err(|_| Stop::Gone)?;
+                    if let Some(frame) = frame {
+                        io.send(&frame).await.map_err(|_| Stop::Gone)?;
+                    }
                 }
                 event = events.recv() => match event {
                     Some(Outbound::Message { message, pos }) => self.deliver(io, &message, pos).await?,
+                    Some(Outbound::Frame(text)) => io.sink.send(WsMessage::Text(text)).await.map_err(|_| Stop::Gone)?,
                     None => return Err(Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up")),
                 },
                 incoming = io.source.next(), if inflight.len() < cfg.max_inflight_sends => {
@@ -370,7 +394,7 @@ impl Conn {
         &mut self,
         text: &str,
         sends: &mut TokenBucket,
-        inflight: &mut FuturesUnordered<PendingSend>,
+        inflight: &mut FuturesUnordered<Pending>,
     ) -> Option<ServerFrame> {
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
@@ -394,6 +418,22 @@ impl Conn {
                 inflight.push(Box::pin(send_message(self.app.clone(), self.session.user_id, to, client_id, body)));
                 None
             }
+            ClientFrame::Read { conversation, seq } => {
+                inflight.push(Box::pin(mark_read(self.app.clone(), self.session, conversation, seq)));
+                None
+            }
+            ClientFrame::Typing { to } => {
+                let now = Instant::now();
+                let due = self.typing.get(&to).is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
+                if due && to != self.session.user_id {
+                    if self.typing.len() > 1024 {
+                        self.typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+                    }
+                    self.typing.insert(to, now);
+                    inflight.push(Box::pin(relay_typing(self.app.clone(), self.session.user_id, to)));
+                }
+                None
+            }
             ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
                 Some(pos) => {
                     self.acks.send_if_modified(|v| {
@@ -405,11 +445,6 @@ impl Conn {
                 }
                 None => Some(ServerFrame::error(ErrorCode::BadRequest, "malformed cursor", None)),
             },
-            ClientFrame::Read { .. } | ClientFrame::Typing { .. } => Some(ServerFrame::error(
-                ErrorCode::BadRequest,
-                "read receipts and typing are not supported by this server yet",
-                None,
-            )),
         }
     }
 
@@ -428,6 +463,41 @@ impl Conn {
             return Err(Error::bad_request("cannot send a message to yourself"));
         }
         Ok(())
+    }
+
+    /// Login steps 2-4: marks the socket online, tells friends if the user just came online,
+    /// and tells this socket which friends are online now.
+    async fn go_online(&mut self, io: &mut Io) -> Result<(), Stop> {
+        let app = self.app.clone();
+        let user = self.session.user_id;
+        let now = now_ms();
+        match app.presence.connected(user, self.socket, now).await {
+            Ok(true) => {
+                if let Err(e) = app.store.set_last_seen(user, now).await {
+                    tracing::warn!(error = %e, "storing last_seen failed");
+                }
+                let online = Presence {
+                    status: PresenceStatus::Online,
+                    last_seen: now,
+                };
+                presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, online).await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence update failed"),
+        }
+        let friends = app.store.friends(user).await.unwrap_or_default();
+        let statuses = app.presence.status(&friends).await.unwrap_or_default();
+        for (friend, p) in friends.iter().zip(statuses) {
+            if p.status == PresenceStatus::Online {
+                let frame = ServerFrame::Presence {
+                    user_id: *friend,
+                    status: p.status,
+                    last_seen: p.last_seen,
+                };
+                io.feed(&frame).await.map_err(|_| Stop::Gone)?;
+            }
+        }
+        io.sink.flush().await.map_err(|_| Stop::Gone)
     }
 
     /// Sends a live event, first filling any gap before it from the store.
@@ -495,7 +565,7 @@ fn transport_error(e: axum::Error) -> Stop {
 }
 
 /// Messaging steps 3-5: id from the sequencer, durable append, hand-off to the sync queue.
-async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: String) -> ServerFrame {
+async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: String) -> Option<ServerFrame> {
     let started = std::time::Instant::now();
     let reference = Some(client_id.clone());
     let new = NewMessage {
@@ -508,7 +578,7 @@ async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: 
     };
     let appended = match app.store.append(new).await {
         Ok(a) => a,
-        Err(e) => return Error::from(e).to_frame(reference),
+        Err(e) => return Some(Error::from(e).to_frame(reference)),
     };
     let m = &appended.message;
     let sent = ServerFrame::Sent {
@@ -530,16 +600,85 @@ async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: 
         }
     }
     app.metrics.send_latency.observe(started.elapsed().as_secs_f64());
-    sent
+    Some(sent)
 }
 
-/// Writes a socket's acknowledged cursor, coalescing acks that arrive during a write.
-async fn ack_writer(app: Arc<App>, device: Id, mut acks: watch::Receiver<u64>) {
+/// A `read` frame: advance the read mark; the peer and the reader's other devices hear of it.
+async fn mark_read(app: Arc<App>, session: DeviceSession, conversation: String, seq: u64) -> Option<ServerFrame> {
+    let advance = match app.store.mark_read(session.user_id, &conversation, seq).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return None, // not forward: ignored, as PROTOCOL.md says
+        Err(e) => return Some(Error::from(e).to_frame(None)),
+    };
+    let event = SyncEvent::Ephemeral {
+        to: vec![advance.peer, session.user_id],
+        except_device: Some(session.device_id),
+        frame: Arc::new(ServerFrame::Receipt {
+            conversation,
+            user_id: session.user_id,
+            kind: ReceiptKind::Read,
+            seq: advance.seq,
+        }),
+    };
+    if let Err(e) = app.sync.publish(event).await {
+        tracing::warn!(error = %e, "read receipt publish failed; peers see it in the conversation list");
+    }
+    None
+}
+
+/// A `typing` frame: relayed to the peer's connected sockets unless a block stands either
+/// way. Never stored; silently dropped for an offline or unknown peer, so it reveals nothing.
+async fn relay_typing(app: Arc<App>, from: Id, to: Id) -> Option<ServerFrame> {
+    if app.hub.sockets_of(to) == 0 && matches!(app.config.queue, crate::config::QueueConfig::Memory) {
+        return None; // single node: nobody to tell, skip the block lookup
+    }
+    match app.store.blocked_between(from, to).await {
+        Ok(false) => {}
+        Ok(true) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "typing dropped: block check failed");
+            return None;
+        }
+    }
+    let event = SyncEvent::Ephemeral {
+        to: vec![to],
+        except_device: None,
+        frame: Arc::new(ServerFrame::Typing {
+            from,
+            conversation: crate::store::conversation_id(from, to),
+        }),
+    };
+    let _ = app.sync.publish(event).await;
+    None
+}
+
+/// Writes a socket's acknowledged cursor, coalescing acks that arrive during a write, and
+/// sends `delivered` receipts for the conversations whose delivered mark moved.
+async fn ack_writer(app: Arc<App>, session: DeviceSession, mut acks: watch::Receiver<u64>) {
     acks.borrow_and_update();
     while acks.changed().await.is_ok() {
         let pos = *acks.borrow_and_update();
-        if let Err(e) = app.store.set_cursor(device, pos).await {
-            tracing::warn!(error = %e, "storing a cursor failed");
+        let advances = match app.store.set_cursor(session.device_id, pos).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "storing a cursor failed");
+                continue;
+            }
+        };
+        for a in advances {
+            let event = SyncEvent::Ephemeral {
+                to: vec![a.peer],
+                except_device: None,
+                frame: Arc::new(ServerFrame::Receipt {
+                    conversation: a.conversation,
+                    user_id: session.user_id,
+                    kind: ReceiptKind::Delivered,
+                    seq: a.seq,
+                }),
+            };
+            if let Err(e) = app.sync.publish(event).await {
+                tracing::warn!(error = %e, "delivered receipt publish failed");
+            }
         }
     }
 }

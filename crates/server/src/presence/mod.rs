@@ -6,8 +6,13 @@
 
 pub mod memory;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use confab_protocol::{Id, Presence};
+use confab_protocol::{Id, Presence, PresenceStatus, ServerFrame};
+
+use crate::store::MessageStore;
+use crate::sync::{SyncEvent, SyncQueue};
 
 /// Why the presence backend failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -30,4 +35,59 @@ pub trait PresenceService: Send + Sync + 'static {
     /// Current presence of each user, in the order asked.
     async fn status(&self, users: &[Id]) -> Result<Vec<Presence>, PresenceError>;
     async fn check(&self) -> Result<(), PresenceError>;
+}
+
+/// Login step 4: tells `user`'s friends (mutual contacts, no block either way) its presence.
+/// Non-friends are never told anything.
+///
+/// Two sockets of one user opening and closing at once can publish their transitions out of
+/// order; so after publishing, the current status is read again and, if it differs, published
+/// too. Friends therefore always end on the true state.
+pub async fn notify_friends(
+    store: &dyn MessageStore,
+    sync: &dyn SyncQueue,
+    service: &dyn PresenceService,
+    user: Id,
+    presence: Presence,
+) {
+    let friends = match store.friends(user).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, %user, "cannot read friends; presence not sent");
+            return;
+        }
+    };
+    if friends.is_empty() {
+        return;
+    }
+    let frame = |p: Presence| SyncEvent::Ephemeral {
+        to: friends.clone(),
+        except_device: None,
+        frame: Arc::new(ServerFrame::Presence {
+            user_id: user,
+            status: p.status,
+            last_seen: p.last_seen,
+        }),
+    };
+    if let Err(e) = sync.publish(frame(presence)).await {
+        tracing::warn!(error = %e, %user, "presence publish failed");
+    }
+    if let Ok(now) = service.status(&[user]).await
+        && let Some(now) = now.first()
+        && now.status != presence.status
+    {
+        let _ = sync.publish(frame(*now)).await;
+    }
+}
+
+/// The presence of `users` to show a friend: the live status, and for an offline user the
+/// later of the live and the persisted `last_seen`.
+pub fn merge_last_seen(live: Presence, stored_last_seen: i64) -> Presence {
+    match live.status {
+        PresenceStatus::Online => live,
+        PresenceStatus::Offline => Presence {
+            status: PresenceStatus::Offline,
+            last_seen: live.last_seen.max(stored_last_seen),
+        },
+    }
 }

@@ -109,6 +109,35 @@ pub struct StreamEntry {
     pub message: Message,
 }
 
+/// One entry of a user's contact list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactEntry {
+    pub user_id: Id,
+    pub username: String,
+    /// The contact added the owner back.
+    pub mutual: bool,
+    /// Either side blocks the other: presence must not flow.
+    pub blocked: bool,
+    /// Last time the contact was online, as last persisted (0 if never).
+    pub last_seen: i64,
+}
+
+/// A conversation's delivered mark moved forward because a device acknowledged its stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveredAdvance {
+    pub conversation: String,
+    /// The other participant: the one whose devices hear the receipt.
+    pub peer: Id,
+    pub seq: u64,
+}
+
+/// A user's read mark moved forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAdvance {
+    pub peer: Id,
+    pub seq: u64,
+}
+
 /// The conversation id of two users: the same whoever sends.
 pub fn conversation_id(a: Id, b: Id) -> String {
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -155,11 +184,39 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>>;
     /// Revokes a device's token. Idempotent.
     async fn revoke_device(&self, device_id: Id, now: i64) -> StoreResult<()>;
-    /// Moves a device's cursor forward to `pos` (never back, never past the stream's head).
-    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<()>;
+    /// Moves a device's cursor forward to `pos` (never back, never past the stream's head),
+    /// and with it the user's delivered mark of each conversation with a message received in
+    /// the acknowledged range. Returns the marks that advanced (each advance once, whichever
+    /// device acknowledged first).
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>>;
+
+    /// Adds `contact` to `owner`'s contacts (idempotent). Returns whether they are now mutual.
+    /// `NotFound` if `contact` does not exist.
+    async fn add_contact(&self, owner: Id, contact: Id, now: i64) -> StoreResult<bool>;
+    /// Removes a contact (idempotent). Returns whether they had been mutual.
+    async fn remove_contact(&self, owner: Id, contact: Id) -> StoreResult<bool>;
+    /// `owner`'s contacts, by username.
+    async fn contacts(&self, owner: Id) -> StoreResult<Vec<ContactEntry>>;
+    /// Mutual contacts of `user` with no block either way: who may see its presence.
+    async fn friends(&self, user: Id) -> StoreResult<Vec<Id>>;
+    /// Sets or lifts `owner`'s block of `other` (idempotent). `NotFound` if `other` does not exist.
+    async fn set_block(&self, owner: Id, other: Id, blocked: bool, now: i64) -> StoreResult<()>;
+    /// Whether either user blocks the other.
+    async fn blocked_between(&self, a: Id, b: Id) -> StoreResult<bool>;
+    /// Records when `user` was last online.
+    async fn set_last_seen(&self, user: Id, ts: i64) -> StoreResult<()>;
+    /// Advances `user`'s read mark in `conversation` to `seq` (clamped to the last message).
+    /// `None` if it did not move forward; `NotFound` if `user` is not a participant.
+    async fn mark_read(
+        &self,
+        user: Id,
+        conversation: &str,
+        seq: u64,
+    ) -> StoreResult<Option<ReadAdvance>>;
 
     /// Stores a message in its conversation and in both participants' streams.
-    /// `NotFound` if the recipient does not exist.
+    /// `NotFound` if the recipient does not exist, `Forbidden` if the recipient blocks the
+    /// sender (checked in the same transaction).
     async fn append(&self, message: NewMessage) -> StoreResult<Appended>;
     /// The head (highest position) of a user's stream; 0 when empty.
     async fn stream_head(&self, user: Id) -> StoreResult<u64>;

@@ -18,8 +18,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, DeviceSession, MessageStore, NewDevice, NewMessage, SeedAccount, StoreError,
-    StoreResult, StreamEntry, UserRecord, conversation_id, conversation_members,
+    Appended, ContactEntry, DeliveredAdvance, DeviceSession, MessageStore, NewDevice, NewMessage,
+    ReadAdvance, SeedAccount, StoreError, StoreResult, StreamEntry, UserRecord, conversation_id,
+    conversation_members,
 };
 
 /// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory).
@@ -86,6 +87,22 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL,
         PRIMARY KEY (user_id, pos)
     ) WITHOUT ROWID;
+    "#,
+    // 2: contacts, blocks, last seen.
+    r#"
+    CREATE TABLE contacts (
+        owner      INTEGER NOT NULL,
+        contact    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, contact)
+    ) WITHOUT ROWID;
+    CREATE TABLE blocks (
+        owner      INTEGER NOT NULL,
+        blocked    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, blocked)
+    ) WITHOUT ROWID;
+    ALTER TABLE users ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
     "#,
 ];
 
@@ -307,6 +324,76 @@ fn writer_loop(
     }
 }
 
+fn user_exists(conn: &Connection, user: Id) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")
+        .and_then(|mut s| s.exists(params![to_i64(user.0)]))
+        .map_err(internal)
+}
+
+fn has_contact(conn: &Connection, owner: Id, contact: Id) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM contacts WHERE owner = ?1 AND contact = ?2")
+        .and_then(|mut s| s.exists(params![to_i64(owner.0), to_i64(contact.0)]))
+        .map_err(internal)
+}
+
+fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
+    let row: Option<(i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT d.user_id, d.cursor, u.stream_head FROM devices d
+             JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![to_i64(device.0)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(internal)?;
+    let Some((user, old, head)) = row else {
+        return Ok(Vec::new());
+    };
+    let new = to_i64(pos).min(head);
+    if new <= old {
+        return Ok(Vec::new());
+    }
+    conn.prepare_cached("UPDATE devices SET cursor = ?2 WHERE id = ?1")
+        .and_then(|mut s| s.execute(params![to_i64(device.0), new]))
+        .map_err(internal)?;
+    // The highest received seq per conversation in the newly acknowledged range.
+    let received: Vec<(String, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT m.conversation, m.sender, max(m.seq) FROM stream s
+             JOIN messages m ON m.id = s.message_id
+             WHERE s.user_id = ?1 AND s.pos > ?2 AND s.pos <= ?3 AND m.recipient = ?1
+             GROUP BY m.conversation, m.sender",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![user, old, new], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(internal)?;
+    let mut advanced = Vec::new();
+    let mut bump = conn
+        .prepare_cached(
+            "UPDATE conversations SET
+                delivered_lo = CASE WHEN user_lo = ?3 THEN max(delivered_lo, ?2) ELSE delivered_lo END,
+                delivered_hi = CASE WHEN user_hi = ?3 THEN max(delivered_hi, ?2) ELSE delivered_hi END
+             WHERE id = ?1 AND ((user_lo = ?3 AND delivered_lo < ?2)
+                             OR (user_hi = ?3 AND delivered_hi < ?2))",
+        )
+        .map_err(internal)?;
+    for (conversation, sender, seq) in received {
+        if bump.execute(params![conversation, seq, user]).map_err(internal)? > 0 {
+            advanced.push(DeliveredAdvance {
+                conversation,
+                peer: Id(sender as u64),
+                seq: seq as u64,
+            });
+        }
+    }
+    Ok(advanced)
+}
+
 fn message_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Message> {
     Ok(Message {
         id: id_col(row, at)?,
@@ -340,6 +427,15 @@ fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
             recipient_pos: 0,
             duplicate: true,
         });
+    }
+    let blocked = conn
+        .prepare_cached("SELECT 1 FROM blocks WHERE owner = ?1 AND blocked = ?2")
+        .and_then(|mut s| s.exists(params![to_i64(m.to.0), to_i64(m.from.0)]))
+        .map_err(internal)?;
+    if blocked {
+        return Err(StoreError::Forbidden(
+            "the recipient does not accept your messages".into(),
+        ));
     }
     let bump_head = |user: Id| -> StoreResult<Option<u64>> {
         conn.prepare_cached(
@@ -592,16 +688,159 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<()> {
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
+        self.write(move |conn| set_cursor_in(conn, device_id, pos)).await
+    }
+
+    async fn add_contact(&self, owner: Id, contact: Id, now: i64) -> StoreResult<bool> {
         self.write(move |conn| {
+            if !user_exists(conn, contact)? {
+                return Err(StoreError::NotFound(format!("no user {contact}")));
+            }
             conn.prepare_cached(
-                "UPDATE devices SET cursor = min(?2, (SELECT stream_head FROM users u
-                                                     WHERE u.id = devices.user_id))
-                 WHERE id = ?1 AND cursor < ?2",
+                "INSERT INTO contacts (owner, contact, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
             )
-            .and_then(|mut s| s.execute(params![to_i64(device_id.0), to_i64(pos)]))
+            .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(contact.0), now]))
             .map_err(internal)?;
+            has_contact(conn, contact, owner)
+        })
+        .await
+    }
+
+    async fn remove_contact(&self, owner: Id, contact: Id) -> StoreResult<bool> {
+        self.write(move |conn| {
+            let removed = conn
+                .prepare_cached("DELETE FROM contacts WHERE owner = ?1 AND contact = ?2")
+                .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(contact.0)]))
+                .map_err(internal)?;
+            Ok(removed > 0 && has_contact(conn, contact, owner)?)
+        })
+        .await
+    }
+
+    async fn contacts(&self, owner: Id) -> StoreResult<Vec<ContactEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT c.contact, u.username,
+                            EXISTS (SELECT 1 FROM contacts r
+                                    WHERE r.owner = c.contact AND r.contact = c.owner),
+                            EXISTS (SELECT 1 FROM blocks b
+                                    WHERE (b.owner = c.owner AND b.blocked = c.contact)
+                                       OR (b.owner = c.contact AND b.blocked = c.owner)),
+                            u.last_seen
+                     FROM contacts c JOIN users u ON u.id = c.contact
+                     WHERE c.owner = ?1 ORDER BY u.username_key",
+                )
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(params![to_i64(owner.0)], |r| {
+                    Ok(ContactEntry {
+                        user_id: id_col(r, 0)?,
+                        username: r.get(1)?,
+                        mutual: r.get(2)?,
+                        blocked: r.get(3)?,
+                        last_seen: r.get(4)?,
+                    })
+                })
+                .map_err(internal)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+        })
+        .await
+    }
+
+    async fn friends(&self, user: Id) -> StoreResult<Vec<Id>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT c.contact FROM contacts c
+                     JOIN contacts r ON r.owner = c.contact AND r.contact = c.owner
+                     WHERE c.owner = ?1
+                       AND NOT EXISTS (SELECT 1 FROM blocks b
+                                       WHERE (b.owner = ?1 AND b.blocked = c.contact)
+                                          OR (b.owner = c.contact AND b.blocked = ?1))",
+                )
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(params![to_i64(user.0)], |r| id_col(r, 0))
+                .map_err(internal)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+        })
+        .await
+    }
+
+    async fn set_block(&self, owner: Id, other: Id, blocked: bool, now: i64) -> StoreResult<()> {
+        self.write(move |conn| {
+            if !user_exists(conn, other)? {
+                return Err(StoreError::NotFound(format!("no user {other}")));
+            }
+            let sql = if blocked {
+                "INSERT INTO blocks (owner, blocked, created_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM blocks WHERE owner = ?1 AND blocked = ?2 AND ?3 = ?3"
+            };
+            conn.prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(other.0), now]))
+                .map_err(internal)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn blocked_between(&self, a: Id, b: Id) -> StoreResult<bool> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT 1 FROM blocks WHERE (owner = ?1 AND blocked = ?2)
+                                         OR (owner = ?2 AND blocked = ?1)",
+            )
+            .and_then(|mut s| s.exists(params![to_i64(a.0), to_i64(b.0)]))
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, user: Id, ts: i64) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE users SET last_seen = max(last_seen, ?2) WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![to_i64(user.0), ts]))
+                .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: Id,
+        conversation: &str,
+        seq: u64,
+    ) -> StoreResult<Option<ReadAdvance>> {
+        let not_found = || StoreError::NotFound("no such conversation".into());
+        let (lo, hi) = conversation_members(conversation).ok_or_else(not_found)?;
+        if user != lo && user != hi {
+            return Err(not_found());
+        }
+        let peer = if user == lo { hi } else { lo };
+        let conversation = conversation.to_owned();
+        self.write(move |conn| {
+            let last: Option<i64> = conn
+                .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")
+                .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)).optional())
+                .map_err(internal)?;
+            let last = last.ok_or_else(not_found)? as u64;
+            let seq = seq.min(last);
+            let sql = if user == lo {
+                "UPDATE conversations SET read_lo = ?2 WHERE id = ?1 AND read_lo < ?2"
+            } else {
+                "UPDATE conversations SET read_hi = ?2 WHERE id = ?1 AND read_hi < ?2"
+            };
+            let changed = conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![conversation, to_i64(seq)]))
+                .map_err(internal)?;
+            Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
         })
         .await
     }

@@ -12,7 +12,7 @@ pub mod memory;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use confab_protocol::{Id, Message};
+use confab_protocol::{Id, Message, ServerFrame};
 
 /// Something that happened which connected devices must hear about.
 #[derive(Clone, Debug)]
@@ -24,16 +24,23 @@ pub enum SyncEvent {
     },
     /// A device's token was revoked: its open sockets must close (1008).
     DeviceRevoked { user: Id, device: Id },
+    /// A frame that is not stored (presence, receipt, typing) for every socket of `to`,
+    /// except those of `except_device`.
+    Ephemeral {
+        to: Vec<Id>,
+        except_device: Option<Id>,
+        frame: Arc<ServerFrame>,
+    },
 }
 
 impl SyncEvent {
     /// The users whose sockets this event is for.
-    pub fn users(&self) -> impl Iterator<Item = Id> + '_ {
-        let (a, b) = match self {
-            SyncEvent::Message { positions, .. } => (positions[0].0, Some(positions[1].0)),
-            SyncEvent::DeviceRevoked { user, .. } => (*user, None),
-        };
-        std::iter::once(a).chain(b)
+    pub fn users(&self) -> Vec<Id> {
+        match self {
+            SyncEvent::Message { positions, .. } => vec![positions[0].0, positions[1].0],
+            SyncEvent::DeviceRevoked { user, .. } => vec![*user],
+            SyncEvent::Ephemeral { to, .. } => to.clone(),
+        }
     }
 }
 
