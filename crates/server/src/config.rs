@@ -78,8 +78,12 @@ pub struct Config {
     pub store: StoreConfig,
     pub queue: QueueConfig,
     pub presence: PresenceConfig,
-    /// Sequencer node id (0-1023). Unique per live node.
+    /// Sequencer node id (0-1023). Unique per live node. In a cluster with Redis presence it
+    /// is leased from Redis instead and this value is ignored.
     pub node_id: u16,
+    /// Name of the cluster: prefixes Redis keys, NATS subjects and JetStream streams, so
+    /// several clusters (or test runs) can share the same engines.
+    pub cluster: String,
     /// A socket that has not sent `hello` by then is closed with 1008.
     pub hello_timeout: Duration,
     /// How often the server sends a WebSocket ping to each socket.
@@ -112,6 +116,7 @@ impl Default for Config {
             queue: QueueConfig::Memory,
             presence: PresenceConfig::Memory,
             node_id: 0,
+            cluster: "confab".into(),
             hello_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             // Under the 60 s within which friends must learn a vanished device is offline.

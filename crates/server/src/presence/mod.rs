@@ -35,6 +35,13 @@ pub trait PresenceService: Send + Sync + 'static {
     /// Current presence of each user, in the order asked.
     async fn status(&self, users: &[Id]) -> Result<Vec<Presence>, PresenceError>;
     async fn check(&self) -> Result<(), PresenceError>;
+    /// Removes sockets whose node stopped renewing them (it died) and returns the users that
+    /// thereby went offline, each exactly once cluster-wide, with their `last_seen`. The server
+    /// calls it every few seconds and tells those users' friends. A single-process backend
+    /// has nothing to expire: its sockets die with it.
+    async fn sweep(&self, _now: i64) -> Result<Vec<(Id, i64)>, PresenceError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Login step 4: tells `user`'s friends (mutual contacts, no block either way) its presence.
