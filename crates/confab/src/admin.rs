@@ -43,13 +43,16 @@ pub async fn run(cmd: AdminCommand) -> ExitCode {
             out,
         } => {
             let bar = ProgressBar::new(count as u64).with_style(
-                ProgressStyle::with_template("seeding {bar:40} {pos}/{len} accounts ({per_sec}, eta {eta})")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                ProgressStyle::with_template(
+                    "seeding {bar:40} {pos}/{len} accounts ({per_sec}, eta {eta})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            let seeded = confab_server::admin::seed(&backend.config(), &prefix, count, &password, |n| {
-                bar.set_position(n as u64)
-            })
-            .await;
+            let seeded =
+                confab_server::admin::seed(&backend.config(), &prefix, count, &password, |n| {
+                    bar.set_position(n as u64)
+                })
+                .await;
             bar.finish_and_clear();
             let accounts = match seeded {
                 Ok(a) => a,

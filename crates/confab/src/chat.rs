@@ -34,7 +34,9 @@ pub async fn run(args: ChatArgs) -> ExitCode {
 
 async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
     let api = Api::new(&args.server);
-    let session = api.login(&args.user, &args.password, Some("confab chat")).await?;
+    let session = api
+        .login(&args.user, &args.password, Some("confab chat"))
+        .await?;
     let mut names: HashMap<Id, String> = HashMap::from([(session.user_id, args.user.clone())]);
     let peer = match &args.to {
         Some(name) => {
@@ -70,8 +72,12 @@ async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
                 };
                 println!("{from}: {}", message.body);
             }
-            Event::Synced { .. } => eprintln!("-- up to date; waiting for messages (Ctrl-C to quit)"),
-            Event::Presence { user_id, status, .. } => eprintln!("-- {user_id} is {status:?}"),
+            Event::Synced { .. } => {
+                eprintln!("-- up to date; waiting for messages (Ctrl-C to quit)")
+            }
+            Event::Presence {
+                user_id, status, ..
+            } => eprintln!("-- {user_id} is {status:?}"),
             Event::Disconnected { reason } => eprintln!("-- disconnected: {reason}; reconnecting"),
             Event::Error { code, message, .. } => eprintln!("-- error {code}: {message}"),
             _ => {}

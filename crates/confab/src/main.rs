@@ -14,7 +14,11 @@ use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig};
 use confab_server::{Config, Server};
 
 #[derive(Parser)]
-#[command(name = "confab", version, about = "A chat server: one binary, durable messages")]
+#[command(
+    name = "confab",
+    version,
+    about = "A chat server: one binary, durable messages"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,8 +122,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -169,9 +172,8 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

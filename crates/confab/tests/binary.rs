@@ -12,9 +12,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Node {
     child: Child,
@@ -75,8 +74,18 @@ async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
 
 /// Creates `name` and returns (token, user_id).
 async fn user(addr: SocketAddr, name: &str) -> (String, String) {
-    post(addr, "/v1/users", json!({"username": name, "password": "password1"})).await;
-    let s = post(addr, "/v1/sessions", json!({"username": name, "password": "password1"})).await;
+    post(
+        addr,
+        "/v1/users",
+        json!({"username": name, "password": "password1"}),
+    )
+    .await;
+    let s = post(
+        addr,
+        "/v1/sessions",
+        json!({"username": name, "password": "password1"}),
+    )
+    .await;
     (
         s["token"].as_str().unwrap().to_owned(),
         s["user_id"].as_str().unwrap().to_owned(),
@@ -92,7 +101,9 @@ async fn connect(addr: SocketAddr, token: &str) -> Socket {
 }
 
 async fn send(ws: &mut Socket, v: Value) {
-    ws.send(WsMessage::Text(v.to_string().into())).await.unwrap();
+    ws.send(WsMessage::Text(v.to_string().into()))
+        .await
+        .unwrap();
 }
 
 /// Next JSON frame, or None once closed.
@@ -130,7 +141,11 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
     let (alice, _) = user(node.addr, "alice").await;
     let (_, bob_id) = user(node.addr, "bob").await;
     let mut ws = connect(node.addr, &alice).await;
-    send(&mut ws, json!({"type": "send", "to": bob_id, "client_id": "c", "body": "kept"})).await;
+    send(
+        &mut ws,
+        json!({"type": "send", "to": bob_id, "client_id": "c", "body": "kept"}),
+    )
+    .await;
     while next(&mut ws).await.unwrap()["type"] != "sent" {}
 
     node.signal("-TERM");
@@ -150,7 +165,12 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
 
     let node = Node::start(dir.path());
-    let s = post(node.addr, "/v1/sessions", json!({"username": "bob", "password": "password1"})).await;
+    let s = post(
+        node.addr,
+        "/v1/sessions",
+        json!({"username": "bob", "password": "password1"}),
+    )
+    .await;
     let (_, inbox) = catch_up(node.addr, s["token"].as_str().unwrap()).await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0]["body"], "kept");
@@ -210,7 +230,11 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
             while let Some(f) = next(&mut ws).await {
                 if f["type"] == "message" {
                     let ack = json!({"type": "ack", "cursor": f["cursor"]});
-                    if ws.send(WsMessage::Text(ack.to_string().into())).await.is_err() {
+                    if ws
+                        .send(WsMessage::Text(ack.to_string().into()))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -224,16 +248,26 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         acked.extend(s.await.unwrap());
     }
     reader.await.unwrap();
-    assert!(acked.len() > 50, "only {} messages acked before the kill", acked.len());
+    assert!(
+        acked.len() > 50,
+        "only {} messages acked before the kill",
+        acked.len()
+    );
 
     let node = Node::start(dir.path());
     // A fresh device of alice sees the whole conversation: every acked message, in order,
     // with gapless seqs.
-    let s = post(node.addr, "/v1/sessions", json!({"username": "alice", "password": "password1"})).await;
+    let s = post(
+        node.addr,
+        "/v1/sessions",
+        json!({"username": "alice", "password": "password1"}),
+    )
+    .await;
     let (_, all) = catch_up(node.addr, s["token"].as_str().unwrap()).await;
     let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
-    let stored: HashMap<&str, &Value> = all.iter().map(|m| (m["id"].as_str().unwrap(), m)).collect();
+    let stored: HashMap<&str, &Value> =
+        all.iter().map(|m| (m["id"].as_str().unwrap(), m)).collect();
     for (client_id, sent) in &acked {
         let m = stored
             .get(sent["id"].as_str().unwrap())
@@ -244,7 +278,10 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
 
     // Bob's device resumes after its stored cursor and gets each remaining event exactly once.
     let (mut ws, rest) = catch_up(node.addr, &bob).await;
-    let cursors: Vec<u64> = rest.iter().map(|m| m["cursor"].as_str().unwrap().parse().unwrap()).collect();
+    let cursors: Vec<u64> = rest
+        .iter()
+        .map(|m| m["cursor"].as_str().unwrap().parse().unwrap())
+        .collect();
     let head = all.len() as u64;
     if let Some(first) = cursors.first() {
         assert_eq!(cursors, (*first..=head).collect::<Vec<_>>());

@@ -400,16 +400,31 @@ mod tests {
 
     #[test]
     fn numeric_ids_are_rejected() {
-        let e = ClientFrame::parse(r#"{"type":"send","to":5,"client_id":"a","body":"x"}"#)
-            .unwrap_err();
+        let e =
+            ClientFrame::parse(r#"{"type":"send","to":5,"client_id":"a","body":"x"}"#).unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("a"));
     }
 
     #[test]
     fn parse_errors_name_the_problem() {
-        assert!(ClientFrame::parse("{").unwrap_err().message.contains("malformed JSON"));
-        assert!(ClientFrame::parse("[1]").unwrap_err().message.contains("object"));
-        assert!(ClientFrame::parse("{}").unwrap_err().message.contains("type"));
+        assert!(
+            ClientFrame::parse("{")
+                .unwrap_err()
+                .message
+                .contains("malformed JSON")
+        );
+        assert!(
+            ClientFrame::parse("[1]")
+                .unwrap_err()
+                .message
+                .contains("object")
+        );
+        assert!(
+            ClientFrame::parse("{}")
+                .unwrap_err()
+                .message
+                .contains("type")
+        );
         let e = ClientFrame::parse(r#"{"type":"fly","client_id":"c1"}"#).unwrap_err();
         assert!(e.message.contains("unknown variant"), "{}", e.message);
         assert_eq!(e.reference.as_deref(), Some("c1"));

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use confab_protocol::{
-    Contact, Contacts, Conversations, CreateSession, CreateUser, Id, MAX_HTTP_BODY_BYTES,
-    Presence, PresenceStatus, ServerFrame, Session, User,
+    Contact, Contacts, Conversations, CreateSession, CreateUser, Id, MAX_HTTP_BODY_BYTES, Presence,
+    PresenceStatus, ServerFrame, Session, User,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -41,9 +41,15 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/contacts/{user_id}",
             axum::routing::put(add_contact).delete(remove_contact),
         )
-        .route("/v1/blocks/{user_id}", axum::routing::put(block).delete(unblock))
+        .route(
+            "/v1/blocks/{user_id}",
+            axum::routing::put(block).delete(unblock),
+        )
         .route("/v1/conversations", get(list_conversations))
-        .route("/v1/conversations/{conversation}/messages", get(list_messages))
+        .route(
+            "/v1/conversations/{conversation}/messages",
+            get(list_messages),
+        )
         .route("/v1/ws", get(crate::gateway::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -97,9 +103,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
             .await
             .map_err(|e: BytesRejection| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::too_large(format!(
-                        "request body over {MAX_HTTP_BODY_BYTES} bytes"
-                    ))
+                    Error::too_large(format!("request body over {MAX_HTTP_BODY_BYTES} bytes"))
                 } else {
                     Error::bad_request(e.body_text())
                 }
@@ -162,7 +166,10 @@ async fn create_session(
     let user = app.store.user_by_name(&req.username).await?;
     let ok = app
         .auth
-        .verify(&req.password, user.as_ref().map(|u| u.password_hash.as_str()))
+        .verify(
+            &req.password,
+            user.as_ref().map(|u| u.password_hash.as_str()),
+        )
         .await;
     let user = match user {
         Some(u) if ok => u,
@@ -300,7 +307,9 @@ async fn block(
     id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode> {
     let other = other_user(&caller, id)?;
-    app.store.set_block(caller.user, other, true, now_ms()).await?;
+    app.store
+        .set_block(caller.user, other, true, now_ms())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -310,7 +319,9 @@ async fn unblock(
     id: std::result::Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode> {
     let other = other_user(&caller, id)?;
-    app.store.set_block(caller.user, other, false, now_ms()).await?;
+    app.store
+        .set_block(caller.user, other, false, now_ms())
+        .await?;
     if app.store.friends(caller.user).await?.contains(&other) {
         start_presence_flow(&app, caller.user, other).await;
     }

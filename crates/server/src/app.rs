@@ -66,10 +66,11 @@ impl App {
             StoreConfig::Sqlite => {
                 let dir = config.data_dir.clone();
                 let (batch, hist) = (config.max_commit_batch, metrics.commit_batch_size.clone());
-                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&dir, batch, hist))
-                    .await
-                    .map_err(|e| StartError::Backend(e.to_string()))?
-                    .map_err(|e| StartError::Backend(e.to_string()))?;
+                let store =
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&dir, batch, hist))
+                        .await
+                        .map_err(|e| StartError::Backend(e.to_string()))?
+                        .map_err(|e| StartError::Backend(e.to_string()))?;
                 Arc::new(store)
             }
             StoreConfig::Postgres(_) => {
@@ -135,12 +136,13 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen`, opens the backends and starts serving in a background task.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,

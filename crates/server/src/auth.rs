@@ -63,7 +63,11 @@ impl Auth {
 
     /// Argon2id PHC string of `password`.
     pub async fn hash(&self, password: &str) -> Result<String> {
-        let _permit = self.hashing.acquire().await.map_err(|_| Error::Internal("closed".into()))?;
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("closed".into()))?;
         let password = password.as_bytes().to_vec();
         tokio::task::spawn_blocking(move || hash_blocking(&password))
             .await

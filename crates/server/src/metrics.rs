@@ -16,10 +16,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("confab".into()), None)
-            .expect("a valid static prefix");
-        let connections = IntGauge::new("connections", "Open WebSockets past welcome")
-            .expect("valid metric");
+        let registry =
+            Registry::new_custom(Some("confab".into()), None).expect("a valid static prefix");
+        let connections =
+            IntGauge::new("connections", "Open WebSockets past welcome").expect("valid metric");
         let messages_stored = IntCounter::new("messages_stored_total", "Messages durably stored")
             .expect("valid metric");
         let send_latency = Histogram::with_opts(

@@ -15,17 +15,34 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     let (mut b, _) = s.connect(&bob).await;
-    a.send_message(&bob, "before", "stored before the abuse").await;
+    a.send_message(&bob, "before", "stored before the abuse")
+        .await;
 
     let cases: &[(&str, &str, Option<&str>)] = &[
         ("{not json", "bad_request", None),
         ("[1,2]", "bad_request", None),
         ("\"hello\"", "bad_request", None),
         (r#"{"no":"type"}"#, "bad_request", None),
-        (r#"{"type":"teleport","client_id":"t1"}"#, "bad_request", Some("t1")),
-        (r#"{"type":"send","client_id":"m1"}"#, "bad_request", Some("m1")),
-        (r#"{"type":"send","to":12,"client_id":"m2","body":"x"}"#, "bad_request", Some("m2")),
-        (r#"{"type":"send","to":"1","client_id":"","body":"x"}"#, "bad_request", Some("")),
+        (
+            r#"{"type":"teleport","client_id":"t1"}"#,
+            "bad_request",
+            Some("t1"),
+        ),
+        (
+            r#"{"type":"send","client_id":"m1"}"#,
+            "bad_request",
+            Some("m1"),
+        ),
+        (
+            r#"{"type":"send","to":12,"client_id":"m2","body":"x"}"#,
+            "bad_request",
+            Some("m2"),
+        ),
+        (
+            r#"{"type":"send","to":"1","client_id":"","body":"x"}"#,
+            "bad_request",
+            Some(""),
+        ),
         (r#"{"type":"ack","cursor":"nope"}"#, "bad_request", None),
         (r#"{"type":"hello","token":"x"}"#, "bad_request", None),
     ];
@@ -44,11 +61,17 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
     a.send(json!({"type": "send", "to": bob.id, "client_id": "big", "body": "x".repeat(4097)}))
         .await;
     let e = a.next_of("error").await;
-    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("too_large"), Some("big")));
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("too_large"), Some("big"))
+    );
     a.send(json!({"type": "send", "to": "12345", "client_id": "who", "body": "x"}))
         .await;
     let e = a.next_of("error").await;
-    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("not_found"), Some("who")));
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("not_found"), Some("who"))
+    );
     a.send(json!({"type": "send", "to": alice.id, "client_id": "me", "body": "x"}))
         .await;
     assert_eq!(a.next_of("error").await["code"], "bad_request");
@@ -83,7 +106,10 @@ async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
 
     b.send_message(&alice, "still", "still here").await;
     let (_a2, history) = s.connect(&alice).await;
-    let bodies: Vec<_> = history.iter().map(|m| m["body"].as_str().unwrap()).collect();
+    let bodies: Vec<_> = history
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
     assert_eq!(bodies, ["kept", "still here"]);
 }
 
@@ -159,7 +185,13 @@ async fn http_bad_input() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "too_large");
 
-    let r = s.http.post(s.url("/v1/users")).body("{oops").send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url("/v1/users"))
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "bad_request");
@@ -229,8 +261,19 @@ async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
         }
     }
     assert_eq!(b.closed().await, Some(1013), "the slow reader is cut off");
-    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("confab_slow_consumers_disconnected_total 1"), "{metrics}");
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("confab_slow_consumers_disconnected_total 1"),
+        "{metrics}"
+    );
     // Reconnecting catches up on everything.
     let (_b, caught) = s.connect(&bob).await;
     assert_eq!(caught.len(), N);
@@ -249,7 +292,10 @@ async fn connection_limit_refuses_with_a_clear_error() {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 503);
             let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
-            assert!(body.contains("unavailable") && body.contains("limit"), "{body}");
+            assert!(
+                body.contains("unavailable") && body.contains("limit"),
+                "{body}"
+            );
         }
         other => panic!("expected an HTTP 503, got {other}"),
     }

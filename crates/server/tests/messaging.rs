@@ -54,7 +54,8 @@ async fn offline_user_catches_up_and_acked_events_are_not_repeated() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     for i in 0..5 {
-        a.send_message(&bob, &format!("m{i}"), &format!("msg {i}")).await;
+        a.send_message(&bob, &format!("m{i}"), &format!("msg {i}"))
+            .await;
     }
     let (mut b, missed) = s.connect(&bob).await;
     let bodies: Vec<_> = missed.iter().map(|m| m["body"].as_str().unwrap()).collect();
@@ -64,7 +65,8 @@ async fn offline_user_catches_up_and_acked_events_are_not_repeated() {
     assert_eq!(b.synced, missed[4]["cursor"].as_str().unwrap());
 
     // Ack the third; reconnecting resumes after it.
-    b.send(json!({"type": "ack", "cursor": missed[2]["cursor"]})).await;
+    b.send(json!({"type": "ack", "cursor": missed[2]["cursor"]}))
+        .await;
     // A ping round-trip orders the ack before the close.
     b.send(json!({"type": "ping"})).await;
     b.next_of("pong").await;
@@ -128,7 +130,11 @@ async fn send_is_idempotent_on_the_same_socket_a_new_socket_and_after_restart() 
 
     s.restart().await;
     let (mut a3, caught) = s.connect(&alice).await;
-    assert_eq!(caught.len(), 1, "the stored cursor/session survive a restart");
+    assert_eq!(
+        caught.len(),
+        1,
+        "the stored cursor/session survive a restart"
+    );
     let fourth = a3.send_message(&bob, "same", "once").await;
     assert_eq!(first, fourth);
     let next = a3.send_message(&bob, "other", "twice").await;
@@ -146,7 +152,11 @@ async fn fifty_concurrent_senders_get_gapless_seqs() {
     const EACH: usize = 20;
     let mut devices = Vec::new();
     for i in 0..SENDERS {
-        let (from, to) = if i % 2 == 0 { ("alice", &bob) } else { ("bob", &alice) };
+        let (from, to) = if i % 2 == 0 {
+            ("alice", &bob)
+        } else {
+            ("bob", &alice)
+        };
         devices.push((s.login(from).await, to.clone()));
     }
     let addr = s.addr;
@@ -203,8 +213,10 @@ async fn live_and_catch_up_meet_without_gaps_or_repeats() {
     let bob_id = bob.id.clone();
     let sender = tokio::spawn(async move {
         for i in 0..N {
-            a.send(json!({"type": "send", "to": bob_id, "client_id": format!("r{i}"), "body": "b"}))
-                .await;
+            a.send(
+                json!({"type": "send", "to": bob_id, "client_id": format!("r{i}"), "body": "b"}),
+            )
+            .await;
             if i % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -241,7 +253,9 @@ async fn history_endpoints() {
     let (mut a, _) = s.connect(&alice).await;
     let mut conv = String::new();
     for i in 1..=7 {
-        conv = a.send_message(&bob, &format!("ab{i}"), &format!("ab {i}")).await["conversation"]
+        conv = a
+            .send_message(&bob, &format!("ab{i}"), &format!("ab {i}"))
+            .await["conversation"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -253,7 +267,10 @@ async fn history_endpoints() {
     assert_eq!(status, 200);
     let list = list["conversations"].as_array().unwrap();
     assert_eq!(list.len(), 2);
-    assert_eq!(list[0]["conversation"], ac["conversation"], "newest activity first");
+    assert_eq!(
+        list[0]["conversation"], ac["conversation"],
+        "newest activity first"
+    );
     assert_eq!(list[0]["peer"], carol.id.as_str());
     assert_eq!(list[1]["peer"], bob.id.as_str());
     assert_eq!(list[1]["last_seq"], 7);
@@ -266,11 +283,21 @@ async fn history_endpoints() {
     let path = format!("/v1/conversations/{conv}/messages");
     let (status, page) = s.get(&format!("{path}?limit=3"), &bob.token).await;
     assert_eq!(status, 200);
-    let seqs: Vec<_> = page["messages"].as_array().unwrap().iter().map(seq).collect();
+    let seqs: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(seq)
+        .collect();
     assert_eq!(seqs, [5, 6, 7]);
     assert_eq!(page["more"], true);
     let (_, page) = s.get(&format!("{path}?limit=3&before=5"), &bob.token).await;
-    let seqs: Vec<_> = page["messages"].as_array().unwrap().iter().map(seq).collect();
+    let seqs: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(seq)
+        .collect();
     assert_eq!(seqs, [2, 3, 4]);
     assert_eq!(page["more"], true);
     let (_, page) = s.get(&format!("{path}?before=2"), &bob.token).await;
@@ -285,10 +312,15 @@ async fn history_endpoints() {
     assert_eq!(body["error"]["code"], "not_found");
     let (status, _) = s.get("/v1/conversations/1-2/messages", &alice.token).await;
     assert_eq!(status, 404);
-    let (status, _) = s.get("/v1/conversations/garbage/messages", &alice.token).await;
+    let (status, _) = s
+        .get("/v1/conversations/garbage/messages", &alice.token)
+        .await;
     assert_eq!(status, 404);
     let (status, body) = s.get(&format!("{path}?limit=0"), &bob.token).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
     let (status, _) = s.get(&format!("{path}?limit=abc"), &bob.token).await;
     assert_eq!(status, 400);
     let (status, _) = s.get("/v1/conversations", "not-a-token").await;
@@ -303,7 +335,10 @@ async fn users_lookup_and_logout() {
     assert_eq!(status, 200);
     assert_eq!(body, json!({"user_id": alice.id, "username": "alice"}));
     let (status, body) = s.get("/v1/users/nobody", &alice.token).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, _) = s.get("/v1/users/alice", "bad").await;
     assert_eq!(status, 401);
 
@@ -318,14 +353,20 @@ async fn users_lookup_and_logout() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(ws.closed().await, Some(1008), "the revoked device's socket closes");
+    assert_eq!(
+        ws.closed().await,
+        Some(1008),
+        "the revoked device's socket closes"
+    );
     // The other device is untouched.
     ws_other.send(json!({"type": "ping"})).await;
     assert_eq!(ws_other.next().await["type"], "pong");
     let (status, _) = s.get("/v1/conversations", &alice.token).await;
     assert_eq!(status, 401, "a revoked token is refused");
     let mut again = Ws::open(s.addr).await;
-    again.send(json!({"type": "hello", "token": alice.token})).await;
+    again
+        .send(json!({"type": "hello", "token": alice.token}))
+        .await;
     assert_eq!(again.next().await["code"], "unauthorized");
     assert_eq!(again.closed().await, Some(1008));
 }
@@ -335,9 +376,15 @@ async fn registration_and_login_rules() {
     let s = TestServer::start().await;
     s.user("Bob").await;
     let (status, body) = s
-        .post("/v1/users", json!({"username": "bob", "password": "password1"}))
+        .post(
+            "/v1/users",
+            json!({"username": "bob", "password": "password1"}),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
     for bad in [
         json!({"username": "ab", "password": "password1"}),
         json!({"username": "bad name", "password": "password1"}),
@@ -346,19 +393,32 @@ async fn registration_and_login_rules() {
         json!({"username": 5, "password": "password1"}),
     ] {
         let (status, body) = s.post("/v1/users", bad.clone()).await;
-        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
     }
     let wrong_password = s
-        .post("/v1/sessions", json!({"username": "bob", "password": "password2"}))
+        .post(
+            "/v1/sessions",
+            json!({"username": "bob", "password": "password2"}),
+        )
         .await;
     let unknown_user = s
-        .post("/v1/sessions", json!({"username": "nobody", "password": "password1"}))
+        .post(
+            "/v1/sessions",
+            json!({"username": "nobody", "password": "password1"}),
+        )
         .await;
     assert_eq!(wrong_password.0, 401);
     assert_eq!(wrong_password, unknown_user, "the same answer for both");
     // Login is case-insensitive on the username, like registration.
     let (status, _) = s
-        .post("/v1/sessions", json!({"username": "BOB", "password": "password1"}))
+        .post(
+            "/v1/sessions",
+            json!({"username": "BOB", "password": "password1"}),
+        )
         .await;
     assert_eq!(status, 201);
 }
@@ -395,7 +455,15 @@ async fn metrics_and_health() {
     assert_eq!(r.status(), 200);
     let r = s.http.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for needle in [
         "confab_connections 1",
         "confab_messages_stored_total 1",

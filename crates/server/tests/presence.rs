@@ -33,8 +33,14 @@ async fn delete(s: &TestServer, path: &str, token: &str) -> u16 {
 }
 
 async fn befriend(s: &TestServer, a: &TestUser, b: &TestUser) {
-    assert_eq!(put(s, &format!("/v1/contacts/{}", b.id), &a.token).await, 204);
-    assert_eq!(put(s, &format!("/v1/contacts/{}", a.id), &b.token).await, 204);
+    assert_eq!(
+        put(s, &format!("/v1/contacts/{}", b.id), &a.token).await,
+        204
+    );
+    assert_eq!(
+        put(s, &format!("/v1/contacts/{}", a.id), &b.token).await,
+        204
+    );
 }
 
 /// The next `presence` frame within the protocol's bound.
@@ -84,7 +90,10 @@ async fn friends_see_online_and_offline_promptly() {
     let mut a1 = a1;
     a1.inner.close(None).await.unwrap();
     let p = presence_within(&mut b, PRESENCE_BOUND).await;
-    assert_eq!((p["user_id"].as_str(), p["status"].as_str()), (Some(alice.id.as_str()), Some("offline")));
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some(alice.id.as_str()), Some("offline"))
+    );
     let last_seen = p["last_seen"].as_i64().unwrap();
     assert!(last_seen >= before && last_seen <= common_now());
 
@@ -139,7 +148,10 @@ async fn non_friends_learn_nothing() {
     let alice = s.user("alice").await;
     let carol = s.user("carol").await;
     // Carol adds alice; alice does not add carol back.
-    assert_eq!(put(&s, &format!("/v1/contacts/{}", alice.id), &carol.token).await, 204);
+    assert_eq!(
+        put(&s, &format!("/v1/contacts/{}", alice.id), &carol.token).await,
+        204
+    );
     let (mut c, _) = s.connect(&carol).await;
     let (a, _) = s.connect(&alice).await;
     drop(a);
@@ -153,7 +165,10 @@ async fn non_friends_learn_nothing() {
     assert_eq!(contacts["contacts"], json!([]));
     // The same 204 whether or not the target is online; 404 only for a non-existent user.
     assert_eq!(put(&s, "/v1/contacts/12345", &carol.token).await, 404);
-    assert_eq!(put(&s, &format!("/v1/contacts/{}", carol.id), &carol.token).await, 400);
+    assert_eq!(
+        put(&s, &format!("/v1/contacts/{}", carol.id), &carol.token).await,
+        400
+    );
     assert_eq!(put(&s, "/v1/contacts/abc", &carol.token).await, 400);
 }
 
@@ -167,12 +182,18 @@ async fn a_block_stops_messages_presence_and_typing_both_ways() {
     let (mut b, _) = s.connect(&bob).await;
     presence_within(&mut a, PRESENCE_BOUND).await; // bob came online
 
-    assert_eq!(put(&s, &format!("/v1/blocks/{}", bob.id), &alice.token).await, 204);
+    assert_eq!(
+        put(&s, &format!("/v1/blocks/{}", bob.id), &alice.token).await,
+        204
+    );
     // Bob's sends to alice fail; alice's to bob still work.
     b.send(json!({"type": "send", "to": alice.id, "client_id": "x", "body": "hi"}))
         .await;
     let e = b.next_of("error").await;
-    assert_eq!((e["code"].as_str(), e["ref"].as_str()), (Some("forbidden"), Some("x")));
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("forbidden"), Some("x"))
+    );
     a.send_message(&bob, "y", "one way").await;
     assert_eq!(b.next_of("message").await["body"], "one way");
     // Typing is dropped both ways.
@@ -189,9 +210,15 @@ async fn a_block_stops_messages_presence_and_typing_both_ways() {
 
     // Unblocking restores the flow at once.
     let (mut a, _) = s.connect(&alice).await;
-    assert_eq!(delete(&s, &format!("/v1/blocks/{}", bob.id), &alice.token).await, 204);
+    assert_eq!(
+        delete(&s, &format!("/v1/blocks/{}", bob.id), &alice.token).await,
+        204
+    );
     let p = presence_within(&mut b, PRESENCE_BOUND).await;
-    assert_eq!((p["user_id"].as_str(), p["status"].as_str()), (Some(alice.id.as_str()), Some("online")));
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some(alice.id.as_str()), Some("online"))
+    );
     let p = presence_within(&mut a, PRESENCE_BOUND).await;
     assert_eq!(p["user_id"], bob.id.as_str());
     assert_eq!(put(&s, "/v1/blocks/12345", &alice.token).await, 404);
@@ -204,15 +231,27 @@ async fn befriending_starts_and_unfriending_stops_the_flow_at_once() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     let (mut b, _) = s.connect(&bob).await;
-    assert_eq!(put(&s, &format!("/v1/contacts/{}", bob.id), &alice.token).await, 204);
+    assert_eq!(
+        put(&s, &format!("/v1/contacts/{}", bob.id), &alice.token).await,
+        204
+    );
     a.expect_silence(Duration::from_millis(200)).await;
-    assert_eq!(put(&s, &format!("/v1/contacts/{}", alice.id), &bob.token).await, 204);
+    assert_eq!(
+        put(&s, &format!("/v1/contacts/{}", alice.id), &bob.token).await,
+        204
+    );
     let p = presence_within(&mut a, PRESENCE_BOUND).await;
-    assert_eq!((p["user_id"].as_str(), p["status"].as_str()), (Some(bob.id.as_str()), Some("online")));
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some(bob.id.as_str()), Some("online"))
+    );
     let p = presence_within(&mut b, PRESENCE_BOUND).await;
     assert_eq!(p["user_id"], alice.id.as_str());
 
-    assert_eq!(delete(&s, &format!("/v1/contacts/{}", alice.id), &bob.token).await, 204);
+    assert_eq!(
+        delete(&s, &format!("/v1/contacts/{}", alice.id), &bob.token).await,
+        204
+    );
     drop(b);
     a.expect_silence(Duration::from_millis(500)).await;
 }
@@ -230,14 +269,24 @@ async fn a_vanished_device_is_reported_offline_by_heartbeat() {
     let (mut b, _) = s.connect(&bob).await;
     // Alice's socket stops reading: it answers no pings, like a cut network.
     let (_vanished, _) = s.connect(&alice).await;
-    assert_eq!(presence_within(&mut b, PRESENCE_BOUND).await["status"], "online");
+    assert_eq!(
+        presence_within(&mut b, PRESENCE_BOUND).await["status"],
+        "online"
+    );
     let started = Instant::now();
     // Bob keeps reading (and so keeps answering pings) while he waits.
     let p = tokio::time::timeout(Duration::from_secs(5), b.next_of("presence"))
         .await
         .expect("offline after the idle timeout");
-    assert_eq!((p["user_id"].as_str(), p["status"].as_str()), (Some(alice.id.as_str()), Some("offline")));
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some(alice.id.as_str()), Some("offline"))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // Bob, who answered pings, is still connected.
     b.send(json!({"type": "ping"})).await;
     assert_eq!(b.next_of("pong").await["type"], "pong");
@@ -253,11 +302,16 @@ async fn last_seen_survives_a_restart() {
     a.inner.close(None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (_, before) = s.get("/v1/contacts", &bob.token).await;
-    let last_seen = before["contacts"][0]["presence"]["last_seen"].as_i64().unwrap();
+    let last_seen = before["contacts"][0]["presence"]["last_seen"]
+        .as_i64()
+        .unwrap();
     assert!(last_seen > 0);
     s.restart().await;
     let (_, after) = s.get("/v1/contacts", &bob.token).await;
-    assert_eq!(after["contacts"][0]["presence"], json!({"status": "offline", "last_seen": last_seen}));
+    assert_eq!(
+        after["contacts"][0]["presence"],
+        json!({"status": "offline", "last_seen": last_seen})
+    );
 }
 
 #[tokio::test]
@@ -269,7 +323,9 @@ async fn receipts_arrive_once_and_in_order_and_the_list_reflects_them() {
     let (mut a, _) = s.connect(&alice).await;
     let mut conv = String::new();
     for i in 1..=3 {
-        conv = a.send_message(&bob, &format!("m{i}"), &format!("m{i}")).await["conversation"]
+        conv = a
+            .send_message(&bob, &format!("m{i}"), &format!("m{i}"))
+            .await["conversation"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -279,38 +335,66 @@ async fn receipts_arrive_once_and_in_order_and_the_list_reflects_them() {
     assert_eq!(inbox.len(), 3);
 
     // Device 1 acks up to message 2: alice hears `delivered` 2 once.
-    b1.send(json!({"type": "ack", "cursor": inbox[1]["cursor"]})).await;
+    b1.send(json!({"type": "ack", "cursor": inbox[1]["cursor"]}))
+        .await;
     let r = a.next_of("receipt").await;
-    assert_eq!(r, json!({"type": "receipt", "conversation": conv, "user_id": bob.id, "kind": "delivered", "seq": 2}));
+    assert_eq!(
+        r,
+        json!({"type": "receipt", "conversation": conv, "user_id": bob.id, "kind": "delivered", "seq": 2})
+    );
     // Device 2 acking the same range is no advance: no receipt. Then 3 is.
-    b2.send(json!({"type": "ack", "cursor": inbox2[1]["cursor"]})).await;
-    b2.send(json!({"type": "ack", "cursor": inbox2[2]["cursor"]})).await;
+    b2.send(json!({"type": "ack", "cursor": inbox2[1]["cursor"]}))
+        .await;
+    b2.send(json!({"type": "ack", "cursor": inbox2[2]["cursor"]}))
+        .await;
     let r = a.next_of("receipt").await;
-    assert_eq!((r["kind"].as_str(), r["seq"].as_u64()), (Some("delivered"), Some(3)));
+    assert_eq!(
+        (r["kind"].as_str(), r["seq"].as_u64()),
+        (Some("delivered"), Some(3))
+    );
 
     // Read marks: the peer and the reader's other devices learn them; never backwards.
-    b1.send(json!({"type": "read", "conversation": conv, "seq": 2})).await;
+    b1.send(json!({"type": "read", "conversation": conv, "seq": 2}))
+        .await;
     let r = a.next_of("receipt").await;
-    assert_eq!(r, json!({"type": "receipt", "conversation": conv, "user_id": bob.id, "kind": "read", "seq": 2}));
+    assert_eq!(
+        r,
+        json!({"type": "receipt", "conversation": conv, "user_id": bob.id, "kind": "read", "seq": 2})
+    );
     let r2 = b2.next_of("receipt").await;
-    assert_eq!((r2["kind"].as_str(), r2["seq"].as_u64()), (Some("read"), Some(2)));
-    b1.send(json!({"type": "read", "conversation": conv, "seq": 1})).await;
-    b1.send(json!({"type": "read", "conversation": conv, "seq": 99})).await; // clamped to 3
+    assert_eq!(
+        (r2["kind"].as_str(), r2["seq"].as_u64()),
+        (Some("read"), Some(2))
+    );
+    b1.send(json!({"type": "read", "conversation": conv, "seq": 1}))
+        .await;
+    b1.send(json!({"type": "read", "conversation": conv, "seq": 99}))
+        .await; // clamped to 3
     let r = a.next_of("receipt").await;
-    assert_eq!((r["kind"].as_str(), r["seq"].as_u64()), (Some("read"), Some(3)));
+    assert_eq!(
+        (r["kind"].as_str(), r["seq"].as_u64()),
+        (Some("read"), Some(3))
+    );
     a.expect_silence(Duration::from_millis(300)).await;
     // The reading device itself hears nothing back.
     b1.expect_silence(Duration::from_millis(100)).await;
     // Not your conversation: not_found.
     let carol = s.user("carol").await;
     let (mut c, _) = s.connect(&carol).await;
-    c.send(json!({"type": "read", "conversation": conv, "seq": 1})).await;
+    c.send(json!({"type": "read", "conversation": conv, "seq": 1}))
+        .await;
     assert_eq!(c.next_of("error").await["code"], "not_found");
 
     // A device that was offline catches up with the ticks from the conversation list.
     let (_, list) = s.get("/v1/conversations", &alice.token).await;
     let entry = &list["conversations"][0];
-    assert_eq!((entry["peer_read_seq"].as_u64(), entry["peer_delivered_seq"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (
+            entry["peer_read_seq"].as_u64(),
+            entry["peer_delivered_seq"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
     assert_eq!(entry["read_seq"], 0);
     let (_, list) = s.get("/v1/conversations", &bob.token).await;
     assert_eq!(list["conversations"][0]["read_seq"], 3);
@@ -360,8 +444,14 @@ async fn presence_fan_out_to_a_thousand_friends() {
         .await
         .expect("seeding");
     for acc in &seeded {
-        app.store.add_contact(star_id, acc.user_id, 0).await.unwrap();
-        app.store.add_contact(acc.user_id, star_id, 0).await.unwrap();
+        app.store
+            .add_contact(star_id, acc.user_id, 0)
+            .await
+            .unwrap();
+        app.store
+            .add_contact(acc.user_id, star_id, 0)
+            .await
+            .unwrap();
     }
     // 200 of them online.
     let mut sockets = Vec::new();
@@ -377,7 +467,10 @@ async fn presence_fan_out_to_a_thousand_friends() {
     let started = Instant::now();
     let (_star_ws, frames) = connect_all(&s, &star).await;
     let welcome_done = started.elapsed();
-    assert_eq!(frames.iter().filter(|f| f["type"] == "presence").count(), 200);
+    assert_eq!(
+        frames.iter().filter(|f| f["type"] == "presence").count(),
+        200
+    );
     for ws in &mut sockets {
         let p = presence_within(ws, PRESENCE_BOUND).await;
         assert_eq!(p["user_id"], star.id.as_str());

@@ -17,8 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use confab_protocol::{
@@ -78,12 +78,19 @@ impl Drop for Slot {
 }
 
 /// `GET /v1/ws`.
-pub async fn upgrade(State(app): State<Arc<App>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     use std::sync::atomic::Ordering;
     let open = app.open_sockets.fetch_add(1, Ordering::Relaxed);
     let slot = Slot(app.clone());
     if open >= app.config.max_connections {
-        tracing::warn!(open, "connection refused: at the configured connection limit");
+        tracing::warn!(
+            open,
+            "connection refused: at the configured connection limit"
+        );
         return Error::Client {
             code: ErrorCode::Unavailable,
             message: format!(
@@ -152,7 +159,11 @@ impl Io {
 type End = Option<(u16, &'static str)>;
 
 /// Reads `hello` and authenticates. `Err` ends the socket with the given close.
-async fn hello(app: &App, io: &mut Io, header_token: Option<String>) -> Result<(DeviceSession, Option<String>), End> {
+async fn hello(
+    app: &App,
+    io: &mut Io,
+    header_token: Option<String>,
+) -> Result<(DeviceSession, Option<String>), End> {
     let deadline = Instant::now() + app.config.hello_timeout;
     let text = loop {
         match tokio::time::timeout_at(deadline, io.source.next()).await {
@@ -162,7 +173,11 @@ async fn hello(app: &App, io: &mut Io, header_token: Option<String>) -> Result<(
             Ok(Some(Ok(WsMessage::Close(_)))) => return Err(None),
             Ok(Some(Ok(WsMessage::Binary(_)))) => {
                 let _ = io
-                    .send(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None))
+                    .send(&ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    ))
                     .await;
                 return Err(Some((close::POLICY, "expected hello")));
             }
@@ -175,15 +190,37 @@ async fn hello(app: &App, io: &mut Io, header_token: Option<String>) -> Result<(
     };
     let (token, cursor) = match ClientFrame::parse(&text) {
         Ok(ClientFrame::Hello { token, cursor }) => (token.or(header_token), cursor),
-        Ok(_) => return refuse(io, ErrorCode::BadRequest, "the first frame must be hello", "expected hello").await,
+        Ok(_) => {
+            return refuse(
+                io,
+                ErrorCode::BadRequest,
+                "the first frame must be hello",
+                "expected hello",
+            )
+            .await;
+        }
         Err(e) => return refuse(io, ErrorCode::BadRequest, &e.message, "expected hello").await,
     };
     let Some(token) = token else {
-        return refuse(io, ErrorCode::Unauthorized, "hello needs a token", "unauthorized").await;
+        return refuse(
+            io,
+            ErrorCode::Unauthorized,
+            "hello needs a token",
+            "unauthorized",
+        )
+        .await;
     };
     match app.store.device_by_token(token_hash(&token)).await {
         Ok(Some(session)) => Ok((session, cursor)),
-        Ok(None) => refuse(io, ErrorCode::Unauthorized, "invalid or revoked token", "unauthorized").await,
+        Ok(None) => {
+            refuse(
+                io,
+                ErrorCode::Unauthorized,
+                "invalid or revoked token",
+                "unauthorized",
+            )
+            .await
+        }
         Err(e) => {
             let _ = io.send(&Error::from(e).to_frame(None)).await;
             Err(Some((close::INTERNAL, "store unavailable")))
@@ -203,7 +240,13 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         Some(c) => match parse_cursor(&c) {
             Some(p) => p,
             None => {
-                let _ = io.send(&ServerFrame::error(ErrorCode::BadRequest, "malformed cursor", None)).await;
+                let _ = io
+                    .send(&ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        "malformed cursor",
+                        None,
+                    ))
+                    .await;
                 return Some((close::POLICY, "malformed cursor"));
             }
         },
@@ -211,7 +254,11 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
     match app.store.stream_head(user).await {
         Ok(head) if start_pos > head => {
             let _ = io
-                .send(&ServerFrame::error(ErrorCode::BadRequest, "cursor is ahead of this account's stream", None))
+                .send(&ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    "cursor is ahead of this account's stream",
+                    None,
+                ))
                 .await;
             return Some((close::POLICY, "bad cursor"));
         }
@@ -294,7 +341,11 @@ impl Conn {
         mut events: tokio::sync::mpsc::Receiver<Outbound>,
         mut close_rx: watch::Receiver<Option<CloseReason>>,
     ) -> End {
-        let ack_task = tokio::spawn(ack_writer(self.app.clone(), self.session, self.acks.subscribe()));
+        let ack_task = tokio::spawn(ack_writer(
+            self.app.clone(),
+            self.session,
+            self.acks.subscribe(),
+        ));
         let result = self.serve_inner(io, &mut events, &mut close_rx).await;
         // Dropping the sender lets the ack task write the last ack and stop.
         self.acks = watch::channel(0).0;
@@ -330,7 +381,8 @@ impl Conn {
         let mut frames = TokenBucket::new(cfg.frame_rate_per_sec, cfg.frame_burst);
         let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut heard = Instant::now();
-        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         loop {
@@ -398,7 +450,13 @@ impl Conn {
     ) -> Option<ServerFrame> {
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
-            Err(e) => return Some(ServerFrame::error(ErrorCode::BadRequest, e.message, e.reference)),
+            Err(e) => {
+                return Some(ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    e.message,
+                    e.reference,
+                ));
+            }
         };
         match frame {
             ClientFrame::Ping => Some(ServerFrame::Pong),
@@ -407,30 +465,58 @@ impl Conn {
                 "hello was already received on this socket",
                 None,
             )),
-            ClientFrame::Send { to, client_id, body } => {
+            ClientFrame::Send {
+                to,
+                client_id,
+                body,
+            } => {
                 let reference = Some(client_id.clone());
                 if let Err(e) = self.check_send(to, &client_id, &body) {
                     return Some(e.to_frame(reference));
                 }
                 if !sends.take() {
-                    return Some(Error::rate_limited("send rate exceeded; retry later with the same client_id").to_frame(reference));
+                    return Some(
+                        Error::rate_limited(
+                            "send rate exceeded; retry later with the same client_id",
+                        )
+                        .to_frame(reference),
+                    );
                 }
-                inflight.push(Box::pin(send_message(self.app.clone(), self.session.user_id, to, client_id, body)));
+                inflight.push(Box::pin(send_message(
+                    self.app.clone(),
+                    self.session.user_id,
+                    to,
+                    client_id,
+                    body,
+                )));
                 None
             }
             ClientFrame::Read { conversation, seq } => {
-                inflight.push(Box::pin(mark_read(self.app.clone(), self.session, conversation, seq)));
+                inflight.push(Box::pin(mark_read(
+                    self.app.clone(),
+                    self.session,
+                    conversation,
+                    seq,
+                )));
                 None
             }
             ClientFrame::Typing { to } => {
                 let now = Instant::now();
-                let due = self.typing.get(&to).is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
+                let due = self
+                    .typing
+                    .get(&to)
+                    .is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
                 if due && to != self.session.user_id {
                     if self.typing.len() > 1024 {
-                        self.typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+                        self.typing
+                            .retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
                     }
                     self.typing.insert(to, now);
-                    inflight.push(Box::pin(relay_typing(self.app.clone(), self.session.user_id, to)));
+                    inflight.push(Box::pin(relay_typing(
+                        self.app.clone(),
+                        self.session.user_id,
+                        to,
+                    )));
                 }
                 None
             }
@@ -443,7 +529,11 @@ impl Conn {
                     });
                     None
                 }
-                None => Some(ServerFrame::error(ErrorCode::BadRequest, "malformed cursor", None)),
+                None => Some(ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    "malformed cursor",
+                    None,
+                )),
             },
         }
     }
@@ -457,7 +547,10 @@ impl Conn {
             return Err(Error::bad_request("body must not be empty"));
         }
         if body.len() > MAX_BODY_BYTES {
-            return Err(Error::too_large(format!("body is {} bytes; the limit is {MAX_BODY_BYTES}", body.len())));
+            return Err(Error::too_large(format!(
+                "body is {} bytes; the limit is {MAX_BODY_BYTES}",
+                body.len()
+            )));
         }
         if to == self.session.user_id {
             return Err(Error::bad_request("cannot send a message to yourself"));
@@ -480,7 +573,8 @@ impl Conn {
                     status: PresenceStatus::Online,
                     last_seen: now,
                 };
-                presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, online).await;
+                presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, online)
+                    .await;
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "presence update failed"),
@@ -508,7 +602,11 @@ impl Conn {
         if pos > self.last + 1 {
             self.catch_up(io, Some(pos - 1)).await?;
             if self.last != pos - 1 {
-                tracing::warn!(last = self.last, pos, "stream gap could not be filled; closing so the client resyncs");
+                tracing::warn!(
+                    last = self.last,
+                    pos,
+                    "stream gap could not be filled; closing so the client resyncs"
+                );
                 return Err(Stop::Close(close::INTERNAL, "stream gap; reconnect"));
             }
         }
@@ -524,11 +622,18 @@ impl Conn {
     /// Sends stream entries after `self.last`, up to `upto` (or the head).
     async fn catch_up(&mut self, io: &mut Io, upto: Option<u64>) -> Result<(), Stop> {
         loop {
-            let want = upto.map_or(CATCH_UP_PAGE, |u| (u.saturating_sub(self.last) as usize).min(CATCH_UP_PAGE));
+            let want = upto.map_or(CATCH_UP_PAGE, |u| {
+                (u.saturating_sub(self.last) as usize).min(CATCH_UP_PAGE)
+            });
             if want == 0 {
                 break;
             }
-            let entries = match self.app.store.stream_after(self.session.user_id, self.last, want).await {
+            let entries = match self
+                .app
+                .store
+                .stream_after(self.session.user_id, self.last, want)
+                .await
+            {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(error = %e, "catch-up read failed");
@@ -556,7 +661,10 @@ impl Conn {
 fn transport_error(e: axum::Error) -> Stop {
     // axum wraps tungstenite's error; a capacity error means the frame was over the limit.
     let text = e.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Capacity") {
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Capacity")
+    {
         Stop::Close(close::TOO_BIG, "message too big")
     } else {
         tracing::debug!(error = %e, "socket read failed");
@@ -565,7 +673,13 @@ fn transport_error(e: axum::Error) -> Stop {
 }
 
 /// Messaging steps 3-5: id from the sequencer, durable append, hand-off to the sync queue.
-async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: String) -> Option<ServerFrame> {
+async fn send_message(
+    app: Arc<App>,
+    from: Id,
+    to: Id,
+    client_id: String,
+    body: String,
+) -> Option<ServerFrame> {
     let started = std::time::Instant::now();
     let reference = Some(client_id.clone());
     let new = NewMessage {
@@ -592,20 +706,34 @@ async fn send_message(app: Arc<App>, from: Id, to: Id, client_id: String, body: 
         app.metrics.messages_stored.inc();
         let event = SyncEvent::Message {
             message: appended.message.clone(),
-            positions: [(m.from, appended.sender_pos), (m.to, appended.recipient_pos)],
+            positions: [
+                (m.from, appended.sender_pos),
+                (m.to, appended.recipient_pos),
+            ],
         };
         if let Err(e) = app.sync.publish(event).await {
             // Stored is stored: devices get it at their next catch-up.
             tracing::warn!(error = %e, "sync publish failed; recipients will catch up");
         }
     }
-    app.metrics.send_latency.observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .send_latency
+        .observe(started.elapsed().as_secs_f64());
     Some(sent)
 }
 
 /// A `read` frame: advance the read mark; the peer and the reader's other devices hear of it.
-async fn mark_read(app: Arc<App>, session: DeviceSession, conversation: String, seq: u64) -> Option<ServerFrame> {
-    let advance = match app.store.mark_read(session.user_id, &conversation, seq).await {
+async fn mark_read(
+    app: Arc<App>,
+    session: DeviceSession,
+    conversation: String,
+    seq: u64,
+) -> Option<ServerFrame> {
+    let advance = match app
+        .store
+        .mark_read(session.user_id, &conversation, seq)
+        .await
+    {
         Ok(Some(a)) => a,
         Ok(None) => return None, // not forward: ignored, as PROTOCOL.md says
         Err(e) => return Some(Error::from(e).to_frame(None)),
@@ -629,7 +757,8 @@ async fn mark_read(app: Arc<App>, session: DeviceSession, conversation: String, 
 /// A `typing` frame: relayed to the peer's connected sockets unless a block stands either
 /// way. Never stored; silently dropped for an offline or unknown peer, so it reveals nothing.
 async fn relay_typing(app: Arc<App>, from: Id, to: Id) -> Option<ServerFrame> {
-    if app.hub.sockets_of(to) == 0 && matches!(app.config.queue, crate::config::QueueConfig::Memory) {
+    if app.hub.sockets_of(to) == 0 && matches!(app.config.queue, crate::config::QueueConfig::Memory)
+    {
         return None; // single node: nobody to tell, skip the block lookup
     }
     match app.store.blocked_between(from, to).await {

@@ -221,8 +221,12 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The head (highest position) of a user's stream; 0 when empty.
     async fn stream_head(&self, user: Id) -> StoreResult<u64>;
     /// Up to `limit` stream entries after position `after`, in order.
-    async fn stream_after(&self, user: Id, after: u64, limit: usize)
-    -> StoreResult<Vec<StreamEntry>>;
+    async fn stream_after(
+        &self,
+        user: Id,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StreamEntry>>;
 
     /// The user's conversations, newest activity first.
     async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>>;

@@ -139,9 +139,8 @@ impl SqliteStore {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("confab.db");
-        let mut conn = Connection::open(&path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
-        })?;
+        let mut conn = Connection::open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         // WAL lets readers run during commits; FULL makes every commit fsync the WAL, which
         // is what a `sent` ack promises.
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -205,7 +204,12 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
-        if self.jobs.read().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
             return Err(StoreError::Unavailable("store is closed".into()));
         }
         let readers = self.readers.clone();
@@ -368,8 +372,10 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
              GROUP BY m.conversation, m.sender",
         )
         .and_then(|mut s| {
-            s.query_map(params![user, old, new], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
+            s.query_map(params![user, old, new], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
         })
         .map_err(internal)?;
     let mut advanced = Vec::new();
@@ -383,7 +389,11 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
         )
         .map_err(internal)?;
     for (conversation, sender, seq) in received {
-        if bump.execute(params![conversation, seq, user]).map_err(internal)? > 0 {
+        if bump
+            .execute(params![conversation, seq, user])
+            .map_err(internal)?
+            > 0
+        {
             advanced.push(DeliveredAdvance {
                 conversation,
                 peer: Id(sender as u64),
@@ -689,7 +699,8 @@ impl MessageStore for SqliteStore {
     }
 
     async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
-        self.write(move |conn| set_cursor_in(conn, device_id, pos)).await
+        self.write(move |conn| set_cursor_in(conn, device_id, pos))
+            .await
     }
 
     async fn add_contact(&self, owner: Id, contact: Id, now: i64) -> StoreResult<bool> {
@@ -877,15 +888,12 @@ impl MessageStore for SqliteStore {
                 ))
                 .map_err(internal)?;
             let rows = stmt
-                .query_map(
-                    params![to_i64(user.0), to_i64(after), limit as i64],
-                    |r| {
-                        Ok(StreamEntry {
-                            pos: r.get::<_, i64>(0)? as u64,
-                            message: message_from_row(r, 1)?,
-                        })
-                    },
-                )
+                .query_map(params![to_i64(user.0), to_i64(after), limit as i64], |r| {
+                    Ok(StreamEntry {
+                        pos: r.get::<_, i64>(0)? as u64,
+                        message: message_from_row(r, 1)?,
+                    })
+                })
                 .map_err(internal)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(internal)
         })
@@ -973,11 +981,8 @@ impl MessageStore for SqliteStore {
     }
 
     async fn check(&self) -> StoreResult<()> {
-        self.write(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(internal)
-        })
-        .await
+        self.write(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
+            .await
     }
 
     async fn close(&self) {

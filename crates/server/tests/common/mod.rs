@@ -55,7 +55,9 @@ impl TestServer {
     /// Graceful shutdown, then a new server on the same data directory (new port).
     pub async fn restart(&mut self) {
         self.server.take().unwrap().shutdown().await.unwrap();
-        let server = Server::start(self.config.clone()).await.expect("server restarts");
+        let server = Server::start(self.config.clone())
+            .await
+            .expect("server restarts");
         self.addr = server.addr;
         self.server = Some(server);
     }
@@ -65,7 +67,13 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.url(path)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -85,7 +93,10 @@ impl TestServer {
     /// Creates a user and logs in one device.
     pub async fn user(&self, name: &str) -> TestUser {
         let (status, body) = self
-            .post("/v1/users", json!({"username": name, "password": "password1"}))
+            .post(
+                "/v1/users",
+                json!({"username": name, "password": "password1"}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         self.login(name).await
