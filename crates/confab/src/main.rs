@@ -53,6 +53,9 @@ pub struct BackendArgs {
     /// Sequencer node id, 0-1023, unique per running node.
     #[arg(long, env = "CONFAB_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1023))]
     node_id: u16,
+    /// Cluster name: prefixes Redis keys, NATS subjects and streams, so clusters can share engines.
+    #[arg(long, env = "CONFAB_CLUSTER", default_value = "confab")]
+    cluster: String,
 }
 
 impl BackendArgs {
@@ -64,6 +67,7 @@ impl BackendArgs {
             queue: self.queue.clone(),
             presence: self.presence.clone(),
             node_id: self.node_id,
+            cluster: self.cluster.clone(),
             ..Config::default()
         }
     }
@@ -88,6 +92,9 @@ struct ServeArgs {
     /// Burst of `send` frames allowed above the rate.
     #[arg(long, env = "CONFAB_SEND_BURST", default_value_t = 100)]
     send_burst: u32,
+    /// Seconds after which a dead node's sockets expire from Redis presence.
+    #[arg(long, env = "CONFAB_PRESENCE_TTL", default_value_t = 30.0)]
+    presence_ttl: f64,
     /// Most open WebSockets; more are refused with 503.
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
@@ -104,6 +111,7 @@ impl ServeArgs {
         };
         let defaults = self.backend.config();
         let idle_timeout = secs("--idle-timeout", self.idle_timeout)?;
+        let presence_ttl = secs("--presence-ttl", self.presence_ttl)?;
         Ok(Config {
             listen: self.listen,
             hello_timeout: secs("--hello-timeout", self.hello_timeout)?,
@@ -113,6 +121,8 @@ impl ServeArgs {
             send_rate_per_sec: self.send_rate,
             send_burst: self.send_burst,
             max_connections: self.max_connections,
+            presence_ttl,
+            sweep_interval: defaults.sweep_interval.min(presence_ttl / 3),
             ..defaults
         })
     }

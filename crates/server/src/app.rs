@@ -44,6 +44,8 @@ pub struct App {
     /// Tracks WebSocket tasks so shutdown can wait for them.
     pub sockets: TaskTracker,
     pub open_sockets: AtomicUsize,
+    /// Cancelled when this node may no longer make ids (its node-id lease was lost).
+    pub ids_lost: CancellationToken,
 }
 
 /// Why the server could not start.
@@ -59,6 +61,23 @@ pub enum StartError {
 }
 
 impl App {
+    /// Whether a new message may be accepted now. A node refuses sends (`unavailable`) while
+    /// its sync queue is down, so nothing is stored that the other nodes would not hear
+    /// about, and once its node-id lease is lost, so two nodes never make the same id.
+    pub fn can_accept_sends(&self) -> Result<(), crate::error::Error> {
+        if self.ids_lost.is_cancelled() {
+            return Err(crate::error::Error::Unavailable(
+                "this node lost its sequencer node-id lease".into(),
+            ));
+        }
+        if !self.sync.available() {
+            return Err(crate::error::Error::Unavailable(
+                "the message sync queue is unreachable".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Opens the backends the configuration names.
     pub async fn open(config: Config) -> Result<Arc<App>, StartError> {
         let metrics = Metrics::new();
@@ -121,6 +140,7 @@ impl App {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             open_sockets: AtomicUsize::new(0),
+            ids_lost: CancellationToken::new(),
         }))
     }
 }
@@ -174,6 +194,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let router = crate::api::router(app.clone());
+    let sweeper = tokio::spawn(sweep_presence(app.clone()));
     let signal = {
         let (stop, app) = (stop.clone(), app.clone());
         async move {
@@ -188,7 +209,42 @@ pub async fn serve(
     app.shutdown.cancel();
     app.sockets.close();
     app.sockets.wait().await;
+    sweeper.abort();
     app.store.close().await;
     tracing::info!("shut down cleanly");
     served
+}
+
+/// Every `sweep_interval`, expires the presence of sockets whose node died and tells their
+/// friends they went offline (each user is returned to exactly one node).
+async fn sweep_presence(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let expired = match app.presence.sweep(now_ms()).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence sweep failed");
+                continue;
+            }
+        };
+        for (user, last_seen) in expired {
+            if let Err(e) = app.store.set_last_seen(user, last_seen).await {
+                tracing::warn!(error = %e, "storing last_seen failed");
+            }
+            let offline = confab_protocol::Presence {
+                status: confab_protocol::PresenceStatus::Offline,
+                last_seen,
+            };
+            crate::presence::notify_friends(
+                &*app.store,
+                &*app.sync,
+                &*app.presence,
+                user,
+                offline,
+            )
+            .await;
+        }
+    }
 }

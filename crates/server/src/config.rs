@@ -105,6 +105,12 @@ pub struct Config {
     pub max_connections: usize,
     /// Most writes the store commits in one transaction (one fsync).
     pub max_commit_batch: usize,
+    /// Connections in the PostgreSQL pool.
+    pub postgres_pool: usize,
+    /// Redis presence: a socket not renewed for this long (its node died) expires.
+    pub presence_ttl: Duration,
+    /// How often expired presence is swept and announced.
+    pub sweep_interval: Duration,
 }
 
 impl Default for Config {
@@ -129,6 +135,10 @@ impl Default for Config {
             max_inflight_sends: 256,
             max_connections: 100_000,
             max_commit_batch: 1024,
+            postgres_pool: 16,
+            // A dead node's users turn offline within ttl + sweep interval: 35 s < 60 s.
+            presence_ttl: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(5),
         }
     }
 }

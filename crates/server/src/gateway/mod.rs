@@ -12,7 +12,7 @@
 pub mod hub;
 mod limits;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +56,11 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// How long a live event ahead of a missing position waits for it before the gap is read
+/// from the store.
+const GAP_WAIT: Duration = Duration::from_millis(25);
+/// Live events held for a gap at most; more, and the gap is read from the store at once.
+const MAX_HELD: usize = 256;
 /// Stream entries read per store query during catch-up.
 const CATCH_UP_PAGE: usize = 1000;
 
@@ -280,6 +285,8 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         last: start_pos,
         acks: watch::channel(start_pos).0,
         typing: HashMap::new(),
+        held: BTreeMap::new(),
+        gap_since: None,
     };
     let end = conn
         .serve(io, registration.events, registration.close)
@@ -320,6 +327,10 @@ struct Conn {
     socket: u64,
     /// When a typing relay to each peer last went out.
     typing: HashMap<Id, Instant>,
+    /// Live events that arrived ahead of a missing position, by position.
+    held: BTreeMap<u64, Arc<Message>>,
+    /// Since when `held` has been waiting for a missing position.
+    gap_since: Option<Instant>,
     /// Highest stream position sent to this socket.
     last: u64,
     /// Latest acknowledged position, written to the store by the ack task.
@@ -404,7 +415,7 @@ impl Conn {
                     }
                 }
                 event = events.recv() => match event {
-                    Some(Outbound::Message { message, pos }) => self.deliver(io, &message, pos).await?,
+                    Some(Outbound::Message { message, pos }) => self.deliver(io, message, pos).await?,
                     Some(Outbound::Frame(text)) => io.sink.send(WsMessage::Text(text)).await.map_err(|_| Stop::Gone)?,
                     None => return Err(Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up")),
                 },
@@ -430,6 +441,9 @@ impl Conn {
                     if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
                         io.send(&reply).await.map_err(|_| Stop::Gone)?;
                     }
+                }
+                _ = tokio::time::sleep_until(self.gap_since.unwrap_or_else(Instant::now) + GAP_WAIT), if self.gap_since.is_some() => {
+                    self.fill_gap(io).await?;
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() >= cfg.idle_timeout {
@@ -594,28 +608,67 @@ impl Conn {
         io.sink.flush().await.map_err(|_| Stop::Gone)
     }
 
-    /// Sends a live event, first filling any gap before it from the store.
-    async fn deliver(&mut self, io: &mut Io, message: &Message, pos: u64) -> Result<(), Stop> {
+    /// Sends a live event in stream order. An event ahead of the next expected position is
+    /// held briefly: the missing ones are usually a moment behind (two publishers raced).
+    /// If they do not come within [`GAP_WAIT`] (the queue lost one), the gap is read from the
+    /// store; so the queue can reorder or lose events without the client seeing it.
+    async fn deliver(&mut self, io: &mut Io, message: Arc<Message>, pos: u64) -> Result<(), Stop> {
         if pos <= self.last {
             return Ok(()); // already sent during catch-up or a gap fill
         }
         if pos > self.last + 1 {
-            self.catch_up(io, Some(pos - 1)).await?;
-            if self.last != pos - 1 {
-                tracing::warn!(
-                    last = self.last,
-                    pos,
-                    "stream gap could not be filled; closing so the client resyncs"
-                );
-                return Err(Stop::Close(close::INTERNAL, "stream gap; reconnect"));
+            self.held.insert(pos, message);
+            self.gap_since.get_or_insert_with(Instant::now);
+            if self.held.len() >= MAX_HELD {
+                self.fill_gap(io).await?;
+            }
+            return Ok(());
+        }
+        self.send_message(io, &message, pos).await?;
+        while let Some(entry) = self.held.first_entry() {
+            let next = *entry.key();
+            if next <= self.last {
+                entry.remove();
+            } else if next == self.last + 1 {
+                let message = entry.remove();
+                self.send_message(io, &message, next).await?;
+            } else {
+                break;
             }
         }
-        let frame = ServerFrame::Message {
-            message: message.clone(),
-            cursor: pos.to_string(),
-        };
-        io.send(&frame).await.map_err(|_| Stop::Gone)?;
+        if self.held.is_empty() {
+            self.gap_since = None;
+        }
+        Ok(())
+    }
+
+    async fn send_message(&mut self, io: &mut Io, message: &Message, pos: u64) -> Result<(), Stop> {
+        let text = confab_protocol::message_frame_json(message, pos);
+        io.sink
+            .send(WsMessage::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|_| Stop::Gone)?;
         self.last = pos;
+        Ok(())
+    }
+
+    /// Reads from the store everything up to the highest held event, then drops the held ones.
+    async fn fill_gap(&mut self, io: &mut Io) -> Result<(), Stop> {
+        let Some(&upto) = self.held.keys().next_back() else {
+            self.gap_since = None;
+            return Ok(());
+        };
+        self.catch_up(io, Some(upto)).await?;
+        self.held.clear();
+        self.gap_since = None;
+        if self.last < upto {
+            tracing::warn!(
+                last = self.last,
+                upto,
+                "stream gap could not be filled; closing so the client resyncs"
+            );
+            return Err(Stop::Close(close::INTERNAL, "stream gap; reconnect"));
+        }
         Ok(())
     }
 
@@ -642,11 +695,11 @@ impl Conn {
             };
             let n = entries.len();
             for entry in entries {
-                let frame = ServerFrame::Message {
-                    message: entry.message,
-                    cursor: entry.pos.to_string(),
-                };
-                io.feed(&frame).await.map_err(|_| Stop::Gone)?;
+                let text = confab_protocol::message_frame_json(&entry.message, entry.pos);
+                io.sink
+                    .feed(WsMessage::Text(Utf8Bytes::from(text)))
+                    .await
+                    .map_err(|_| Stop::Gone)?;
                 self.last = entry.pos;
             }
             io.sink.flush().await.map_err(|_| Stop::Gone)?;
@@ -682,6 +735,9 @@ async fn send_message(
 ) -> Option<ServerFrame> {
     let started = std::time::Instant::now();
     let reference = Some(client_id.clone());
+    if let Err(e) = app.can_accept_sends() {
+        return Some(e.to_frame(reference));
+    }
     let new = NewMessage {
         id: Id(app.sequencer.next_id()),
         from,

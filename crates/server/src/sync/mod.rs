@@ -65,6 +65,11 @@ pub trait SyncQueue: Send + Sync + 'static {
     async fn subscribe(&self, handler: EventHandler) -> Result<(), SyncError>;
     /// Hands an event to every node that holds a socket of one of its users.
     async fn publish(&self, event: SyncEvent) -> Result<(), SyncError>;
-    /// Succeeds while the queue is reachable.
+    /// Succeeds while the queue is reachable (a round trip).
     async fn check(&self) -> Result<(), SyncError>;
+    /// Cheap, local guess whether publishing works right now. A node refuses new sends
+    /// while it is false, so a message is not stored where no other node would hear of it.
+    fn available(&self) -> bool {
+        true
+    }
 }

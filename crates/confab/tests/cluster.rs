@@ -1,0 +1,710 @@
+//! Cluster mode on the real engines: three `confab serve` processes sharing PostgreSQL, NATS
+//! and Redis. These run when `CONFAB_TEST_POSTGRES`, `CONFAB_TEST_NATS` and `CONFAB_TEST_REDIS`
+//! hold URLs (`.ci/run` sets them) and print that they were skipped otherwise. Each test uses
+//! a fresh database and a fresh cluster name (Redis key prefix, NATS subjects and stream).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Presence must reach friends within this (PROTOCOL.md, Guarantees 5).
+const PRESENCE_BOUND: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Engines {
+    postgres: String,
+    nats: String,
+    redis: String,
+}
+
+fn engines(test: &str) -> Option<Engines> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        get("CONFAB_TEST_POSTGRES"),
+        get("CONFAB_TEST_NATS"),
+        get("CONFAB_TEST_REDIS"),
+    ) {
+        (Some(postgres), Some(nats), Some(redis)) => Some(Engines {
+            postgres,
+            nats,
+            redis,
+        }),
+        _ => {
+            eprintln!(
+                "skipped: {test} needs CONFAB_TEST_POSTGRES, CONFAB_TEST_NATS and CONFAB_TEST_REDIS"
+            );
+            None
+        }
+    }
+}
+
+fn random_name(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let (server, _) = base
+        .rsplit_once('/')
+        .expect("a postgres URL with a database");
+    match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    }
+}
+
+async fn admin_sql(url: &str, sql: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    tokio::spawn(conn);
+    client.batch_execute(sql).await.expect(sql);
+}
+
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    nodes: Vec<Option<Node>>,
+    engines: Engines,
+    database: String,
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(engines: Engines, n: usize) -> Cluster {
+        let database = random_name("confab_c_");
+        admin_sql(&engines.postgres, &format!("CREATE DATABASE {database}")).await;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            name: random_name("t"),
+            database,
+            engines,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        for _ in 0..n {
+            let node = cluster.spawn(&[]);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    /// Starts one more node; `overrides` replace engine URLs (e.g. through a proxy).
+    fn spawn(&self, overrides: &[(&str, String)]) -> Node {
+        let url = |flag: &str, default: String| {
+            overrides
+                .iter()
+                .find(|(f, _)| *f == flag)
+                .map(|(_, u)| u.clone())
+                .unwrap_or(default)
+        };
+        let store = url(
+            "--store",
+            with_database(&self.engines.postgres, &self.database),
+        );
+        let queue = url("--queue", self.engines.nats.clone());
+        let presence = url("--presence", self.engines.redis.clone());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path())
+            .args([
+                "--store",
+                &store,
+                "--queue",
+                &queue,
+                "--presence",
+                &presence,
+            ])
+            .args(["--cluster", &self.name, "--presence-ttl", "3"])
+            .args(["--send-rate", "1000", "--send-burst", "1000"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("confab starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("confab listening on http://")
+            .unwrap_or_else(|| panic!("node did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        Node { child, addr }
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].as_ref().expect("node running").addr
+    }
+
+    fn kill(&mut self, i: usize) {
+        drop(self.nodes[i].take()); // SIGKILL
+    }
+
+    async fn finish(mut self) {
+        self.nodes.clear();
+        admin_sql(
+            &self.engines.postgres,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
+        )
+        .await;
+    }
+}
+
+async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn put(addr: SocketAddr, path: &str, token: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{path}");
+}
+
+#[derive(Clone)]
+struct User {
+    token: String,
+    id: String,
+}
+
+async fn user(addr: SocketAddr, name: &str) -> User {
+    post(
+        addr,
+        "/v1/users",
+        json!({"username": name, "password": "password1"}),
+    )
+    .await;
+    login(addr, name).await
+}
+
+async fn login(addr: SocketAddr, name: &str) -> User {
+    let s = post(
+        addr,
+        "/v1/sessions",
+        json!({"username": name, "password": "password1"}),
+    )
+    .await;
+    User {
+        token: s["token"].as_str().unwrap().to_owned(),
+        id: s["user_id"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn send(ws: &mut Socket, v: Value) -> bool {
+    ws.send(WsMessage::Text(v.to_string().into())).await.is_ok()
+}
+
+/// Next JSON frame; None once closed or broken.
+async fn next(ws: &mut Socket, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await.ok()? {
+            Some(Ok(WsMessage::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn next_of(ws: &mut Socket, ty: &str, wait: Duration) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let f = next(ws, left)
+            .await
+            .unwrap_or_else(|| panic!("no {ty} frame within {wait:?}"));
+        if f["type"] == ty {
+            return f;
+        }
+    }
+}
+
+/// Connects (optionally resuming at `cursor`) and returns the socket and the catch-up.
+async fn connect(addr: SocketAddr, token: &str, cursor: Option<&str>) -> (Socket, Vec<Value>) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .unwrap();
+    let mut hello = json!({"type": "hello", "token": token});
+    if let Some(c) = cursor {
+        hello["cursor"] = json!(c);
+    }
+    send(&mut ws, hello).await;
+    let mut caught = Vec::new();
+    loop {
+        let f = next(&mut ws, Duration::from_secs(10))
+            .await
+            .expect("catch-up");
+        match f["type"].as_str() {
+            Some("message") => caught.push(f),
+            Some("synced") => return (ws, caught),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn users_on_different_nodes_chat_see_presence_and_receipts() {
+    let Some(engines) = engines("users_on_different_nodes_chat_see_presence_and_receipts") else {
+        return;
+    };
+    let cluster = Cluster::start(engines, 3).await;
+    let (n0, n1, n2) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
+    let alice = user(n0, "alice").await;
+    let bob = user(n1, "bob").await;
+    put(n2, &format!("/v1/contacts/{}", bob.id), &alice.token).await;
+    put(n0, &format!("/v1/contacts/{}", alice.id), &bob.token).await;
+
+    let (mut b, _) = connect(n1, &bob.token, None).await;
+    let (mut a, _) = connect(n0, &alice.token, None).await;
+    let p = next_of(&mut b, "presence", PRESENCE_BOUND).await;
+    assert_eq!(
+        (p["user_id"].as_str(), p["status"].as_str()),
+        (Some(alice.id.as_str()), Some("online"))
+    );
+
+    send(
+        &mut a,
+        json!({"type": "send", "to": bob.id, "client_id": "x1", "body": "across nodes"}),
+    )
+    .await;
+    let sent = next_of(&mut a, "sent", Duration::from_secs(5)).await;
+    assert_eq!(sent["seq"], 1);
+    let m = next_of(&mut b, "message", Duration::from_secs(2)).await;
+    assert_eq!(m["body"], "across nodes");
+    assert_eq!(m["id"], sent["id"]);
+
+    send(&mut b, json!({"type": "ack", "cursor": m["cursor"]})).await;
+    let r = next_of(&mut a, "receipt", Duration::from_secs(2)).await;
+    assert_eq!(
+        (r["kind"].as_str(), r["seq"].as_u64()),
+        (Some("delivered"), Some(1))
+    );
+    send(
+        &mut b,
+        json!({"type": "read", "conversation": m["conversation"], "seq": 1}),
+    )
+    .await;
+    let r = next_of(&mut a, "receipt", Duration::from_secs(2)).await;
+    assert_eq!(
+        (r["kind"].as_str(), r["seq"].as_u64()),
+        (Some("read"), Some(1))
+    );
+
+    // A third node's view of history is the same.
+    let (_a3, history) = connect(n2, &login(n2, "alice").await.token, None).await;
+    assert_eq!(history.len(), 1);
+
+    // Clean close on node 0: offline on node 1 within the bound.
+    a.close(None).await.unwrap();
+    // The new device on node 2 is still online, so close it too.
+    drop(_a3);
+    let p = next_of(&mut b, "presence", Duration::from_secs(3)).await;
+    assert_eq!(p["status"], "offline");
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
+    let Some(engines) = engines("twenty_senders_on_three_nodes_get_gapless_seqs") else {
+        return;
+    };
+    let cluster = Cluster::start(engines, 3).await;
+    let n0 = cluster.addr(0);
+    let alice = user(n0, "alice").await;
+    let bob = user(n0, "bob").await;
+    const SENDERS: usize = 20;
+    const EACH: usize = 15;
+    let mut tasks = Vec::new();
+    for k in 0..SENDERS {
+        let addr = cluster.addr(k % 3);
+        let (me, to) = if k % 2 == 0 {
+            ("alice", &bob)
+        } else {
+            ("bob", &alice)
+        };
+        let device = login(addr, me).await;
+        let to = to.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ws, _) = connect(addr, &device.token, None).await;
+            for i in 0..EACH {
+                send(
+                    &mut ws,
+                    json!({"type": "send", "to": to, "client_id": format!("{k}-{i}"), "body": "x"}),
+                )
+                .await;
+            }
+            let mut seqs = Vec::new();
+            while seqs.len() < EACH {
+                let f = next(&mut ws, Duration::from_secs(10)).await.expect("acks");
+                assert_ne!(f["type"], "error", "{f}");
+                if f["type"] == "sent" {
+                    seqs.push(f["seq"].as_u64().unwrap());
+                }
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=(SENDERS * EACH) as u64).collect::<Vec<_>>());
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
+    let Some(engines) = engines("sigkill_one_node_under_load_loses_nothing_and_repeats_nothing")
+    else {
+        return;
+    };
+    let mut cluster = Cluster::start(engines, 3).await;
+    let (n0, n1, n2) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
+    user(n0, "alice").await; // her devices log in below
+    let bob = user(n0, "bob").await;
+    let carol = user(n0, "carol").await;
+    put(n0, &format!("/v1/contacts/{}", bob.id), &carol.token).await;
+    put(n0, &format!("/v1/contacts/{}", carol.id), &bob.token).await;
+    let (mut watcher, _) = connect(n2, &carol.token, None).await;
+
+    // Senders on node 0 and node 1 (which will die); bob's receiving device on node 1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for (k, home, fallback) in [(0usize, n0, n0), (1, n1, n2)] {
+        let device = login(n0, "alice").await;
+        let (to, stop) = (bob.id.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            let mut acked: HashMap<String, Value> = HashMap::new();
+            let mut addr = home;
+            let mut next_id = 0u64;
+            let mut pending: Vec<String> = Vec::new();
+            'outer: loop {
+                let (mut ws, _) = connect(addr, &device.token, None).await;
+                // Resend whatever was unacknowledged, with the same client_ids.
+                for cid in &pending {
+                    if !send(
+                        &mut ws,
+                        json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
+                    )
+                    .await
+                    {
+                        addr = fallback;
+                        continue 'outer;
+                    }
+                }
+                loop {
+                    while !stop.load(Ordering::Relaxed) && pending.len() < 8 {
+                        let cid = format!("{k}-{next_id}");
+                        next_id += 1;
+                        if !send(
+                            &mut ws,
+                            json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
+                        )
+                        .await
+                        {
+                            addr = fallback;
+                            continue 'outer;
+                        }
+                        pending.push(cid);
+                    }
+                    if pending.is_empty() {
+                        return acked;
+                    }
+                    match next(&mut ws, Duration::from_secs(5)).await {
+                        None => {
+                            addr = fallback;
+                            continue 'outer;
+                        }
+                        Some(f) if f["type"] == "sent" => {
+                            let cid = f["client_id"].as_str().unwrap().to_owned();
+                            pending.retain(|p| *p != cid);
+                            acked.insert(cid, f);
+                        }
+                        Some(f) if f["type"] == "error" => panic!("send error {f}"),
+                        Some(_) => {}
+                    }
+                }
+            }
+        }));
+    }
+    let receiver = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            let mut cursors: Vec<u64> = Vec::new();
+            let mut addr = n1;
+            let mut reconnects = 0;
+            loop {
+                let cursor = cursors.last().map(|c| c.to_string());
+                let (mut ws, caught) = connect(addr, &bob.token, cursor.as_deref()).await;
+                for m in &caught {
+                    cursors.push(m["cursor"].as_str().unwrap().parse().unwrap());
+                }
+                loop {
+                    match next(&mut ws, Duration::from_secs(3)).await {
+                        Some(f) if f["type"] == "message" => {
+                            cursors.push(f["cursor"].as_str().unwrap().parse().unwrap());
+                            send(&mut ws, json!({"type": "ack", "cursor": f["cursor"]})).await;
+                        }
+                        Some(_) => {}
+                        None if addr == n1 => {
+                            addr = n2; // node 1 died: go to another node
+                            reconnects += 1;
+                            break;
+                        }
+                        None => return (cursors, reconnects), // quiet for 3 s: done
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    cluster.kill(1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = HashMap::new();
+    for s in senders {
+        acked.extend(s.await.unwrap());
+    }
+    let (cursors, reconnects) = receiver.await.unwrap();
+    assert_eq!(reconnects, 1, "bob's device moved to another node");
+    assert!(acked.len() > 20, "only {} acked", acked.len());
+
+    // Nothing shown twice, nothing skipped: bob saw positions 1..=head exactly once, in order.
+    let head = cursors.len() as u64;
+    assert_eq!(cursors, (1..=head).collect::<Vec<_>>());
+    // Every acknowledged message is stored, with gapless seqs.
+    let (_, all) = connect(n0, &login(n0, "bob").await.token, None).await;
+    let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(all.len() as u64, head);
+    let ids: std::collections::HashSet<&str> =
+        all.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    for (cid, sent) in &acked {
+        assert!(
+            ids.contains(sent["id"].as_str().unwrap()),
+            "acked {cid} lost"
+        );
+    }
+
+    // Bob's sockets on the dead node expire and carol (a friend, on node 2) hears him go
+    // offline; his device on node 2 is gone too by now, so the last presence is offline.
+    let deadline = killed_at + Duration::from_secs(20);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match next(&mut watcher, Duration::from_millis(500)).await {
+            Some(f) if f["type"] == "presence" => last = Some(f),
+            _ => {
+                if last
+                    .as_ref()
+                    .is_some_and(|p: &Value| p["status"] == "offline")
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let last = last.expect("presence frames about bob");
+    assert_eq!(
+        (last["user_id"].as_str(), last["status"].as_str()),
+        (Some(bob.id.as_str()), Some("offline"))
+    );
+    cluster.finish().await;
+}
+
+/// A TCP proxy a test can cut and restore, to take an engine away from one node.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (up2, links2) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused-ish
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                links2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { addr, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// host:port of an engine URL.
+fn engine_addr(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").unwrap().1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let hostport = rest.split(['/', '?']).next().unwrap();
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!(
+            "{hostport}:{}",
+            if url.starts_with("postgres") {
+                5432
+            } else {
+                4222
+            }
+        )
+    };
+    hostport.parse().unwrap_or_else(|_| {
+        use std::net::ToSocketAddrs;
+        hostport.to_socket_addrs().unwrap().next().unwrap()
+    })
+}
+
+/// `url` pointed at `proxy` instead of its own host:port.
+fn through(url: &str, proxy: SocketAddr) -> String {
+    let target = engine_addr(url);
+    url.replacen(&target.to_string(), &proxy.to_string(), 1)
+        .replacen(
+            &format!("localhost:{}", target.port()),
+            &proxy.to_string(),
+            1,
+        )
+}
+
+async fn ready(addr: SocketAddr) -> u16 {
+    reqwest::Client::new()
+        .get(format!("http://{addr}/readyz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+async fn wait_ready(addr: SocketAddr, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready(addr).await != want {
+        assert!(Instant::now() < deadline, "/readyz never became {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
+    let Some(engines) = engines("a_node_that_loses_an_engine_refuses_sends_and_recovers") else {
+        return;
+    };
+    let mut cluster = Cluster::start(engines.clone(), 1).await;
+    let pg = Proxy::start(engine_addr(&engines.postgres)).await;
+    let nats = Proxy::start(engine_addr(&engines.nats)).await;
+    let node = cluster.spawn(&[
+        (
+            "--store",
+            through(
+                &with_database(&engines.postgres, &cluster.database),
+                pg.addr,
+            ),
+        ),
+        ("--queue", through(&engines.nats, nats.addr)),
+    ]);
+    let addr = node.addr;
+    cluster.nodes.push(Some(node));
+    let alice = user(addr, "alice").await;
+    let bob = user(addr, "bob").await;
+    let (mut a, _) = connect(addr, &alice.token, None).await;
+    assert_eq!(ready(addr).await, 200);
+
+    for (engine, proxy) in [("postgres", &pg), ("nats", &nats)] {
+        proxy.cut();
+        wait_ready(addr, 503).await;
+        send(&mut a, json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
+        let f = loop {
+            let f = next(&mut a, Duration::from_secs(15))
+                .await
+                .expect("an answer");
+            if f["type"] == "error" || f["type"] == "sent" {
+                break f;
+            }
+        };
+        assert_eq!(
+            (f["type"].as_str(), f["code"].as_str()),
+            (Some("error"), Some("unavailable")),
+            "{engine} down: {f}"
+        );
+        proxy.restore();
+        wait_ready(addr, 200).await;
+        // Recovered by itself: the same client_id now goes through.
+        send(&mut a, json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
+        let f = next_of(&mut a, "sent", Duration::from_secs(15)).await;
+        assert_eq!(f["client_id"], format!("{engine}-down"));
+    }
+    cluster.finish().await;
+}
