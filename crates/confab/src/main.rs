@@ -84,7 +84,7 @@ struct ServeArgs {
     #[arg(long, env = "CONFAB_HELLO_TIMEOUT", default_value_t = 10.0)]
     hello_timeout: f64,
     /// Seconds of silence after which a socket counts as dead (WebSocket pings keep live ones busy).
-    #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = 45.0)]
+    #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = 40.0)]
     idle_timeout: f64,
     /// Sustained `send` frames per second allowed per socket.
     #[arg(long, env = "CONFAB_SEND_RATE", default_value_t = 20.0)]
@@ -115,7 +115,8 @@ impl ServeArgs {
         Ok(Config {
             listen: self.listen,
             hello_timeout: secs("--hello-timeout", self.hello_timeout)?,
-            // Ping often enough that a live but quiet client is never taken for dead.
+            // Ping often enough that a live but quiet client is never taken for dead, and so
+            // that silence is noticed within idle_timeout + ping_interval.
             ping_interval: defaults.ping_interval.min(idle_timeout / 3),
             idle_timeout,
             send_rate_per_sec: self.send_rate,

@@ -657,7 +657,9 @@ async fn wait_ready(addr: SocketAddr, want: u16) {
     }
 }
 
-#[tokio::test]
+// Multi-threaded: the proxies must keep running while this thread blocks reading a node's
+// first line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
     let Some(engines) = engines("a_node_that_loses_an_engine_refuses_sends_and_recovers") else {
         return;

@@ -12,14 +12,21 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::{Config, PresenceConfig, QueueConfig, StoreConfig};
 use crate::gateway::hub::Hub;
+use crate::lease::NodeLease;
 use crate::metrics::Metrics;
 use crate::presence::PresenceService;
 use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
 use crate::sequencer::Sequencer;
 use crate::store::MessageStore;
+use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::sync::SyncQueue;
 use crate::sync::memory::MemoryQueue;
+use crate::sync::nats::NatsQueue;
+
+/// How long a node-id lease lasts without renewal (renewed every third of it).
+const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Milliseconds since the Unix epoch, server clock.
 pub fn now_ms() -> i64 {
@@ -46,6 +53,8 @@ pub struct App {
     pub open_sockets: AtomicUsize,
     /// Cancelled when this node may no longer make ids (its node-id lease was lost).
     pub ids_lost: CancellationToken,
+    /// The sequencer node-id lease, given back on shutdown.
+    lease: tokio::sync::Mutex<Option<NodeLease>>,
 }
 
 /// Why the server could not start.
@@ -92,35 +101,56 @@ impl App {
                         .map_err(|e| StartError::Backend(e.to_string()))?;
                 Arc::new(store)
             }
-            StoreConfig::Postgres(_) => {
-                return Err(StartError::Backend(
-                    "the postgres store is not available in this build".into(),
-                ));
-            }
+            StoreConfig::Postgres(url) => Arc::new(
+                PostgresStore::connect(url, config.postgres_pool)
+                    .await
+                    .map_err(|e| StartError::Backend(format!("postgres store: {e}")))?,
+            ),
         };
         let sync: Arc<dyn SyncQueue> = match &config.queue {
             QueueConfig::Memory => Arc::new(MemoryQueue::new()),
-            QueueConfig::Nats(_) => {
-                return Err(StartError::Backend(
-                    "the nats sync queue is not available in this build".into(),
-                ));
-            }
+            QueueConfig::Nats(url) => Arc::new(
+                NatsQueue::connect(url, &config.cluster)
+                    .await
+                    .map_err(|e| StartError::Backend(format!("nats sync queue: {e}")))?,
+            ),
         };
         let presence: Arc<dyn PresenceService> = match &config.presence {
             PresenceConfig::Memory => Arc::new(MemoryPresence::new()),
-            PresenceConfig::Redis(_) => {
-                return Err(StartError::Backend(
-                    "the redis presence backend is not available in this build".into(),
-                ));
+            PresenceConfig::Redis(url) => Arc::new(
+                RedisPresence::connect(url, &config.cluster, config.presence_ttl)
+                    .await
+                    .map_err(|e| StartError::Backend(format!("redis presence: {e}")))?,
+            ),
+        };
+        // In a cluster, node ids come from a lease so two live nodes never share one.
+        let lease = match &config.presence {
+            PresenceConfig::Redis(url) => Some(
+                NodeLease::acquire(url, &config.cluster, LEASE_TTL)
+                    .await
+                    .map_err(|e| StartError::Backend(format!("node id lease: {e}")))?,
+            ),
+            PresenceConfig::Memory => {
+                if config.store != StoreConfig::Sqlite {
+                    tracing::warn!(
+                        node_id = config.node_id,
+                        "shared store without Redis: give every node a distinct --node-id"
+                    );
+                }
+                None
             }
         };
+        let node_id = lease.as_ref().map_or(config.node_id, NodeLease::node_id);
+        let ids_lost = lease
+            .as_ref()
+            .map_or_else(CancellationToken::new, NodeLease::lost);
         let auth = tokio::task::spawn_blocking(Auth::new)
             .await
             .map_err(|e| StartError::Backend(e.to_string()))?
             .map_err(|e| StartError::Backend(e.to_string()))?;
         let slow = metrics.slow_consumers.clone();
         let hub = Arc::new(Hub::new(
-            config.node_id,
+            node_id,
             config.outbound_queue,
             Box::new(move || slow.inc()),
         ));
@@ -129,7 +159,7 @@ impl App {
             .await
             .map_err(|e| StartError::Backend(e.to_string()))?;
         Ok(Arc::new(App {
-            sequencer: Sequencer::new(config.node_id),
+            sequencer: Sequencer::new(node_id),
             config,
             store,
             sync,
@@ -140,7 +170,8 @@ impl App {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             open_sockets: AtomicUsize::new(0),
-            ids_lost: CancellationToken::new(),
+            ids_lost,
+            lease: tokio::sync::Mutex::new(lease),
         }))
     }
 }
@@ -211,6 +242,11 @@ pub async fn serve(
     app.sockets.wait().await;
     sweeper.abort();
     app.store.close().await;
+    if let Some(lease) = app.lease.lock().await.take()
+        && let Err(e) = lease.release().await
+    {
+        tracing::warn!(error = %e, "could not release the node-id lease; it expires by itself");
+    }
     tracing::info!("shut down cleanly");
     served
 }
@@ -237,14 +273,8 @@ async fn sweep_presence(app: Arc<App>) {
                 status: confab_protocol::PresenceStatus::Offline,
                 last_seen,
             };
-            crate::presence::notify_friends(
-                &*app.store,
-                &*app.sync,
-                &*app.presence,
-                user,
-                offline,
-            )
-            .await;
+            crate::presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, offline)
+                .await;
         }
     }
 }

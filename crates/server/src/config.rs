@@ -88,7 +88,8 @@ pub struct Config {
     pub hello_timeout: Duration,
     /// How often the server sends a WebSocket ping to each socket.
     pub ping_interval: Duration,
-    /// A socket silent for this long (no frame, no pong) is considered dead and closed.
+    /// A socket silent for this long (no frame, no pong) is considered dead and closed; it is
+    /// checked at each ping, so detection takes at most `idle_timeout + ping_interval`.
     pub idle_timeout: Duration,
     /// Sustained `send` rate per device (messages per second)...
     pub send_rate_per_sec: f64,
@@ -124,9 +125,10 @@ impl Default for Config {
             node_id: 0,
             cluster: "confab".into(),
             hello_timeout: Duration::from_secs(10),
-            ping_interval: Duration::from_secs(20),
-            // Under the 60 s within which friends must learn a vanished device is offline.
-            idle_timeout: Duration::from_secs(45),
+            // Silence is checked at each ping, so a vanished device is detected within
+            // idle_timeout + ping_interval = 55 s: under the 60 s PROTOCOL.md promises.
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(40),
             send_rate_per_sec: 20.0,
             send_burst: 100,
             frame_rate_per_sec: 200.0,

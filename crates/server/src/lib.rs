@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod lease;
 pub mod metrics;
 pub mod presence;
 pub mod sequencer;

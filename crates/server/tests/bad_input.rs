@@ -114,6 +114,33 @@ async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
 }
 
 #[tokio::test]
+async fn oversized_frame_before_hello_closes_with_1009() {
+    let s = TestServer::start().await;
+    let mut ws = Ws::open(s.addr).await;
+    ws.send_raw(&"x".repeat(70_000)).await;
+    assert_eq!(ws.closed().await, Some(1009));
+}
+
+#[tokio::test]
+async fn the_frame_limit_echoes_the_client_id() {
+    let s = TestServer::start_with(|c| {
+        c.frame_rate_per_sec = 1.0;
+        c.frame_burst = 2;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    for i in 0..4 {
+        a.send(json!({"type": "send", "to": bob.id, "client_id": format!("f{i}"), "body": "x"}))
+            .await;
+    }
+    let e = a.next_of("error").await;
+    assert_eq!(e["code"], "rate_limited");
+    assert!(e["ref"].as_str().is_some_and(|r| r.starts_with('f')), "{e}");
+}
+
+#[tokio::test]
 async fn hello_rules() {
     let s = TestServer::start_with(|c| c.hello_timeout = Duration::from_millis(300)).await;
     let alice = s.user("alice").await;

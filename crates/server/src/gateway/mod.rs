@@ -173,7 +173,13 @@ async fn hello(
     let text = loop {
         match tokio::time::timeout_at(deadline, io.source.next()).await {
             Err(_) => return Err(Some((close::POLICY, "no hello within the timeout"))),
-            Ok(None) | Ok(Some(Err(_))) => return Err(None),
+            Ok(None) => return Err(None),
+            Ok(Some(Err(e))) => {
+                return Err(match transport_error(e) {
+                    Stop::Close(code, reason) => Some((code, reason)),
+                    Stop::Gone => None,
+                });
+            }
             Ok(Some(Ok(WsMessage::Text(t)))) => break t,
             Ok(Some(Ok(WsMessage::Close(_)))) => return Err(None),
             Ok(Some(Ok(WsMessage::Binary(_)))) => {
@@ -434,7 +440,12 @@ impl Conn {
                         Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
                     };
                     if !frames.take() {
-                        io.send(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", None))
+                        // Only on this refusal path is the frame parsed, for its `ref`.
+                        let reference = match ClientFrame::parse(&text) {
+                            Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
+                            _ => None,
+                        };
+                        io.send(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", reference))
                             .await.map_err(|_| Stop::Gone)?;
                         continue;
                     }

@@ -5,6 +5,7 @@
 //! down) so the gateway can tell the user's friends.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 

@@ -8,8 +8,10 @@
 //! reader that has seen position `p` has seen every position below it: nothing commits "late"
 //! behind a cursor.
 //!
-//! Backends: [`sqlite::SqliteStore`] (embedded, default).
+//! Backends: [`sqlite::SqliteStore`] (embedded, default) and [`postgres::PostgresStore`]
+//! (shared by the nodes of a cluster).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -29,7 +31,9 @@ pub enum StoreError {
     /// The operation is not allowed (e.g. the recipient blocked the sender).
     #[error("{0}")]
     Forbidden(String),
-    /// The backend cannot be reached or is shutting down; nothing was stored.
+    /// The backend cannot be reached or is shutting down. The write may or may not have
+    /// happened (a connection lost during COMMIT cannot tell); a retry with the same
+    /// `client_id` gives the exact outcome, which is why clients resend with the same id.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Anything else: a bug or a corrupt database.

@@ -473,7 +473,8 @@ fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
         .prepare_cached(
             "INSERT INTO conversations (id, user_lo, user_hi, last_seq, last_ts)
              VALUES (?1, ?2, ?3, 1, ?4)
-             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1, last_ts = excluded.last_ts
+             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1,
+                                           last_ts = max(last_ts, excluded.last_ts)
              RETURNING last_seq",
         )
         .and_then(|mut s| {

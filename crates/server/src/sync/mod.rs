@@ -8,6 +8,7 @@
 //! before that commit is visible to readers.
 
 pub mod memory;
+pub mod nats;
 
 use std::sync::Arc;
 

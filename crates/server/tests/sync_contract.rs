@@ -1,0 +1,394 @@
+//! The contract every `SyncQueue` keeps, run against each backend: `MemoryQueue` always,
+//! `NatsQueue` when `CONFAB_TEST_NATS` names a NATS server with JetStream
+//! (e.g. `nats://127.0.0.1:4222`). Every test uses a fresh cluster name, so runs never see
+//! each other's events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_protocol::{Id, Message, PresenceStatus, ReceiptKind, ServerFrame};
+use confab_server::sync::memory::MemoryQueue;
+use confab_server::sync::nats::NatsQueue;
+use confab_server::sync::{SyncError, SyncEvent, SyncQueue};
+use tokio::sync::mpsc;
+
+/// How long a test waits for an event it expects.
+const WAIT: Duration = Duration::from_secs(5);
+
+fn nats_url() -> Option<String> {
+    let url = std::env::var("CONFAB_TEST_NATS")
+        .ok()
+        .filter(|u| !u.is_empty());
+    if url.is_none() {
+        println!("skipped: CONFAB_TEST_NATS is not set");
+    }
+    url
+}
+
+fn fresh_cluster() -> String {
+    format!("test-{:016x}", rand::random::<u64>())
+}
+
+/// One node's view of the queue: the queue and what its handler received.
+struct Node {
+    queue: Arc<dyn SyncQueue>,
+    events: mpsc::UnboundedReceiver<SyncEvent>,
+}
+
+impl Node {
+    async fn subscribed(queue: Arc<dyn SyncQueue>) -> Node {
+        let (tx, events) = mpsc::unbounded_channel();
+        queue
+            .subscribe(Arc::new(move |e| {
+                let _ = tx.send(e);
+            }))
+            .await
+            .expect("subscribe");
+        Node { queue, events }
+    }
+
+    async fn next(&mut self) -> SyncEvent {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("an event within the wait")
+            .expect("the handler is alive")
+    }
+
+    /// Receives `n` events, in arrival order.
+    async fn take(&mut self, n: usize) -> Vec<SyncEvent> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    async fn nothing_more(&mut self) {
+        let extra = tokio::time::timeout(Duration::from_millis(200), self.events.recv()).await;
+        assert!(extra.is_err(), "unexpected event: {extra:?}");
+    }
+}
+
+/// A backend under test, able to make several nodes of one cluster.
+#[derive(Clone)]
+enum Backend {
+    Memory,
+    Nats { url: String, cluster: String },
+}
+
+impl Backend {
+    /// Every backend configured on this machine, each with a fresh cluster.
+    fn all() -> Vec<Backend> {
+        let mut all = vec![Backend::Memory];
+        if let Some(url) = nats_url() {
+            all.push(Backend::Nats {
+                url,
+                cluster: fresh_cluster(),
+            });
+        }
+        all
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Nats { .. } => "nats",
+        }
+    }
+
+    async fn queue(&self) -> Arc<dyn SyncQueue> {
+        match self {
+            Backend::Memory => Arc::new(MemoryQueue::new()),
+            Backend::Nats { url, cluster } => Arc::new(
+                NatsQueue::connect(url, cluster)
+                    .await
+                    .expect("nats connects"),
+            ),
+        }
+    }
+
+    async fn node(&self) -> Node {
+        Node::subscribed(self.queue().await).await
+    }
+
+    /// Deletes what the backend keeps for the cluster (best effort).
+    async fn clean_up(&self) {
+        if let Backend::Nats { url, cluster } = self {
+            delete_stream(url, cluster).await;
+        }
+    }
+}
+
+async fn delete_stream(url: &str, cluster: &str) {
+    let stream = confab_server::sync::nats::Names::new(cluster).stream;
+    if let Ok(client) = async_nats::connect(url).await {
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&stream)
+            .await;
+    }
+}
+
+fn message(seq: u64) -> SyncEvent {
+    SyncEvent::Message {
+        message: Arc::new(Message {
+            id: Id(u64::MAX - seq),
+            conversation: "11-22".into(),
+            seq,
+            from: Id(11),
+            to: Id(22),
+            body: format!("body {seq} \"quoted\" é ✓"),
+            ts: 1_700_000_000_000 + seq as i64,
+        }),
+        positions: [(Id(11), seq), (Id(22), u64::MAX - 1)],
+    }
+}
+
+fn every_variant() -> Vec<SyncEvent> {
+    vec![
+        message(1),
+        SyncEvent::DeviceRevoked {
+            user: Id(11),
+            device: Id(u64::MAX),
+        },
+        SyncEvent::Ephemeral {
+            to: vec![Id(22), Id(33)],
+            except_device: Some(Id(44)),
+            frame: Arc::new(ServerFrame::Receipt {
+                conversation: "11-22".into(),
+                user_id: Id(22),
+                kind: ReceiptKind::Delivered,
+                seq: 9,
+            }),
+        },
+        SyncEvent::Ephemeral {
+            to: vec![Id(22)],
+            except_device: None,
+            frame: Arc::new(ServerFrame::Presence {
+                user_id: Id(11),
+                status: PresenceStatus::Offline,
+                last_seen: 1_700_000_000_123,
+            }),
+        },
+        SyncEvent::Ephemeral {
+            to: vec![Id(22)],
+            except_device: None,
+            frame: Arc::new(ServerFrame::Typing {
+                from: Id(11),
+                conversation: "11-22".into(),
+            }),
+        },
+    ]
+}
+
+/// `SyncEvent` has no `PartialEq`; its `Debug` shows every field.
+fn sorted_debug(events: &[SyncEvent]) -> Vec<String> {
+    let mut all: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn every_variant_arrives_with_all_its_fields() {
+    for backend in Backend::all() {
+        let mut node = backend.node().await;
+        let sent = every_variant();
+        for event in &sent {
+            node.queue.publish(event.clone()).await.expect("publish");
+        }
+        // Revocations travel another path than the rest, so compare without order.
+        let got = node.take(sent.len()).await;
+        assert_eq!(
+            sorted_debug(&got),
+            sorted_debug(&sent),
+            "{}",
+            backend.name()
+        );
+        node.nothing_more().await;
+        node.queue.check().await.expect("check");
+        backend.clean_up().await;
+    }
+}
+
+#[tokio::test]
+async fn one_publishers_events_for_a_user_arrive_in_publish_order() {
+    for backend in Backend::all() {
+        let mut node = backend.node().await;
+        for seq in 1..=1000 {
+            node.queue.publish(message(seq)).await.expect("publish");
+        }
+        let got = node.take(1000).await;
+        let order: Vec<u64> = got
+            .iter()
+            .map(|e| match e {
+                SyncEvent::Message { message, .. } => message.seq,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(order, (1..=1000).collect::<Vec<_>>(), "{}", backend.name());
+        backend.clean_up().await;
+    }
+}
+
+#[tokio::test]
+async fn every_node_receives_what_one_publishes() {
+    let Some(url) = nats_url() else { return };
+    let backend = Backend::Nats {
+        url: url.clone(),
+        cluster: fresh_cluster(),
+    };
+    let mut a = backend.node().await;
+    let mut b = backend.node().await;
+    // Another cluster on the same server hears nothing of it.
+    let other = Backend::Nats {
+        url,
+        cluster: fresh_cluster(),
+    };
+    let mut stranger = other.node().await;
+    let sent = every_variant();
+    for event in &sent {
+        a.queue.publish(event.clone()).await.expect("publish");
+    }
+    for node in [&mut a, &mut b] {
+        let got = node.take(sent.len()).await;
+        assert_eq!(sorted_debug(&got), sorted_debug(&sent));
+        node.nothing_more().await;
+    }
+    stranger.nothing_more().await;
+    backend.clean_up().await;
+    other.clean_up().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_fast() {
+    if nats_url().is_none() {
+        return;
+    }
+    // Nothing listens on port 1: either connecting fails or publishing does, quickly.
+    let attempt = async {
+        let queue = NatsQueue::connect("nats://127.0.0.1:1", &fresh_cluster()).await?;
+        queue.publish(message(1)).await?;
+        queue.check().await
+    };
+    let result = tokio::time::timeout(Duration::from_secs(8), attempt)
+        .await
+        .expect("gives up within 8 s");
+    assert!(
+        matches!(result, Err(SyncError::Unavailable(_))),
+        "{result:?}"
+    );
+}
+
+/// A TCP proxy to the NATS server that can cut a node off and let it back.
+mod proxy {
+    use std::net::SocketAddr;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
+
+    pub struct Proxy {
+        pub addr: SocketAddr,
+        cut: watch::Sender<bool>,
+    }
+
+    impl Proxy {
+        pub async fn start(target: SocketAddr) -> Proxy {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (cut, cut_rx) = watch::channel(false);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let mut cut_rx = cut_rx.clone();
+                    if *cut_rx.borrow() {
+                        continue; // dropped: the client sees the connection close
+                    }
+                    tokio::spawn(async move {
+                        let Ok(mut outbound) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = cut_rx.wait_for(|cut| *cut) => {}
+                        }
+                    });
+                }
+            });
+            Proxy { addr, cut }
+        }
+
+        pub fn set_cut(&self, cut: bool) {
+            self.cut.send_replace(cut);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_node_cut_off_fails_fast_and_still_gets_revocations_after_it_reconnects() {
+    let Some(url) = nats_url() else { return };
+    let cluster = fresh_cluster();
+    let target = tokio::net::lookup_host(url.trim_start_matches("nats://"))
+        .await
+        .expect("resolve the nats address")
+        .next()
+        .expect("an address");
+    let proxy = proxy::Proxy::start(target).await;
+    let mut a = Node::subscribed(Arc::new(NatsQueue::connect(&url, &cluster).await.unwrap())).await;
+    let mut b = Node::subscribed(Arc::new(
+        NatsQueue::connect(&format!("nats://{}", proxy.addr), &cluster)
+            .await
+            .unwrap(),
+    ))
+    .await;
+
+    proxy.set_cut(true);
+    // While cut off, b's publishes and checks fail at once instead of buffering.
+    let failed = tokio::time::timeout(WAIT, async {
+        loop {
+            match b.queue.publish(message(1)).await {
+                Err(SyncError::Unavailable(_)) => break,
+                Ok(()) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    assert!(failed.is_ok(), "publish kept succeeding while cut off");
+    let started = std::time::Instant::now();
+    assert!(b.queue.publish(message(2)).await.is_err());
+    assert!(b.queue.check().await.is_err());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "did not fail fast"
+    );
+
+    let revoked = SyncEvent::DeviceRevoked {
+        user: Id(5),
+        device: Id(6),
+    };
+    a.queue
+        .publish(revoked.clone())
+        .await
+        .expect("durable publish");
+    assert_eq!(format!("{:?}", a.next().await), format!("{revoked:?}"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set_cut(false);
+
+    // Back on line, b gets the revocation it missed, and live events flow again.
+    assert_eq!(format!("{:?}", b.next().await), format!("{revoked:?}"));
+    let back = tokio::time::timeout(Duration::from_secs(8), async {
+        while b.queue.check().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(back.is_ok(), "b did not reconnect");
+    a.queue.publish(message(3)).await.expect("publish");
+    for node in [&mut a, &mut b] {
+        match node.next().await {
+            SyncEvent::Message { message, .. } => assert_eq!(message.seq, 3),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    delete_stream(&url, &cluster).await;
+}
