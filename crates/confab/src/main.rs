@@ -33,6 +33,8 @@ enum Command {
     Admin(admin::AdminCommand),
     /// A terminal chat client: prints incoming messages, sends each stdin line to `--to`.
     Chat(chat::ChatArgs),
+    /// Load generator: pairs, sweep, idle, catchup (loopback only).
+    Bench(confab_bench::BenchArgs),
 }
 
 /// Where the data lives: shared by `serve` and the admin commands.
@@ -92,6 +94,19 @@ struct ServeArgs {
     /// Burst of `send` frames allowed above the rate.
     #[arg(long, env = "CONFAB_SEND_BURST", default_value_t = 100)]
     send_burst: u32,
+    /// Frames of any kind per second allowed per socket (floods get `rate_limited`).
+    #[arg(long, env = "CONFAB_FRAME_RATE", default_value_t = 200.0)]
+    frame_rate: f64,
+    /// Burst of frames allowed above that rate.
+    #[arg(long, env = "CONFAB_FRAME_BURST", default_value_t = 400)]
+    frame_burst: u32,
+    /// Connections in the PostgreSQL pool (keep pool × nodes under the server's max_connections).
+    #[arg(long, env = "CONFAB_POSTGRES_POOL", default_value_t = 16)]
+    postgres_pool: usize,
+    /// Cluster mode: seconds between each socket's re-read of its stream from the store,
+    /// which makes good any event the sync queue lost.
+    #[arg(long, env = "CONFAB_RESYNC_INTERVAL", default_value_t = 10.0)]
+    resync_interval: f64,
     /// Seconds after which a dead node's sockets expire from Redis presence.
     #[arg(long, env = "CONFAB_PRESENCE_TTL", default_value_t = 30.0)]
     presence_ttl: f64,
@@ -121,8 +136,12 @@ impl ServeArgs {
             idle_timeout,
             send_rate_per_sec: self.send_rate,
             send_burst: self.send_burst,
+            frame_rate_per_sec: self.frame_rate,
+            frame_burst: self.frame_burst,
             max_connections: self.max_connections,
             presence_ttl,
+            postgres_pool: self.postgres_pool.max(1),
+            resync_interval: secs("--resync-interval", self.resync_interval)?,
             sweep_interval: defaults.sweep_interval.min(presence_ttl / 3),
             ..defaults
         })
@@ -148,6 +167,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Admin(cmd) => runtime.block_on(admin::run(cmd)),
         Command::Chat(args) => runtime.block_on(chat::run(args)),
+        Command::Bench(args) => runtime.block_on(confab_bench::run(args)),
     }
 }
 

@@ -22,6 +22,9 @@ type Socket =
 /// Presence must reach friends within this (PROTOCOL.md, Guarantees 5).
 const PRESENCE_BOUND: Duration = Duration::from_secs(1);
 
+/// The cluster tests run one at a time: each starts several servers on a 2-core machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Clone)]
 struct Engines {
     postgres: String,
@@ -153,7 +156,16 @@ impl Cluster {
                 "--presence",
                 &presence,
             ])
-            .args(["--cluster", &self.name, "--presence-ttl", "3"])
+            .args([
+                "--cluster",
+                &self.name,
+                "--presence-ttl",
+                "3",
+                "--postgres-pool",
+                "8",
+                "--resync-interval",
+                "1",
+            ])
             .args(["--send-rate", "1000", "--send-burst", "1000"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -297,6 +309,7 @@ async fn users_on_different_nodes_chat_see_presence_and_receipts() {
     let Some(engines) = engines("users_on_different_nodes_chat_see_presence_and_receipts") else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(engines, 3).await;
     let (n0, n1, n2) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
     let alice = user(n0, "alice").await;
@@ -358,6 +371,7 @@ async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
     let Some(engines) = engines("twenty_senders_on_three_nodes_get_gapless_seqs") else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let cluster = Cluster::start(engines, 3).await;
     let n0 = cluster.addr(0);
     let alice = user(n0, "alice").await;
@@ -409,6 +423,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
     else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(engines, 3).await;
     let (n0, n1, n2) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
     user(n0, "alice").await; // her devices log in below
@@ -470,6 +485,20 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
                             let cid = f["client_id"].as_str().unwrap().to_owned();
                             pending.retain(|p| *p != cid);
                             acked.insert(cid, f);
+                        }
+                        Some(f) if f["type"] == "error" && f["code"] == "unavailable" => {
+                            // A retryable refusal: resend the same client_id shortly.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let cid = f["ref"].as_str().unwrap();
+                            if !send(
+                                &mut ws,
+                                json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
+                            )
+                            .await
+                            {
+                                addr = fallback;
+                                continue 'outer;
+                            }
                         }
                         Some(f) if f["type"] == "error" => panic!("send error {f}"),
                         Some(_) => {}
@@ -664,6 +693,7 @@ async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
     let Some(engines) = engines("a_node_that_loses_an_engine_refuses_sends_and_recovers") else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(engines.clone(), 1).await;
     let pg = Proxy::start(engine_addr(&engines.postgres)).await;
     let nats = Proxy::start(engine_addr(&engines.nats)).await;
@@ -684,6 +714,7 @@ async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
     let (mut a, _) = connect(addr, &alice.token, None).await;
     assert_eq!(ready(addr).await, 200);
 
+    let healthy = cluster.addr(0);
     for (engine, proxy) in [("postgres", &pg), ("nats", &nats)] {
         proxy.cut();
         wait_ready(addr, 503).await;
@@ -701,12 +732,105 @@ async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
             (Some("error"), Some("unavailable")),
             "{engine} down: {f}"
         );
+        if engine == "nats" {
+            // Meanwhile bob, on a healthy node, writes to alice: the live event cannot reach
+            // her node, but the periodic resync delivers it once NATS is back.
+            let (mut b, _) = connect(healthy, &bob.token, None).await;
+            send(&mut b, json!({"type": "send", "to": alice.id, "client_id": "while-cut", "body": "missed live"})).await;
+            next_of(&mut b, "sent", Duration::from_secs(5)).await;
+        }
         proxy.restore();
         wait_ready(addr, 200).await;
+        if engine == "nats" {
+            // (Alice's own echo may come first.)
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let m = next_of(&mut a, "message", left).await;
+                if m["body"] == "missed live" {
+                    break;
+                }
+            }
+        }
         // Recovered by itself: the same client_id now goes through.
         send(&mut a, json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
         let f = next_of(&mut a, "sent", Duration::from_secs(15)).await;
         assert_eq!(f["client_id"], format!("{engine}-down"));
     }
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn a_lost_node_id_lease_is_replaced_and_sends_resume() {
+    let Some(engines) = engines("a_lost_node_id_lease_is_replaced_and_sends_resume") else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(engines.clone(), 1).await;
+    let addr = cluster.addr(0);
+    let alice = user(addr, "alice").await;
+    let bob = user(addr, "bob").await;
+    let (mut a, _) = connect(addr, &alice.token, None).await;
+    send(
+        &mut a,
+        json!({"type": "send", "to": bob.id, "client_id": "before", "body": "x"}),
+    )
+    .await;
+    let before = next_of(&mut a, "sent", Duration::from_secs(5)).await;
+
+    // Another process takes the node's lease key, as if it had expired and been claimed.
+    let client = redis::Client::open(engines.redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:node:*", cluster.name))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // The node notices at its next renewal (refusing sends with `unavailable` until it holds
+    // a new lease, a window too short to observe reliably), leases another id, carries on.
+    let node = |id: &Value| (id["id"].as_str().unwrap().parse::<u64>().unwrap() >> 12) & 1023;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    let after = loop {
+        assert!(Instant::now() < deadline, "no send from a new node id");
+        n += 1;
+        let cid = format!("after{n}");
+        send(
+            &mut a,
+            json!({"type": "send", "to": bob.id, "client_id": cid, "body": "y"}),
+        )
+        .await;
+        let f = loop {
+            let f = next(&mut a, Duration::from_secs(5))
+                .await
+                .expect("an answer");
+            if f["type"] == "sent" || f["type"] == "error" {
+                break f;
+            }
+        };
+        if f["type"] == "error" {
+            assert_eq!(f["code"], "unavailable", "{f}");
+        } else if node(&f) != node(&before) {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(ready(addr).await, 200);
+    assert!(after["seq"].as_u64().unwrap() >= 2);
+    let _: () = redis::cmd("DEL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     cluster.finish().await;
 }

@@ -132,6 +132,7 @@ async fn create_user(
             req.username
         )));
     }
+    app.can_make_ids()?;
     let hash = app.auth.hash(&req.password).await?;
     let id = Id(app.sequencer.next_id());
     let user = app
@@ -180,6 +181,7 @@ async fn create_session(
             });
         }
     };
+    app.can_make_ids()?;
     let (token, hash) = new_token();
     let device = Id(app.sequencer.next_id());
     let name = req
@@ -210,6 +212,9 @@ async fn delete_session(State(app): State<Arc<App>>, caller: Caller) -> Result<S
         user: caller.user,
         device: caller.device,
     };
+    // This node's sockets close at once, whatever the queue does; other nodes hear it through
+    // the queue, or at their next resync if the queue is down.
+    app.hub.deliver(event.clone());
     if let Err(e) = app.sync.publish(event).await {
         // The token is revoked in the store; open sockets notice at their next reconnect.
         tracing::warn!(error = %e, "could not broadcast a revocation");
@@ -381,6 +386,9 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
     }
     if app.shutdown.is_cancelled() {
         problems.push("shutting down".into());
+    }
+    if let Err(e) = app.can_make_ids() {
+        problems.push(e.to_string());
     }
     if problems.is_empty() {
         (StatusCode::OK, "ready").into_response()

@@ -51,8 +51,9 @@ pub struct App {
     /// Tracks WebSocket tasks so shutdown can wait for them.
     pub sockets: TaskTracker,
     pub open_sockets: AtomicUsize,
-    /// Cancelled when this node may no longer make ids (its node-id lease was lost).
-    pub ids_lost: CancellationToken,
+    /// False while this node may not make ids (its node-id lease was lost and no new one is
+    /// leased yet).
+    pub ids_ok: std::sync::atomic::AtomicBool,
     /// The sequencer node-id lease, given back on shutdown.
     lease: tokio::sync::Mutex<Option<NodeLease>>,
 }
@@ -74,17 +75,24 @@ impl App {
     /// its sync queue is down, so nothing is stored that the other nodes would not hear
     /// about, and once its node-id lease is lost, so two nodes never make the same id.
     pub fn can_accept_sends(&self) -> Result<(), crate::error::Error> {
-        if self.ids_lost.is_cancelled() {
-            return Err(crate::error::Error::Unavailable(
-                "this node lost its sequencer node-id lease".into(),
-            ));
-        }
+        self.can_make_ids()?;
         if !self.sync.available() {
             return Err(crate::error::Error::Unavailable(
                 "the message sync queue is unreachable".into(),
             ));
         }
         Ok(())
+    }
+
+    /// Whether this node may make ids now (it holds its node-id lease, in a cluster).
+    pub fn can_make_ids(&self) -> Result<(), crate::error::Error> {
+        if self.ids_ok.load(std::sync::atomic::Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(crate::error::Error::Unavailable(
+                "this node lost its sequencer node-id lease; leasing a new one".into(),
+            ))
+        }
     }
 
     /// Opens the backends the configuration names.
@@ -141,9 +149,6 @@ impl App {
             }
         };
         let node_id = lease.as_ref().map_or(config.node_id, NodeLease::node_id);
-        let ids_lost = lease
-            .as_ref()
-            .map_or_else(CancellationToken::new, NodeLease::lost);
         let auth = tokio::task::spawn_blocking(Auth::new)
             .await
             .map_err(|e| StartError::Backend(e.to_string()))?
@@ -170,7 +175,7 @@ impl App {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             open_sockets: AtomicUsize::new(0),
-            ids_lost,
+            ids_ok: std::sync::atomic::AtomicBool::new(true),
             lease: tokio::sync::Mutex::new(lease),
         }))
     }
@@ -226,6 +231,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = crate::api::router(app.clone());
     let sweeper = tokio::spawn(sweep_presence(app.clone()));
+    let leaser = match &app.config.presence {
+        PresenceConfig::Redis(url) => Some(tokio::spawn(keep_lease(app.clone(), url.clone()))),
+        PresenceConfig::Memory => None,
+    };
+    let resyncer = (app.config.queue != QueueConfig::Memory)
+        .then(|| tokio::spawn(resync_sockets(app.clone())));
     let signal = {
         let (stop, app) = (stop.clone(), app.clone());
         async move {
@@ -241,6 +252,9 @@ pub async fn serve(
     app.sockets.close();
     app.sockets.wait().await;
     sweeper.abort();
+    for task in [leaser, resyncer].into_iter().flatten() {
+        task.abort();
+    }
     app.store.close().await;
     if let Some(lease) = app.lease.lock().await.take()
         && let Err(e) = lease.release().await
@@ -276,5 +290,55 @@ async fn sweep_presence(app: Arc<App>) {
             crate::presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, offline)
                 .await;
         }
+    }
+}
+
+/// Replaces a lost node-id lease: sends are refused (`unavailable`) from the loss until a new
+/// id is leased, then the sequencer switches to it.
+async fn keep_lease(app: Arc<App>, url: String) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let lost = app.lease.lock().await.as_ref().map(NodeLease::lost);
+        let Some(lost) = lost else { return };
+        tokio::select! {
+            _ = lost.cancelled() => {}
+            _ = app.shutdown.cancelled() => return,
+        }
+        app.ids_ok.store(false, Ordering::SeqCst);
+        tracing::error!("node-id lease lost; refusing sends until a new id is leased");
+        // Not released: the key may belong to another node by now.
+        drop(app.lease.lock().await.take());
+        let mut backoff = std::time::Duration::from_millis(500);
+        loop {
+            match NodeLease::acquire(&url, &app.config.cluster, LEASE_TTL).await {
+                Ok(lease) => {
+                    app.sequencer.set_node(lease.node_id());
+                    tracing::info!(node_id = lease.node_id(), "leased a new node id");
+                    *app.lease.lock().await = Some(lease);
+                    app.ids_ok.store(true, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "leasing a node id failed; retrying"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = app.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
+    }
+}
+
+/// In a cluster the sync queue may lose events (a node was cut off from NATS, a publish
+/// failed after its commit). Every `resync_interval` each socket reads its stream from the
+/// store after the last position it sent, and re-checks that its token is still valid, so a
+/// lost event or revocation is made good within that interval.
+async fn resync_sockets(app: Arc<App>) {
+    let mut tick = tokio::time::interval(app.config.resync_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        app.hub.resync_all();
     }
 }

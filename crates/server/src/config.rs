@@ -112,6 +112,9 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// How often expired presence is swept and announced.
     pub sweep_interval: Duration,
+    /// Cluster mode: how often each socket re-reads its stream from the store and re-checks
+    /// its token, making good any event the sync queue lost.
+    pub resync_interval: Duration,
 }
 
 impl Default for Config {
@@ -141,6 +144,7 @@ impl Default for Config {
             // A dead node's users turn offline within ttl + sweep interval: 35 s < 60 s.
             presence_ttl: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
+            resync_interval: Duration::from_secs(10),
         }
     }
 }

@@ -37,7 +37,8 @@ impl Clock for SystemClock {
 
 /// Hands out ids for one node.
 pub struct Sequencer {
-    node: u64,
+    /// The node id, in the low bits; changes only when a lost lease is replaced.
+    node: std::sync::atomic::AtomicU64,
     clock: Box<dyn Clock>,
     state: Mutex<State>,
 }
@@ -58,7 +59,7 @@ impl Sequencer {
     pub fn with_clock(node: u16, clock: Box<dyn Clock>) -> Self {
         assert!(node <= MAX_NODE, "sequencer node id {node} > {MAX_NODE}");
         Sequencer {
-            node: u64::from(node),
+            node: std::sync::atomic::AtomicU64::new(u64::from(node)),
             clock,
             state: Mutex::new(State {
                 last_ms: 0,
@@ -68,7 +69,19 @@ impl Sequencer {
     }
 
     pub fn node(&self) -> u16 {
-        self.node as u16
+        self.node.load(std::sync::atomic::Ordering::SeqCst) as u16
+    }
+
+    /// Switches to a newly leased node id (after the previous lease was lost). Ids stay
+    /// unique: no other live node holds the new id.
+    ///
+    /// # Panics
+    /// If `node` does not fit in [`NODE_BITS`] bits.
+    pub fn set_node(&self, node: u16) {
+        assert!(node <= MAX_NODE, "sequencer node id {node} > {MAX_NODE}");
+        let _state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.node
+            .store(u64::from(node), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The next id. A clock that steps backwards does not produce duplicates: time is taken as
@@ -86,7 +99,8 @@ impl Sequencer {
             s.last_ms += 1;
             s.counter = 0;
         }
-        (s.last_ms << (NODE_BITS + COUNTER_BITS)) | (self.node << COUNTER_BITS) | s.counter
+        let node = self.node.load(std::sync::atomic::Ordering::SeqCst);
+        (s.last_ms << (NODE_BITS + COUNTER_BITS)) | (node << COUNTER_BITS) | s.counter
     }
 }
 

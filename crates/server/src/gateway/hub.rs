@@ -28,6 +28,8 @@ pub enum Outbound {
     Message { message: Arc<Message>, pos: u64 },
     /// A frame already serialised once for every socket it goes to.
     Frame(Utf8Bytes),
+    /// Re-read the stream from the store and re-check the token (cluster mode, periodic).
+    Resync,
 }
 
 struct Socket {
@@ -118,6 +120,17 @@ impl Hub {
     /// Number of sockets this node holds for `user`.
     pub fn sockets_of(&self, user: Id) -> usize {
         self.shard(user).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Asks every socket on this node to resync from the store. A socket whose queue is full
+    /// is skipped: it is behind anyway and will be cut off or catch up.
+    pub fn resync_all(&self) {
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for s in shard.values().flatten() {
+                let _ = s.tx.try_send(Outbound::Resync);
+            }
+        }
     }
 
     /// Hands an event from the sync queue to the local sockets it concerns.

@@ -61,6 +61,10 @@ pub mod close {
 const GAP_WAIT: Duration = Duration::from_millis(25);
 /// Live events held for a gap at most; more, and the gap is read from the store at once.
 const MAX_HELD: usize = 256;
+/// Initial read buffer of a socket.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes a socket's writer gathers before writing through (flushes write at once anyway).
+const WRITE_BUFFER: usize = 8 * 1024;
 /// Stream entries read per store query during catch-up.
 const CATCH_UP_PAGE: usize = 1000;
 
@@ -109,6 +113,10 @@ pub async fn upgrade(
     let tracked = app.sockets.token();
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        // tungstenite's 128 KiB defaults would cost an idle socket far more than the rest
+        // of its state; frames are small, and the buffers grow for the rare big one.
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
             let _slot = slot;
@@ -168,7 +176,7 @@ async fn hello(
     app: &App,
     io: &mut Io,
     header_token: Option<String>,
-) -> Result<(DeviceSession, Option<String>), End> {
+) -> Result<(DeviceSession, Option<String>, [u8; 32]), End> {
     let deadline = Instant::now() + app.config.hello_timeout;
     let text = loop {
         match tokio::time::timeout_at(deadline, io.source.next()).await {
@@ -221,8 +229,9 @@ async fn hello(
         )
         .await;
     };
-    match app.store.device_by_token(token_hash(&token)).await {
-        Ok(Some(session)) => Ok((session, cursor)),
+    let hash = token_hash(&token);
+    match app.store.device_by_token(hash).await {
+        Ok(Some(session)) => Ok((session, cursor, hash)),
         Ok(None) => {
             refuse(
                 io,
@@ -241,7 +250,7 @@ async fn hello(
 
 /// One socket, from `hello` to its end. Returns the close to send, if the server ends it.
 async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
-    let (session, cursor) = match hello(app, io, header_token).await {
+    let (session, cursor, token_hash) = match hello(app, io, header_token).await {
         Ok(s) => s,
         Err(end) => return end,
     };
@@ -288,6 +297,7 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         app: app.clone(),
         session,
         socket,
+        token_hash,
         last: start_pos,
         acks: watch::channel(start_pos).0,
         typing: HashMap::new(),
@@ -331,6 +341,8 @@ struct Conn {
     session: DeviceSession,
     /// Cluster-unique id of this socket (for presence).
     socket: u64,
+    /// The hash of the token the socket authenticated with, to re-check it on resync.
+    token_hash: [u8; 32],
     /// When a typing relay to each peer last went out.
     typing: HashMap<Id, Instant>,
     /// Live events that arrived ahead of a missing position, by position.
@@ -423,6 +435,7 @@ impl Conn {
                 event = events.recv() => match event {
                     Some(Outbound::Message { message, pos }) => self.deliver(io, message, pos).await?,
                     Some(Outbound::Frame(text)) => io.sink.send(WsMessage::Text(text)).await.map_err(|_| Stop::Gone)?,
+                    Some(Outbound::Resync) => self.resync(io).await?,
                     None => return Err(Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up")),
                 },
                 incoming = io.source.next(), if inflight.len() < cfg.max_inflight_sends => {
@@ -507,7 +520,7 @@ impl Conn {
                         .to_frame(reference),
                     );
                 }
-                inflight.push(Box::pin(send_message(
+                inflight.push(detached(send_message(
                     self.app.clone(),
                     self.session.user_id,
                     to,
@@ -517,7 +530,7 @@ impl Conn {
                 None
             }
             ClientFrame::Read { conversation, seq } => {
-                inflight.push(Box::pin(mark_read(
+                inflight.push(detached(mark_read(
                     self.app.clone(),
                     self.session,
                     conversation,
@@ -537,7 +550,7 @@ impl Conn {
                             .retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
                     }
                     self.typing.insert(to, now);
-                    inflight.push(Box::pin(relay_typing(
+                    inflight.push(detached(relay_typing(
                         self.app.clone(),
                         self.session.user_id,
                         to,
@@ -663,6 +676,22 @@ impl Conn {
         Ok(())
     }
 
+    /// Periodic repair in a cluster: closes the socket if its token was revoked meanwhile,
+    /// and sends whatever the store has after the last position sent.
+    async fn resync(&mut self, io: &mut Io) -> Result<(), Stop> {
+        match self.app.store.device_by_token(self.token_hash).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(Stop::Close(close::POLICY, "token revoked")),
+            Err(_) => return Ok(()), // store trouble: try again next time
+        }
+        self.catch_up(io, None).await?;
+        self.held.retain(|pos, _| *pos > self.last);
+        if self.held.is_empty() {
+            self.gap_since = None;
+        }
+        Ok(())
+    }
+
     /// Reads from the store everything up to the highest held event, then drops the held ones.
     async fn fill_gap(&mut self, io: &mut Io) -> Result<(), Stop> {
         let Some(&upto) = self.held.keys().next_back() else {
@@ -734,6 +763,27 @@ fn transport_error(e: axum::Error) -> Stop {
         tracing::debug!(error = %e, "socket read failed");
         Stop::Gone
     }
+}
+
+/// Runs a frame's store work in its own task and returns a handle to its reply.
+///
+/// The work must not depend on the socket task being polled: that task may wait on a slow
+/// client's socket, and a store transaction paused mid-way would hold its row locks (in
+/// PostgreSQL) for every other node. Once a `send` is read it also completes, stored and
+/// published, even if the socket closes meanwhile; the client's retry with the same
+/// `client_id` then finds it.
+fn detached(work: impl Future<Output = Option<ServerFrame>> + Send + 'static) -> Pending {
+    let task = tokio::spawn(work);
+    Box::pin(async move {
+        task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a frame's task failed");
+            Some(ServerFrame::error(
+                ErrorCode::Internal,
+                "internal error",
+                None,
+            ))
+        })
+    })
 }
 
 /// Messaging steps 3-5: id from the sequencer, durable append, hand-off to the sync queue.

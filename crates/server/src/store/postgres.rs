@@ -43,6 +43,11 @@ use super::{
 /// How long a caller waits for a pooled connection (or for a new one to be made) before the
 /// store answers `Unavailable`: a down database fails requests, it does not hang them.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request may queue for a free pooled connection. Longer than the connect
+/// timeout: a hot conversation serialises its appends on one row lock, so under a burst many
+/// requests wait their turn behind healthy connections; a database that is down still fails
+/// fast through the create timeout.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long sent data may stay unacknowledged before a connection counts as broken.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `check()` (behind `/readyz`) answers within this.
@@ -327,7 +332,7 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CHECKOUT_TIMEOUT))
+            .wait_timeout(Some(QUEUE_TIMEOUT))
             .create_timeout(Some(CHECKOUT_TIMEOUT))
             .recycle_timeout(Some(CHECKOUT_TIMEOUT))
             .build()

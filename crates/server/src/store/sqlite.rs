@@ -268,14 +268,18 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> StoreResult<T>,
 ) -> StoreResult<T> {
-    conn.execute_batch("SAVEPOINT job").map_err(internal)?;
-    let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
+    // Cached statements: this runs for every write, so the SQL is parsed once, not per job.
+    let run = |sql: &str| {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([]))
+            .map_err(internal)
     };
-    conn.execute_batch(end).map_err(internal)?;
+    run("SAVEPOINT job")?;
+    let result = f(conn);
+    if result.is_err() {
+        run("ROLLBACK TO job")?;
+    }
+    run("RELEASE job")?;
     result
 }
 
@@ -501,14 +505,19 @@ fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
         ])
     })
     .map_err(internal)?;
-    let mut stream_insert = conn
-        .prepare_cached("INSERT INTO stream (user_id, pos, message_id) VALUES (?1, ?2, ?3)")
-        .map_err(internal)?;
-    for (user, pos) in [(m.to, recipient_pos), (m.from, sender_pos)] {
-        stream_insert
-            .execute(params![to_i64(user.0), to_i64(pos), to_i64(m.id.0)])
-            .map_err(internal)?;
-    }
+    conn.prepare_cached(
+        "INSERT INTO stream (user_id, pos, message_id) VALUES (?1, ?2, ?5), (?3, ?4, ?5)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            to_i64(m.to.0),
+            to_i64(recipient_pos),
+            to_i64(m.from.0),
+            to_i64(sender_pos),
+            to_i64(m.id.0)
+        ])
+    })
+    .map_err(internal)?;
     Ok(Appended {
         message: Arc::new(Message {
             id: m.id,

@@ -1,0 +1,293 @@
+//! Opening many authenticated sockets: through the SDK's raw [`Connection`] for the load
+//! tests, and from a chosen source address (for more sockets than one address has ephemeral
+//! ports) for the idle test, which the SDK cannot do.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use confab_client::{ClientFrame, Connection, Error as SdkError, ErrorKind, ServerFrame, Welcome};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// How long a socket may take from connect to `synced`.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An SDK connection past `synced`, and what its catch-up held.
+pub struct Synced {
+    pub conn: Connection,
+    pub welcome: Welcome,
+    /// The cursor `synced` named: everything up to it has been seen.
+    pub cursor: String,
+    /// Messages replayed before `synced` (history from earlier runs on the same accounts).
+    pub replayed: usize,
+}
+
+/// Connects with the SDK, sends `hello` and reads up to `synced`. Replayed history is acked,
+/// so the next run on these accounts does not replay it again.
+pub async fn connect_synced(
+    ws_url: &str,
+    token: &str,
+    cursor: Option<&str>,
+) -> anyhow::Result<Synced> {
+    let work = async {
+        let (mut conn, welcome) = Connection::connect(ws_url, token, cursor)
+            .await
+            .map_err(|e| anyhow!(sdk_reason(&e)).context("connect"))?;
+        let mut replayed = 0;
+        loop {
+            match conn.next().await {
+                Ok(Some(ServerFrame::Synced { cursor })) => {
+                    if replayed > 0 {
+                        conn.send(&ClientFrame::Ack {
+                            cursor: cursor.clone(),
+                        })
+                        .await
+                        .map_err(|e| anyhow!(sdk_reason(&e)))?;
+                    }
+                    return Ok(Synced {
+                        conn,
+                        welcome,
+                        cursor,
+                        replayed,
+                    });
+                }
+                Ok(Some(ServerFrame::Message { .. })) => replayed += 1,
+                Ok(Some(ServerFrame::Error { code, message, .. })) => {
+                    bail!("server error before synced: {code}: {message}")
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => bail!("socket closed before synced (code {:?})", conn.close_code()),
+                Err(e) => bail!("before synced: {}", sdk_reason(&e)),
+            }
+        }
+    };
+    tokio::time::timeout(SYNC_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow!("no synced within {SYNC_TIMEOUT:?}"))?
+}
+
+/// A short label for an SDK error, to count errors by.
+pub fn sdk_reason(e: &SdkError) -> String {
+    match e.kind() {
+        ErrorKind::Server { code, .. } | ErrorKind::Api { code, .. } => code.to_string(),
+        ErrorKind::Transport => format!("transport: {e}"),
+        ErrorKind::Protocol => "protocol".into(),
+        ErrorKind::Timeout => "timeout".into(),
+        ErrorKind::Closed => "closed".into(),
+    }
+}
+
+/// Adds one to `counts[reason]`, keeping the key short (the first line, at most 80 chars).
+pub fn count(counts: &mut BTreeMap<String, u64>, reason: &str) {
+    let key: String = reason
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(80)
+        .collect();
+    *counts.entry(key).or_default() += 1;
+}
+
+/// Which source address each of many connections uses: `per_address` connections from
+/// `base`, the next `per_address` from `base + 1`, and so on (127.0.0.1, 127.0.0.2, …), so
+/// that no address runs out of ephemeral ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePlan {
+    pub base: Ipv4Addr,
+    pub per_address: usize,
+}
+
+impl SourcePlan {
+    /// A plan that leaves a tenth of each address's ephemeral ports free (for other programs
+    /// and for sockets in TIME_WAIT).
+    pub fn for_port_range(base: Ipv4Addr, ports: usize) -> SourcePlan {
+        SourcePlan {
+            base,
+            per_address: (ports - ports / 10).max(1),
+        }
+    }
+
+    /// The source address of connection `index` (counted over the whole run).
+    pub fn address(&self, index: usize) -> Ipv4Addr {
+        let offset = (index / self.per_address) as u32;
+        Ipv4Addr::from(u32::from(self.base).saturating_add(offset))
+    }
+
+    /// Connections per address for connections `start..start + n`, in address order.
+    pub fn spread(&self, start: usize, n: usize) -> Vec<(Ipv4Addr, usize)> {
+        let mut out: Vec<(Ipv4Addr, usize)> = Vec::new();
+        let mut i = start;
+        let end = start + n;
+        while i < end {
+            let block_end = ((i / self.per_address) + 1) * self.per_address;
+            let take = block_end.min(end) - i;
+            out.push((self.address(i), take));
+            i += take;
+        }
+        out
+    }
+
+    /// Whether every address of `n` connections stays inside 127.0.0.0/8.
+    pub fn fits_loopback(&self, n: usize) -> bool {
+        n == 0 || self.address(n - 1).octets()[0] == 127 && self.base.octets()[0] == 127
+    }
+}
+
+/// The size of the kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`).
+pub fn ephemeral_ports() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| parse_port_range(&s))
+        .unwrap_or(28_232)
+}
+
+/// `"32768\t60999"` → 28,232 ports.
+pub fn parse_port_range(s: &str) -> Option<usize> {
+    let mut it = s.split_whitespace().map(|p| p.parse::<usize>());
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (hi >= lo).then(|| hi - lo + 1)
+}
+
+/// A bare WebSocket past `synced`, opened from a chosen source address.
+pub type RawSocket = WebSocketStream<TcpStream>;
+
+/// Opens a socket from `source` (port chosen by the kernel) to `server`, upgrades it, sends
+/// `hello` and reads up to `synced`. Speaks the protocol's own types, as the SDK would; small
+/// buffers, because thousands of these sit idle.
+pub async fn connect_from(
+    server: SocketAddr,
+    ws_url: &str,
+    source: Option<IpAddr>,
+    token: &str,
+) -> anyhow::Result<RawSocket> {
+    let work = async {
+        let socket = match server {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .context("socket")?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("bind {ip}"))?;
+        }
+        let stream = socket.connect(server).await.context("connect")?;
+        stream.set_nodelay(true).context("nodelay")?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0);
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(ws_url, stream, Some(config))
+            .await
+            .context("upgrade")?;
+        let hello = ClientFrame::Hello {
+            token: Some(token.to_owned()),
+            cursor: None,
+        };
+        ws.send(WsMessage::text(serde_json::to_string(&hello)?))
+            .await
+            .context("hello")?;
+        let mut welcomed = false;
+        loop {
+            let msg = match ws.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("read")),
+                None => bail!("closed"),
+            };
+            let WsMessage::Text(text) = msg else {
+                if msg.is_close() {
+                    bail!("closed by the server");
+                }
+                continue;
+            };
+            match serde_json::from_str::<ServerFrame>(&text) {
+                Ok(ServerFrame::Welcome { .. }) => welcomed = true,
+                Ok(ServerFrame::Synced { .. }) if welcomed => return Ok(ws),
+                Ok(ServerFrame::Error { code, .. }) => bail!("{code}"),
+                Ok(_) => {}
+                Err(e) => bail!("bad frame: {e}"),
+            }
+        }
+    };
+    tokio::time::timeout(SYNC_TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow!("timeout"))?
+}
+
+/// The reason of a failed [`connect_from`] with its cause, short enough to count by.
+pub fn failure_reason(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_spread_over_source_addresses() {
+        let plan = SourcePlan::for_port_range(Ipv4Addr::new(127, 0, 0, 1), 28_232);
+        assert_eq!(plan.per_address, 25_409);
+        assert_eq!(plan.address(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(plan.address(25_408), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(plan.address(25_409), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(plan.spread(0, 0).len(), 0);
+        assert_eq!(plan.spread(0, 25_409).len(), 1);
+        assert_eq!(plan.spread(0, 100_000).len(), 4);
+
+        let small = SourcePlan {
+            base: Ipv4Addr::new(127, 0, 0, 254),
+            per_address: 10,
+        };
+        assert_eq!(
+            small.address(25),
+            Ipv4Addr::new(127, 0, 1, 0),
+            "wraps into the next octet"
+        );
+        assert_eq!(
+            small.spread(0, 25),
+            vec![
+                (Ipv4Addr::new(127, 0, 0, 254), 10),
+                (Ipv4Addr::new(127, 0, 0, 255), 10),
+                (Ipv4Addr::new(127, 0, 1, 0), 5)
+            ]
+        );
+        // A child process's share starts mid-block and continues the same numbering.
+        assert_eq!(
+            small.spread(7, 5),
+            vec![
+                (Ipv4Addr::new(127, 0, 0, 254), 3),
+                (Ipv4Addr::new(127, 0, 0, 255), 2)
+            ]
+        );
+        let total: usize = small.spread(3, 1000).iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 1000);
+        assert!(small.fits_loopback(1000));
+        let edge = SourcePlan {
+            base: Ipv4Addr::new(127, 255, 255, 250),
+            per_address: 1,
+        };
+        assert!(!edge.fits_loopback(10));
+    }
+
+    #[test]
+    fn port_range_parses() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(28_232));
+        assert_eq!(parse_port_range("1024 1024"), Some(1));
+        assert_eq!(parse_port_range("9 1"), None);
+        assert_eq!(parse_port_range(""), None);
+        assert!(ephemeral_ports() > 0);
+    }
+
+    #[test]
+    fn reasons_are_counted_by_first_line() {
+        let mut m = BTreeMap::new();
+        count(&mut m, "a\nb");
+        count(&mut m, "a");
+        assert_eq!(m.get("a"), Some(&2));
+    }
+}

@@ -1,0 +1,139 @@
+//! Small end-to-end runs against an in-process server. Correctness only: nothing here asserts
+//! on a latency or throughput number.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use confab_server::{Config, Server};
+
+use crate::connect::SourcePlan;
+use crate::idle::{IdleArgs, run_idle};
+use crate::pairs::LoadArgs;
+use crate::target::{SeededAccount, Target, TargetArgs};
+
+/// A server with `users` seeded accounts and limits high enough not to get in the way.
+async fn server(users: usize) -> (Server, Target, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_owned(),
+        send_rate_per_sec: 1e6,
+        send_burst: 1_000_000,
+        frame_rate_per_sec: 1e6,
+        frame_burst: 1_000_000,
+        ..Config::default()
+    };
+    // Seed first: the store is opened by one owner at a time.
+    let seeded = confab_server::admin::seed(&config, "e2e", users, "e2e-password", |_| {})
+        .await
+        .unwrap();
+    let accounts: Vec<SeededAccount> =
+        serde_json::from_value(serde_json::to_value(&seeded).unwrap()).unwrap();
+    let server = Server::start(config).await.unwrap();
+    let target = Target::in_process(server.addr, accounts);
+    (server, target, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_delivers_every_acked_message() {
+    let (server, target, _dir) = server(4).await;
+    let load = LoadArgs {
+        users: 4,
+        duration: 1.0,
+        body: 64,
+        grace: 3.0,
+        workers: Some(2),
+        ack_interval: 200,
+        connect_concurrency: 4,
+    };
+    let cfg = load.config(200.0).unwrap();
+    let r = crate::pairs::run_pairs(&target, &cfg, false).await.unwrap();
+    assert_eq!(r.scheduled, 200);
+    assert_eq!(r.sent, 200, "{r:#?}");
+    assert_eq!(r.acked, 200, "{r:#?}");
+    assert_eq!(r.delivered, r.sent, "{r:#?}");
+    assert_eq!(r.undelivered, 0);
+    assert_eq!(r.unacked, 0);
+    assert_eq!(r.duplicates, 0);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.latency_ms.count, 200);
+
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_on_reused_accounts_are_not_taken_for_retries() {
+    let (server, target, _dir) = server(4).await;
+    let load = LoadArgs {
+        users: 4,
+        duration: 0.25,
+        body: 48,
+        grace: 3.0,
+        workers: Some(1),
+        ack_interval: 0,
+        connect_concurrency: 4,
+    };
+    let cfg = load.config(200.0).unwrap();
+    for _ in 0..2 {
+        // Each run has its own client_ids, so the server stores every message anew; whatever
+        // of the earlier run is replayed on connect is read before `synced` and ignored.
+        let r = crate::pairs::run_pairs(&target, &cfg, false).await.unwrap();
+        assert_eq!(r.sent, 50, "{r:#?}");
+        assert_eq!(r.delivered, 50, "{r:#?}");
+        assert_eq!(r.undelivered, 0);
+        assert_eq!(r.foreign, 0);
+        assert_eq!(r.duplicates, 0);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_replays_every_stored_message() {
+    let (server, target, _dir) = server(3).await;
+    let r = crate::catchup::run_catchup(&target, 300, 2, 100, 50, false)
+        .await
+        .unwrap();
+    assert_eq!(r.acked, 300, "{r:#?}");
+    assert_eq!(r.delivered, 300, "{r:#?}");
+    assert_eq!(r.missing, 0);
+    assert_eq!(r.duplicates, 0);
+    assert_eq!(r.foreign, 0);
+    assert!(r.synced_ms >= r.welcome_ms);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_connect_from_several_source_addresses() {
+    let (server, target, _dir) = server(12).await;
+    let args = IdleArgs {
+        target: TargetArgs::default(),
+        connections: 12,
+        concurrency: 4,
+        hold: 0.2,
+        source_base: Ipv4Addr::new(127, 0, 0, 1),
+        per_address: Some(5),
+        per_process: None,
+        timeout: 10.0,
+        output: Default::default(),
+    };
+    let plan = SourcePlan {
+        base: args.source_base,
+        per_address: 5,
+    };
+    let r = run_idle(
+        &target,
+        &args,
+        plan,
+        1,
+        Duration::from_millis(200),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.connected, 12, "{r:#?}");
+    assert_eq!(r.failed, 0);
+    assert_eq!(r.dropped, 0);
+    assert_eq!(r.source_addresses, 3);
+    assert_eq!(r.source_range, "127.0.0.1-127.0.0.3");
+    server.shutdown().await.unwrap();
+}
