@@ -244,6 +244,13 @@ pub async fn serve(
             app.shutdown.cancel();
         }
     };
+    use axum::serve::ListenerExt;
+    // Frames are small and latency matters: no Nagle delay on any socket.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(signal)
         .await;

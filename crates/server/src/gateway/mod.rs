@@ -604,9 +604,8 @@ impl Conn {
         let now = now_ms();
         match app.presence.connected(user, self.socket, now).await {
             Ok(true) => {
-                if let Err(e) = app.store.set_last_seen(user, now).await {
-                    tracing::warn!(error = %e, "storing last_seen failed");
-                }
+                // `last_seen` is persisted when the user goes offline; while online the
+                // presence service holds it, so connecting costs no store write.
                 let online = Presence {
                     status: PresenceStatus::Online,
                     last_seen: now,
