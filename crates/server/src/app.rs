@@ -54,6 +54,9 @@ pub struct App {
     /// False while this node may not make ids (its node-id lease was lost and no new one is
     /// leased yet).
     pub ids_ok: std::sync::atomic::AtomicBool,
+    /// Acks received but possibly not yet stored, by device: a device that reconnects to this
+    /// node at once resumes after them instead of seeing those events again.
+    pub pending_acks: std::sync::Mutex<std::collections::HashMap<confab_protocol::Id, u64>>,
     /// The sequencer node-id lease, given back on shutdown.
     lease: tokio::sync::Mutex<Option<NodeLease>>,
 }
@@ -177,6 +180,7 @@ impl App {
             open_sockets: AtomicUsize::new(0),
             ids_ok: std::sync::atomic::AtomicBool::new(true),
             lease: tokio::sync::Mutex::new(lease),
+            pending_acks: Default::default(),
         }))
     }
 }

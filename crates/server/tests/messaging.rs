@@ -82,6 +82,37 @@ async fn offline_user_catches_up_and_acked_events_are_not_repeated() {
 }
 
 #[tokio::test]
+async fn an_ack_counts_even_when_the_device_reconnects_at_once() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    for i in 0..20 {
+        a.send_message(&bob, &format!("m{i}"), "x").await;
+    }
+    for round in 0..5 {
+        let (mut b, caught) = s.connect(&bob).await;
+        if round == 0 {
+            assert_eq!(caught.len(), 20);
+        } else {
+            assert!(
+                caught.is_empty(),
+                "round {round}: {} events repeated",
+                caught.len()
+            );
+        }
+        b.send(json!({"type": "ack", "cursor": b.synced.clone()}))
+            .await;
+        // A bogus ack past what was sent is clamped, not trusted.
+        b.send(json!({"type": "ack", "cursor": "999999"})).await;
+        // The pong shows the acks were read; the store write may still be in flight.
+        b.send(json!({"type": "ping"})).await;
+        b.next_of("pong").await;
+        drop(b); // no close handshake, no wait: reconnect immediately
+    }
+}
+
+#[tokio::test]
 async fn second_device_sees_both_directions() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;

@@ -256,7 +256,15 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
     };
     let user = session.user_id;
     let start_pos = match cursor {
-        None => session.cursor,
+        None => {
+            let pending = app
+                .pending_acks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&session.device_id)
+                .copied();
+            session.cursor.max(pending.unwrap_or(0))
+        }
         Some(c) => match parse_cursor(&c) {
             Some(p) => p,
             None => {
@@ -560,6 +568,16 @@ impl Conn {
             }
             ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
                 Some(pos) => {
+                    // A socket can only acknowledge what it was sent.
+                    let pos = pos.min(self.last);
+                    let mut pending = self
+                        .app
+                        .pending_acks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let entry = pending.entry(self.session.device_id).or_insert(pos);
+                    *entry = (*entry).max(pos);
+                    drop(pending);
                     self.acks.send_if_modified(|v| {
                         let advanced = pos > *v;
                         *v = (*v).max(pos);
@@ -904,7 +922,13 @@ async fn ack_writer(app: Arc<App>, session: DeviceSession, mut acks: watch::Rece
     while acks.changed().await.is_ok() {
         let pos = *acks.borrow_and_update();
         let advances = match app.store.set_cursor(session.device_id, pos).await {
-            Ok(a) => a,
+            Ok(a) => {
+                let mut pending = app.pending_acks.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.get(&session.device_id).is_some_and(|p| *p <= pos) {
+                    pending.remove(&session.device_id);
+                }
+                a
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "storing a cursor failed");
                 continue;
