@@ -620,6 +620,8 @@ impl Conn {
         let app = self.app.clone();
         let user = self.session.user_id;
         let now = now_ms();
+        // One read of the friends serves both the announcement and this socket's list.
+        let friends = app.store.friends(user).await.unwrap_or_default();
         match app.presence.connected(user, self.socket, now).await {
             Ok(true) => {
                 // `last_seen` is persisted when the user goes offline; while online the
@@ -628,13 +630,11 @@ impl Conn {
                     status: PresenceStatus::Online,
                     last_seen: now,
                 };
-                presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, online)
-                    .await;
+                presence::notify(&*app.sync, &*app.presence, &friends, user, online).await;
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "presence update failed"),
         }
-        let friends = app.store.friends(user).await.unwrap_or_default();
         let statuses = app.presence.status(&friends).await.unwrap_or_default();
         for (friend, p) in friends.iter().zip(statuses) {
             if p.status == PresenceStatus::Online {

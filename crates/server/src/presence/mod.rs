@@ -65,11 +65,22 @@ pub async fn notify_friends(
             return;
         }
     };
+    notify(sync, service, &friends, user, presence).await;
+}
+
+/// [`notify_friends`] for a caller that has just read the friends itself.
+pub async fn notify(
+    sync: &dyn SyncQueue,
+    service: &dyn PresenceService,
+    friends: &[Id],
+    user: Id,
+    presence: Presence,
+) {
     if friends.is_empty() {
         return;
     }
     let frame = |p: Presence| SyncEvent::Ephemeral {
-        to: friends.clone(),
+        to: friends.to_vec(),
         except_device: None,
         frame: Arc::new(ServerFrame::Presence {
             user_id: user,
