@@ -222,16 +222,29 @@ async fn delete_session(State(app): State<Arc<App>>, caller: Caller) -> Result<S
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A `{user_id}` path segment: a decimal id, not the caller's own.
-fn other_user(caller: &Caller, id: std::result::Result<Path<String>, PathRejection>) -> Result<Id> {
-    let Path(id) = id.map_err(path_error)?;
-    let id: Id = id
-        .parse()
-        .map_err(|_| Error::bad_request("user_id must be a decimal 64-bit id"))?;
-    if id == caller.user {
-        return Err(Error::bad_request("that is your own user_id"));
+/// The caller and the other user named by a `{user_id}` path segment: a decimal id, not the
+/// caller's own.
+pub struct OtherUser {
+    pub caller: Caller,
+    pub other: Id,
+}
+
+impl FromRequestParts<Arc<App>> for OtherUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self> {
+        let caller = Caller::from_request_parts(parts, app).await?;
+        let Path(id) = Path::<String>::from_request_parts(parts, app)
+            .await
+            .map_err(path_error)?;
+        let other: Id = id
+            .parse()
+            .map_err(|_| Error::bad_request("user_id must be a decimal 64-bit id"))?;
+        if other == caller.user {
+            return Err(Error::bad_request("that is your own user_id"));
+        }
+        Ok(OtherUser { caller, other })
     }
-    Ok(id)
 }
 
 async fn list_contacts(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Contacts>> {
@@ -285,10 +298,8 @@ async fn start_presence_flow(app: &App, a: Id, b: Id) {
 
 async fn add_contact(
     State(app): State<Arc<App>>,
-    caller: Caller,
-    id: std::result::Result<Path<String>, PathRejection>,
+    OtherUser { caller, other }: OtherUser,
 ) -> Result<StatusCode> {
-    let other = other_user(&caller, id)?;
     let mutual = app.store.add_contact(caller.user, other, now_ms()).await?;
     if mutual && !app.store.blocked_between(caller.user, other).await? {
         start_presence_flow(&app, caller.user, other).await;
@@ -298,20 +309,16 @@ async fn add_contact(
 
 async fn remove_contact(
     State(app): State<Arc<App>>,
-    caller: Caller,
-    id: std::result::Result<Path<String>, PathRejection>,
+    OtherUser { caller, other }: OtherUser,
 ) -> Result<StatusCode> {
-    let other = other_user(&caller, id)?;
     app.store.remove_contact(caller.user, other).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn block(
     State(app): State<Arc<App>>,
-    caller: Caller,
-    id: std::result::Result<Path<String>, PathRejection>,
+    OtherUser { caller, other }: OtherUser,
 ) -> Result<StatusCode> {
-    let other = other_user(&caller, id)?;
     app.store
         .set_block(caller.user, other, true, now_ms())
         .await?;
@@ -320,10 +327,8 @@ async fn block(
 
 async fn unblock(
     State(app): State<Arc<App>>,
-    caller: Caller,
-    id: std::result::Result<Path<String>, PathRejection>,
+    OtherUser { caller, other }: OtherUser,
 ) -> Result<StatusCode> {
-    let other = other_user(&caller, id)?;
     app.store
         .set_block(caller.user, other, false, now_ms())
         .await?;
