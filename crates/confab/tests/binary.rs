@@ -2,10 +2,10 @@
 //! (SIGKILL) under steady sending that must lose no acknowledged message.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -15,50 +15,23 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-struct Node {
-    child: Child,
-    addr: SocketAddr,
+mod common;
+
+use common::Node;
+
+/// `confab serve` on a free port with its data in `data_dir`.
+fn start(data_dir: &Path) -> Node {
+    Node::start([OsStr::new("--data-dir"), data_dir.as_os_str()])
 }
 
-impl Node {
-    /// Starts `confab serve` on a free port and reads the address from its first line.
-    fn start(data_dir: &Path) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("confab starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("confab listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Node { child, addr }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Sends a signal to the node's process.
+fn signal(node: &Node, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &node.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
 }
 
 async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
@@ -137,7 +110,7 @@ async fn catch_up(addr: SocketAddr, token: &str) -> (Socket, Vec<Value>) {
 #[tokio::test]
 async fn prints_its_address_and_exits_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Node::start(dir.path());
+    let mut node = start(dir.path());
     let (alice, _) = user(node.addr, "alice").await;
     let (_, bob_id) = user(node.addr, "bob").await;
     let mut ws = connect(node.addr, &alice).await;
@@ -148,7 +121,7 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
     .await;
     while next(&mut ws).await.unwrap()["type"] != "sent" {}
 
-    node.signal("-TERM");
+    signal(&node, "-TERM");
     // The socket is closed with 1001.
     let close = loop {
         match ws.next().await {
@@ -164,7 +137,7 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
     let wal = dir.path().join("confab.db-wal");
     assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0);
 
-    let node = Node::start(dir.path());
+    let node = start(dir.path());
     let s = post(
         node.addr,
         "/v1/sessions",
@@ -179,7 +152,7 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
 #[tokio::test]
 async fn sigkill_under_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path());
+    let node = start(dir.path());
     let addr = node.addr;
     let (alice, alice_id) = user(addr, "alice").await;
     let (bob, bob_id) = user(addr, "bob").await;
@@ -254,7 +227,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         acked.len()
     );
 
-    let node = Node::start(dir.path());
+    let node = start(dir.path());
     // A fresh device of alice sees the whole conversation: every acked message, in order,
     // with gapless seqs.
     let s = post(

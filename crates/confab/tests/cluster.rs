@@ -4,9 +4,7 @@
 //! a fresh database and a fresh cluster name (Redis key prefix, NATS subjects and stream).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -92,17 +90,9 @@ async fn admin_sql(url: &str, sql: &str) {
     client.batch_execute(sql).await.expect(sql);
 }
 
-struct Node {
-    child: Child,
-    addr: SocketAddr,
-}
+mod common;
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Node;
 
 struct Cluster {
     nodes: Vec<Option<Node>>,
@@ -145,44 +135,29 @@ impl Cluster {
         );
         let queue = url("--queue", self.engines.nats.clone());
         let presence = url("--presence", self.engines.redis.clone());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(self.dir.path())
-            .args([
-                "--store",
-                &store,
-                "--queue",
-                &queue,
-                "--presence",
-                &presence,
-            ])
-            .args([
-                "--cluster",
-                &self.name,
-                "--presence-ttl",
-                "3",
-                "--postgres-pool",
-                "8",
-                "--resync-interval",
-                "1",
-            ])
-            .args(["--send-rate", "1000", "--send-burst", "1000"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("confab starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("confab listening on http://")
-            .unwrap_or_else(|| panic!("node did not start: {line:?}"))
-            .parse()
-            .unwrap();
-        Node { child, addr }
+        let data_dir = self.dir.path().to_string_lossy().into_owned();
+        Node::start([
+            "--data-dir",
+            &data_dir,
+            "--store",
+            &store,
+            "--queue",
+            &queue,
+            "--presence",
+            &presence,
+            "--cluster",
+            &self.name,
+            "--presence-ttl",
+            "3",
+            "--postgres-pool",
+            "8",
+            "--resync-interval",
+            "1",
+            "--send-rate",
+            "1000",
+            "--send-burst",
+            "1000",
+        ])
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
