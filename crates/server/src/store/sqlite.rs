@@ -1,12 +1,18 @@
 //! The embedded message store: SQLite in WAL mode with `synchronous=FULL` and group commit.
 //!
 //! One writer thread owns the only writable connection. Every write is a job sent to it; the
-//! thread takes all jobs waiting (up to a batch limit), runs each inside its own savepoint in
-//! one transaction, commits once (one fsync for the whole batch), and only then answers each
-//! job. So a caller's `Ok` always means "fsync'd", while throughput is not capped at one
-//! message per fsync. Reads run on a small pool of read-only connections, which WAL lets
-//! proceed while the writer commits.
+//! thread takes all jobs waiting (up to a batch limit), runs them in one transaction, commits
+//! once (one fsync for the whole batch), and only then answers each job. So a caller's `Ok`
+//! always means "fsync'd", while throughput is not capped at one message per fsync. Reads run
+//! on a small pool of read-only connections, which WAL lets proceed while the writer commits.
+//!
+//! Appending a message is the hot path and is shaped for it: stream heads and conversation
+//! `seq`s are derived from the rows themselves (`max(pos)`, `max(seq)`) and kept in the
+//! writer's memory, so a message writes only its own row and its two stream rows, and it runs
+//! without a savepoint (see [`Writer::poisoned`]). Every other write runs in its own savepoint,
+//! so one failing job never takes the rest of its batch down.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -28,8 +34,12 @@ const WRITE_QUEUE: usize = 16 * 1024;
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
 
-/// Runs on the writer thread inside a savepoint; returns what to do once the commit is known.
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// Entries the writer keeps in each of its caches before starting them afresh.
+const WRITER_CACHE: usize = 1 << 20;
+
+/// Runs on the writer thread inside the open transaction; returns what to do once the commit
+/// is known.
+type Job = Box<dyn FnOnce(&mut Writer) -> Completion + Send>;
 /// Called with the commit's outcome (`None` = committed and fsync'd).
 type Completion = Box<dyn FnOnce(Option<StoreError>) + Send>;
 
@@ -104,6 +114,18 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     ALTER TABLE users ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: a message writes only its own rows. Heads and last seqs are read off the stream and
+    // message indexes (`max(pos)`, `max(seq)`) instead of being rewritten per message, which
+    // also rewrote two conversation indexes keyed by the last message's time.
+    r#"
+    DROP INDEX conversations_lo;
+    DROP INDEX conversations_hi;
+    CREATE INDEX conversations_lo ON conversations(user_lo);
+    CREATE INDEX conversations_hi ON conversations(user_hi);
+    ALTER TABLE conversations DROP COLUMN last_seq;
+    ALTER TABLE conversations DROP COLUMN last_ts;
+    ALTER TABLE users DROP COLUMN stream_head;
+    "#,
 ];
 
 /// The embedded SQLite message store.
@@ -175,7 +197,7 @@ impl SqliteStore {
         let max_batch = max_batch.max(1);
         let writer = std::thread::Builder::new()
             .name("confab-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, max_batch, batch_sizes))
+            .spawn(move || writer_loop(Writer::new(conn), rx, max_batch, batch_sizes))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             path,
@@ -193,6 +215,16 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.write_raw(move |w| in_savepoint(&w.conn, f)).await
+    }
+
+    /// Runs `f` on the writer in its next transaction, without a savepoint of its own: `f`
+    /// either fails before its first change or sets [`Writer::poisoned`].
+    async fn write_raw<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Writer) -> StoreResult<T> + Send + 'static,
+    {
         let sender = self
             .jobs
             .read()
@@ -200,8 +232,8 @@ impl SqliteStore {
             .clone()
             .ok_or_else(|| StoreError::Unavailable("store is closed".into()))?;
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = in_savepoint(conn, f);
+        let job: Job = Box::new(move |w| {
+            let result = f(w);
             Box::new(move |commit_error| {
                 let _ = tx.send(match commit_error {
                     None => result,
@@ -332,8 +364,99 @@ fn in_savepoint<T>(
     result
 }
 
-fn writer_loop(
+/// The writer thread's connection and what it remembers between jobs.
+struct Writer {
     conn: Connection,
+    /// Highest stream position per user, including writes in the open transaction.
+    heads: HashMap<i64, u64>,
+    /// Highest `seq` per conversation, including writes in the open transaction.
+    seqs: HashMap<String, u64>,
+    /// Set by a job that failed after changing something it cannot undo alone (it ran without
+    /// a savepoint): the whole transaction is rolled back and every job in it fails, which is
+    /// safe because nobody has been answered yet, and senders retry idempotently.
+    poisoned: bool,
+}
+
+impl Writer {
+    fn new(conn: Connection) -> Self {
+        Writer {
+            conn,
+            heads: HashMap::new(),
+            seqs: HashMap::new(),
+            poisoned: false,
+        }
+    }
+
+    /// After a rollback the caches may hold values that were never committed.
+    fn forget(&mut self) {
+        self.heads.clear();
+        self.seqs.clear();
+        self.poisoned = false;
+    }
+
+    /// The user's stream head, or `None` if there is no such user.
+    fn head(&mut self, user: Id) -> StoreResult<Option<u64>> {
+        let key = to_i64(user.0);
+        if let Some(head) = self.heads.get(&key) {
+            return Ok(Some(*head));
+        }
+        let row: (Option<i64>, Option<i64>) = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT 1 FROM users WHERE id = ?1),
+                        (SELECT max(pos) FROM stream WHERE user_id = ?1)",
+            )
+            .and_then(|mut s| s.query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(internal)?;
+        if row.0.is_none() {
+            return Ok(None);
+        }
+        let head = row.1.unwrap_or(0) as u64;
+        self.heads.insert(key, head);
+        Ok(Some(head))
+    }
+
+    /// The conversation's last `seq` (0 for a new one, whose row this creates).
+    fn last_seq(&mut self, conversation: &str, lo: Id, hi: Id) -> StoreResult<u64> {
+        if let Some(seq) = self.seqs.get(conversation) {
+            return Ok(*seq);
+        }
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
+            .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
+            .map_err(internal)?;
+        let last = match last {
+            Some(seq) => seq as u64,
+            None => {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO conversations (id, user_lo, user_hi) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .and_then(|mut s| s.execute(params![conversation, to_i64(lo.0), to_i64(hi.0)]))
+                    .map_err(internal)?;
+                0
+            }
+        };
+        self.seqs.insert(conversation.to_owned(), last);
+        Ok(last)
+    }
+
+    /// Keeps the caches bounded; called between transactions, when they hold only
+    /// committed values and can be rebuilt from the tables.
+    fn trim(&mut self) {
+        if self.heads.len() > WRITER_CACHE {
+            self.heads.clear();
+        }
+        if self.seqs.len() > WRITER_CACHE {
+            self.seqs.clear();
+        }
+    }
+}
+
+fn writer_loop(
+    mut w: Writer,
     mut jobs: mpsc::Receiver<Job>,
     max_batch: usize,
     batch_sizes: Histogram,
@@ -349,14 +472,22 @@ fn writer_loop(
             }
         }
         batch_sizes.observe(batch.len() as f64);
-        let error = match conn.execute_batch("BEGIN IMMEDIATE") {
+        let error = match w.conn.execute_batch("BEGIN IMMEDIATE") {
             Err(e) => Some(StoreError::Unavailable(format!("cannot begin: {e}"))),
             Ok(()) => {
-                completions.extend(batch.drain(..).map(|job| job(&conn)));
-                match conn.execute_batch("COMMIT") {
+                for job in batch.drain(..) {
+                    completions.push(job(&mut w));
+                }
+                let outcome = if w.poisoned {
+                    Err("a write failed halfway".to_owned())
+                } else {
+                    w.conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+                };
+                match outcome {
                     Ok(()) => None,
                     Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK");
+                        let _ = w.conn.execute_batch("ROLLBACK");
+                        w.forget();
                         Some(StoreError::Unavailable(format!("commit failed: {e}")))
                     }
                 }
@@ -370,13 +501,14 @@ fn writer_loop(
         for done in completions.drain(..) {
             done(error.clone());
         }
+        w.trim();
     }
     // Every sender is gone: all accepted writes are committed. Fold the WAL into the main
     // file so the next start does not replay it.
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+    if let Err(e) = w.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "final WAL checkpoint failed");
     }
-    if let Err((_, e)) = conn.close() {
+    if let Err((_, e)) = w.conn.close() {
         tracing::warn!(error = %e, "closing the store failed");
     }
 }
@@ -396,8 +528,9 @@ fn has_contact(conn: &Connection, owner: Id, contact: Id) -> StoreResult<bool> {
 fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
     let row: Option<(i64, i64, i64)> = conn
         .prepare_cached(
-            "SELECT d.user_id, d.cursor, u.stream_head FROM devices d
-             JOIN users u ON u.id = d.user_id WHERE d.id = ?1",
+            "SELECT d.user_id, d.cursor,
+                    coalesce((SELECT max(pos) FROM stream WHERE user_id = d.user_id), 0)
+             FROM devices d WHERE d.id = ?1",
         )
         .and_then(|mut s| {
             s.query_row(params![to_i64(device.0)], |r| {
@@ -471,8 +604,12 @@ fn message_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Mess
 
 const MESSAGE_COLUMNS: &str = "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts";
 
-fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
-    let existing = conn
+/// Appends one message without a savepoint: everything that can refuse it (a duplicate, a
+/// block, an unknown user) is checked before the first change, and a failure after it
+/// poisons the batch.
+fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
+    let existing = w
+        .conn
         .prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_id = ?2"
         ))
@@ -491,7 +628,8 @@ fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
             duplicate: true,
         });
     }
-    let blocked = conn
+    let blocked = w
+        .conn
         .prepare_cached("SELECT 1 FROM blocks WHERE owner = ?1 AND blocked = ?2")
         .and_then(|mut s| s.exists(params![to_i64(m.to.0), to_i64(m.from.0)]))
         .map_err(internal)?;
@@ -500,78 +638,74 @@ fn append_in(conn: &Connection, m: NewMessage) -> StoreResult<Appended> {
             "the recipient does not accept your messages".into(),
         ));
     }
-    let bump_head = |user: Id| -> StoreResult<Option<u64>> {
-        conn.prepare_cached(
-            "UPDATE users SET stream_head = stream_head + 1 WHERE id = ?1 RETURNING stream_head",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![to_i64(user.0)], |r| r.get::<_, i64>(0))
-                .optional()
-        })
-        .map(|v| v.map(|v| v as u64))
-        .map_err(internal)
-    };
-    let recipient_pos =
-        bump_head(m.to)?.ok_or_else(|| StoreError::NotFound(format!("no user {}", m.to)))?;
-    let sender_pos =
-        bump_head(m.from)?.ok_or_else(|| StoreError::NotFound(format!("no user {}", m.from)))?;
-
+    let recipient_pos = w
+        .head(m.to)?
+        .ok_or_else(|| StoreError::NotFound(format!("no user {}", m.to)))?
+        + 1;
+    let sender_pos = w
+        .head(m.from)?
+        .ok_or_else(|| StoreError::NotFound(format!("no user {}", m.from)))?
+        + 1;
     let conversation = conversation_id(m.from, m.to);
     let (lo, hi) = if m.from <= m.to {
         (m.from, m.to)
     } else {
         (m.to, m.from)
     };
-    let seq: i64 = conn
+    // Creating a new conversation's row is the first change; from here on a failure poisons.
+    let seq = match w.last_seq(&conversation, lo, hi) {
+        Ok(last) => last + 1,
+        Err(e) => {
+            w.poisoned = true;
+            return Err(e);
+        }
+    };
+    let written = w
+        .conn
         .prepare_cached(
-            "INSERT INTO conversations (id, user_lo, user_hi, last_seq, last_ts)
-             VALUES (?1, ?2, ?3, 1, ?4)
-             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1,
-                                           last_ts = max(last_ts, excluded.last_ts)
-             RETURNING last_seq",
+            "INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
-            s.query_row(
-                params![conversation, to_i64(lo.0), to_i64(hi.0), m.ts],
-                |r| r.get(0),
-            )
+            s.execute(params![
+                to_i64(m.id.0),
+                conversation,
+                to_i64(seq),
+                to_i64(m.from.0),
+                to_i64(m.to.0),
+                m.client_id,
+                m.body,
+                m.ts
+            ])
         })
-        .map_err(internal)?;
-    conn.prepare_cached(
-        "INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            to_i64(m.id.0),
-            conversation,
-            seq,
-            to_i64(m.from.0),
-            to_i64(m.to.0),
-            m.client_id,
-            m.body,
-            m.ts
-        ])
-    })
-    .map_err(internal)?;
-    conn.prepare_cached(
-        "INSERT INTO stream (user_id, pos, message_id) VALUES (?1, ?2, ?5), (?3, ?4, ?5)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            to_i64(m.to.0),
-            to_i64(recipient_pos),
-            to_i64(m.from.0),
-            to_i64(sender_pos),
-            to_i64(m.id.0)
-        ])
-    })
-    .map_err(internal)?;
+        .and_then(|_| {
+            w.conn
+                .prepare_cached(
+                    "INSERT INTO stream (user_id, pos, message_id)
+                     VALUES (?1, ?2, ?5), (?3, ?4, ?5)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        to_i64(m.to.0),
+                        to_i64(recipient_pos),
+                        to_i64(m.from.0),
+                        to_i64(sender_pos),
+                        to_i64(m.id.0)
+                    ])
+                })
+        });
+    if let Err(e) = written {
+        w.poisoned = true;
+        return Err(internal(e));
+    }
+    w.heads.insert(to_i64(m.to.0), recipient_pos);
+    w.heads.insert(to_i64(m.from.0), sender_pos);
+    w.seqs.insert(conversation.clone(), seq);
     Ok(Appended {
         message: Arc::new(Message {
             id: m.id,
             conversation,
-            seq: seq as u64,
+            seq,
             from: m.from,
             to: m.to,
             body: m.body,
@@ -896,8 +1030,8 @@ impl MessageStore for SqliteStore {
         let conversation = conversation.to_owned();
         self.write(move |conn| {
             let last: Option<i64> = conn
-                .prepare_cached("SELECT last_seq FROM conversations WHERE id = ?1")
-                .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)).optional())
+                .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
+                .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
                 .map_err(internal)?;
             let last = last.ok_or_else(not_found)? as u64;
             let seq = seq.min(last);
@@ -916,15 +1050,14 @@ impl MessageStore for SqliteStore {
     }
 
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
-        self.write(move |conn| append_in(conn, message)).await
+        self.write_raw(move |w| append_in(w, message)).await
     }
 
     async fn stream_head(&self, user: Id) -> StoreResult<u64> {
         self.read(move |conn| {
-            conn.prepare_cached("SELECT stream_head FROM users WHERE id = ?1")
+            conn.prepare_cached("SELECT max(pos) FROM stream WHERE user_id = ?1")
                 .and_then(|mut s| {
-                    s.query_row(params![to_i64(user.0)], |r| r.get::<_, i64>(0))
-                        .optional()
+                    s.query_row(params![to_i64(user.0)], |r| r.get::<_, Option<i64>>(0))
                 })
                 .map(|v| v.unwrap_or(0) as u64)
                 .map_err(internal)
@@ -963,13 +1096,14 @@ impl MessageStore for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
-                    "SELECT c.id, c.user_lo, c.user_hi, c.last_seq,
+                    "SELECT c.id, c.user_lo, c.user_hi, m.seq,
                             c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi,
                             {MESSAGE_COLUMNS}
                      FROM conversations c
-                     JOIN messages m ON m.conversation = c.id AND m.seq = c.last_seq
+                     JOIN messages m ON m.conversation = c.id AND m.seq =
+                         (SELECT max(seq) FROM messages WHERE conversation = c.id)
                      WHERE c.user_lo = ?1 OR c.user_hi = ?1
-                     ORDER BY c.last_ts DESC, m.id DESC"
+                     ORDER BY m.id DESC"
                 ))
                 .map_err(internal)?;
             let rows = stmt
@@ -1058,5 +1192,70 @@ impl MessageStore for SqliteStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn histogram() -> Histogram {
+        Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap()
+    }
+
+    /// A store written by schema 2 (heads and last seqs kept in columns) carries on from the
+    /// values its rows imply once migrated.
+    #[tokio::test]
+    async fn migration_3_continues_heads_and_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("confab.db")).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (id, username, username_key, password_hash, created_at,
+                                    stream_head)
+                 VALUES (1, 'a', 'a', 'x', 0, 2), (2, 'b', 'b', 'x', 0, 2);
+                 INSERT INTO conversations (id, user_lo, user_hi, last_seq, last_ts)
+                 VALUES ('1-2', 1, 2, 2, 20);
+                 INSERT INTO messages (id, conversation, seq, sender, recipient, client_id,
+                                       body, ts)
+                 VALUES (10, '1-2', 1, 1, 2, 'c1', 'one', 10),
+                        (11, '1-2', 2, 2, 1, 'c2', 'two', 20);
+                 INSERT INTO stream (user_id, pos, message_id)
+                 VALUES (1, 1, 10), (2, 1, 10), (1, 2, 11), (2, 2, 11);",
+            )
+            .unwrap();
+        }
+        let path = dir.path().to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
+            .await
+            .unwrap()
+            .unwrap();
+        let conversation = conversation_id(Id(1), Id(2));
+        assert_eq!(
+            conversation, "1-2",
+            "the fixture names the conversation right"
+        );
+        assert_eq!(store.stream_head(Id(1)).await.unwrap(), 2);
+        let appended = store
+            .append(NewMessage {
+                id: Id(12),
+                from: Id(1),
+                to: Id(2),
+                client_id: "c3".into(),
+                body: "three".into(),
+                ts: 30,
+            })
+            .await
+            .unwrap();
+        assert_eq!(appended.message.seq, 3);
+        assert_eq!((appended.sender_pos, appended.recipient_pos), (3, 3));
+        let list = store.conversations(Id(2)).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].last_seq, 3);
+        assert_eq!(list[0].last_message.as_ref().unwrap().body, "three");
+        store.close().await;
     }
 }
