@@ -26,7 +26,8 @@ use confab_protocol::{
     Presence, PresenceStatus, ReceiptKind, ServerFrame,
 };
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -65,6 +66,8 @@ const MAX_HELD: usize = 256;
 const READ_BUFFER: usize = 4 * 1024;
 /// Bytes a socket's writer gathers before writing through (flushes write at once anyway).
 const WRITE_BUFFER: usize = 8 * 1024;
+/// Ready events and replies a socket gathers into one write after the one it woke for.
+const COALESCE: usize = 64;
 /// Stream entries read per store query during catch-up.
 const CATCH_UP_PAGE: usize = 1000;
 
@@ -437,41 +440,36 @@ impl Conn {
                 }
                 Some(frame) = inflight.next(), if !inflight.is_empty() => {
                     if let Some(frame) = frame {
-                        io.send(&frame).await.map_err(|_| Stop::Gone)?;
+                        io.feed(&frame).await.map_err(|_| Stop::Gone)?;
                     }
                 }
-                event = events.recv() => match event {
-                    Some(Outbound::Message { message, pos }) => self.deliver(io, message, pos).await?,
-                    Some(Outbound::Frame(text)) => io.sink.send(WsMessage::Text(text)).await.map_err(|_| Stop::Gone)?,
-                    Some(Outbound::Resync) => self.resync(io).await?,
-                    None => return Err(Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up")),
-                },
+                event = events.recv() => self.on_event(io, event).await?,
                 incoming = io.source.next(), if inflight.len() < cfg.max_inflight_sends => {
                     heard = Instant::now();
                     let text = match incoming {
                         None => return Err(Stop::Gone),
                         Some(Err(e)) => return Err(transport_error(e)),
-                        Some(Ok(WsMessage::Text(t))) => t,
+                        Some(Ok(WsMessage::Text(t))) => Some(t),
                         Some(Ok(WsMessage::Close(_))) => return Err(Stop::Gone),
                         Some(Ok(WsMessage::Binary(_))) => {
-                            io.send(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None))
+                            io.feed(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None))
                                 .await.map_err(|_| Stop::Gone)?;
-                            continue;
+                            None
                         }
-                        Some(Ok(_)) => continue, // ping/pong: tungstenite answers pings itself
+                        Some(Ok(_)) => None, // ping/pong: tungstenite answers pings itself
                     };
-                    if !frames.take() {
-                        // Only on this refusal path is the frame parsed, for its `ref`.
-                        let reference = match ClientFrame::parse(&text) {
-                            Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
-                            _ => None,
-                        };
-                        io.send(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", reference))
-                            .await.map_err(|_| Stop::Gone)?;
-                        continue;
-                    }
-                    if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
-                        io.send(&reply).await.map_err(|_| Stop::Gone)?;
+                    if let Some(text) = text {
+                        if !frames.take() {
+                            // Only on this refusal path is the frame parsed, for its `ref`.
+                            let reference = match ClientFrame::parse(&text) {
+                                Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
+                                _ => None,
+                            };
+                            io.feed(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", reference))
+                                .await.map_err(|_| Stop::Gone)?;
+                        } else if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
+                            io.feed(&reply).await.map_err(|_| Stop::Gone)?;
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(self.gap_since.unwrap_or_else(Instant::now) + GAP_WAIT), if self.gap_since.is_some() => {
@@ -481,9 +479,43 @@ impl Conn {
                     if heard.elapsed() >= cfg.idle_timeout {
                         return Err(Stop::Close(close::NORMAL, "idle timeout"));
                     }
-                    io.sink.send(WsMessage::Ping(Default::default())).await.map_err(|_| Stop::Gone)?;
+                    io.sink.feed(WsMessage::Ping(Default::default())).await.map_err(|_| Stop::Gone)?;
                 }
             }
+            // Under load more events and replies are usually ready by now: they go out in
+            // the same write, so a busy socket costs one syscall per batch, not per frame.
+            for _ in 0..COALESCE {
+                match events.try_recv() {
+                    Ok(event) => self.on_event(io, Some(event)).await?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => self.on_event(io, None).await?,
+                }
+            }
+            for _ in 0..COALESCE {
+                match inflight.next().now_or_never() {
+                    Some(Some(Some(frame))) => io.feed(&frame).await.map_err(|_| Stop::Gone)?,
+                    Some(Some(None)) => {}
+                    _ => break,
+                }
+            }
+            io.sink.flush().await.map_err(|_| Stop::Gone)?;
+        }
+    }
+
+    /// One event from the hub; frames are fed, not flushed (the loop flushes).
+    async fn on_event(&mut self, io: &mut Io, event: Option<Outbound>) -> Result<(), Stop> {
+        match event {
+            Some(Outbound::Message { message, pos }) => self.deliver(io, message, pos).await,
+            Some(Outbound::Frame(text)) => io
+                .sink
+                .feed(WsMessage::Text(text))
+                .await
+                .map_err(|_| Stop::Gone),
+            Some(Outbound::Resync) => self.resync(io).await,
+            None => Err(Stop::Close(
+                close::TRY_AGAIN_LATER,
+                "too slow: reconnect to catch up",
+            )),
         }
     }
 
@@ -683,10 +715,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Feeds one message frame (the caller flushes).
     async fn send_message(&mut self, io: &mut Io, message: &Message, pos: u64) -> Result<(), Stop> {
         let text = confab_protocol::message_frame_json(message, pos);
         io.sink
-            .send(WsMessage::Text(Utf8Bytes::from(text)))
+            .feed(WsMessage::Text(Utf8Bytes::from(text)))
             .await
             .map_err(|_| Stop::Gone)?;
         self.last = pos;
