@@ -133,51 +133,77 @@ impl SourcePlan {
         out
     }
 
+    /// The source of connection `index`: its address, and a port of its own counted up from
+    /// the start of the ephemeral range. Binding a given port is a hash lookup, while letting
+    /// the kernel choose makes it search the range for a free one, which dominated connecting
+    /// past ~10,000 sockets.
+    pub fn source(&self, index: usize) -> SocketAddr {
+        let (lo, len) = *EPHEMERAL.get_or_init(ephemeral_range);
+        let port = lo as usize + (index % self.per_address) % len.max(1);
+        SocketAddr::new(IpAddr::V4(self.address(index)), port.min(65_535) as u16)
+    }
+
     /// Whether every address of `n` connections stays inside 127.0.0.0/8.
     pub fn fits_loopback(&self, n: usize) -> bool {
         n == 0 || self.address(n - 1).octets()[0] == 127 && self.base.octets()[0] == 127
     }
 }
 
-/// The size of the kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`).
-pub fn ephemeral_ports() -> usize {
+static EPHEMERAL: std::sync::OnceLock<(u16, usize)> = std::sync::OnceLock::new();
+
+/// The kernel's ephemeral port range (`/proc/sys/net/ipv4/ip_local_port_range`): first port
+/// and size.
+fn ephemeral_range() -> (u16, usize) {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| parse_port_range(&s))
-        .unwrap_or(28_232)
+        .unwrap_or((32_768, 28_232))
 }
 
-/// `"32768\t60999"` → 28,232 ports.
-pub fn parse_port_range(s: &str) -> Option<usize> {
-    let mut it = s.split_whitespace().map(|p| p.parse::<usize>());
+/// The size of the kernel's ephemeral port range.
+pub fn ephemeral_ports() -> usize {
+    ephemeral_range().1
+}
+
+/// `"32768\t60999"` → first port 32,768, 28,232 ports.
+pub fn parse_port_range(s: &str) -> Option<(u16, usize)> {
+    let mut it = s.split_whitespace().map(|p| p.parse::<u16>());
     let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
-    (hi >= lo).then(|| hi - lo + 1)
+    (hi >= lo).then(|| (lo, usize::from(hi - lo) + 1))
 }
 
 /// A bare WebSocket past `synced`, opened from a chosen source address.
 pub type RawSocket = WebSocketStream<TcpStream>;
 
-/// Opens a socket from `source` (port chosen by the kernel) to `server`, upgrades it, sends
-/// `hello` and reads up to `synced`. Speaks the protocol's own types, as the SDK would; small
-/// buffers, because thousands of these sit idle.
+/// Opens a socket from `source` to `server`, upgrades it, sends `hello` and reads up to
+/// `synced`. Speaks the protocol's own types, as the SDK would; small buffers, because
+/// thousands of these sit idle. If `source`'s port is taken (another program, or TIME_WAIT
+/// towards the same server), the kernel chooses one instead.
 pub async fn connect_from(
     server: SocketAddr,
     ws_url: &str,
-    source: Option<IpAddr>,
+    source: Option<SocketAddr>,
     token: &str,
 ) -> anyhow::Result<RawSocket> {
     let work = async {
-        let socket = match server {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        let stream = match source {
+            None => tcp_connect(server, None).await,
+            Some(src) => match tcp_connect(server, Some(src)).await {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                    ) =>
+                {
+                    tcp_connect(server, Some(SocketAddr::new(src.ip(), 0))).await
+                }
+                other => other,
+            },
         }
-        .context("socket")?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .with_context(|| format!("bind {ip}"))?;
-        }
-        let stream = socket.connect(server).await.context("connect")?;
+        .with_context(|| match source {
+            Some(src) => format!("connect from {}", src.ip()),
+            None => "connect".to_owned(),
+        })?;
         stream.set_nodelay(true).context("nodelay")?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
@@ -217,6 +243,20 @@ pub async fn connect_from(
     tokio::time::timeout(SYNC_TIMEOUT, work)
         .await
         .map_err(|_| anyhow!("timeout"))?
+}
+
+async fn tcp_connect(server: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpStream> {
+    let socket = match server {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }?;
+    if let Some(src) = source {
+        // Lets bind take a port whose earlier socket is still in TIME_WAIT, so that
+        // back-to-back runs do not run out of ports.
+        socket.set_reuseaddr(true)?;
+        socket.bind(src)?;
+    }
+    socket.connect(server).await
 }
 
 /// The reason of a failed [`connect_from`] with its cause, short enough to count by.
@@ -267,6 +307,18 @@ mod tests {
         let total: usize = small.spread(3, 1000).iter().map(|(_, n)| n).sum();
         assert_eq!(total, 1000);
         assert!(small.fits_loopback(1000));
+        let (lo, _) = ephemeral_range();
+        assert_eq!(small.source(0).port(), lo);
+        assert_eq!(small.source(9).port(), lo + 9);
+        assert_eq!(
+            small.source(10).port(),
+            lo,
+            "each address counts its ports afresh"
+        );
+        assert_eq!(
+            small.source(10).ip(),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 255))
+        );
         let edge = SourcePlan {
             base: Ipv4Addr::new(127, 255, 255, 250),
             per_address: 1,
@@ -276,8 +328,8 @@ mod tests {
 
     #[test]
     fn port_range_parses() {
-        assert_eq!(parse_port_range("32768\t60999\n"), Some(28_232));
-        assert_eq!(parse_port_range("1024 1024"), Some(1));
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32_768, 28_232)));
+        assert_eq!(parse_port_range("1024 1024"), Some((1024, 1)));
         assert_eq!(parse_port_range("9 1"), None);
         assert_eq!(parse_port_range(""), None);
         assert!(ephemeral_ports() > 0);

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::Stdio;
@@ -302,7 +302,7 @@ async fn open_share(
     let mut errors = BTreeMap::new();
     let attempts = stream::iter(accounts.iter().enumerate())
         .map(|(i, a)| async move {
-            let source = plan.map(|p| IpAddr::V4(p.address(first_index + i)));
+            let source = plan.map(|p| p.source(first_index + i));
             connect_from(server, ws_url, source, &a.token).await
         })
         .buffer_unordered(concurrency.max(1));

@@ -14,6 +14,7 @@ mod chat;
 // mimalloc: per-thread free lists make the many small, short-lived allocations of message
 // handling (frames, tasks, channel slots) markedly cheaper than glibc's malloc, which
 // showed up as ~10 % of the server's profile under load.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig};

@@ -197,6 +197,7 @@ contract!(
     concurrent_appends_are_gapless,
     concurrent_duplicates_store_one_message,
     stream_after_pages_without_gaps,
+    login_state_matches_the_separate_reads,
     set_cursor_is_monotonic_and_clamped,
     delivered_marks_advance_once,
     contacts_friends_and_blocks,
@@ -513,6 +514,29 @@ async fn stream_after_pages_without_gaps(store: Store, _: &Backend) {
     let bob = store.stream_after(b, 0, 100).await.unwrap();
     assert_eq!(positions(&bob), (1..=9).collect::<Vec<_>>());
     assert!(bob.iter().all(|e| e.message.to == b));
+}
+
+async fn login_state_matches_the_separate_reads(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let c = user(&store, 3, "carol").await;
+    let empty = store.login_state(c, 0, 10).await.unwrap();
+    assert_eq!(
+        (empty.head, empty.friends.len(), empty.entries.len()),
+        (0, 0, 0)
+    );
+    assert!(!store.add_contact(a, b, 1).await.unwrap());
+    assert!(store.add_contact(b, a, 1).await.unwrap(), "now mutual");
+    for i in 0..5u64 {
+        send(&store, 100 + i, a, b, i as i64).await;
+    }
+    let login = store.login_state(a, 2, 2).await.unwrap();
+    assert_eq!(login.head, 5);
+    assert_eq!(login.head, store.stream_head(a).await.unwrap());
+    assert_eq!(login.friends, vec![b]);
+    assert_eq!(login.friends, store.friends(a).await.unwrap());
+    assert_eq!(positions(&login.entries), [3, 4]);
+    assert_eq!(login.entries, store.stream_after(a, 2, 2).await.unwrap());
 }
 
 async fn set_cursor_is_monotonic_and_clamped(store: Store, _: &Backend) {

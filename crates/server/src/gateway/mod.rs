@@ -36,7 +36,7 @@ use crate::app::{App, now_ms};
 use crate::auth::token_hash;
 use crate::error::Error;
 use crate::presence;
-use crate::store::{DeviceSession, NewMessage};
+use crate::store::{DeviceSession, LoginState, NewMessage, StreamEntry};
 use crate::sync::SyncEvent;
 use hub::{CloseReason, Outbound};
 use limits::TokenBucket;
@@ -282,8 +282,12 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
             }
         },
     };
-    match app.store.stream_head(user).await {
-        Ok(head) if start_pos > head => {
+    // Registered before the store is read, so that every event after the read reaches this
+    // socket live; the ones the read already covers are skipped by position.
+    let registration = app.hub.register(user, session.device_id);
+    let socket = registration.membership.socket;
+    let login = match app.store.login_state(user, start_pos, CATCH_UP_PAGE).await {
+        Ok(login) if start_pos > login.head => {
             let _ = io
                 .send(&ServerFrame::error(
                     ErrorCode::BadRequest,
@@ -293,15 +297,12 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
                 .await;
             return Some((close::POLICY, "bad cursor"));
         }
-        Ok(_) => {}
+        Ok(login) => login,
         Err(e) => {
             let _ = io.send(&Error::from(e).to_frame(None)).await;
             return Some((close::INTERNAL, "store unavailable"));
         }
-    }
-
-    let registration = app.hub.register(user, session.device_id);
-    let socket = registration.membership.socket;
+    };
     let span = tracing::info_span!("socket", user = %user, device = %session.device_id, socket);
     app.metrics.connections.inc();
     let mut conn = Conn {
@@ -316,7 +317,7 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         gap_since: None,
     };
     let end = conn
-        .serve(io, registration.events, registration.close)
+        .serve(io, login, registration.events, registration.close)
         .instrument(span)
         .await;
     app.metrics.connections.dec();
@@ -378,6 +379,7 @@ impl Conn {
     async fn serve(
         &mut self,
         io: &mut Io,
+        login: LoginState,
         mut events: tokio::sync::mpsc::Receiver<Outbound>,
         mut close_rx: watch::Receiver<Option<CloseReason>>,
     ) -> End {
@@ -386,7 +388,9 @@ impl Conn {
             self.session,
             self.acks.subscribe(),
         ));
-        let result = self.serve_inner(io, &mut events, &mut close_rx).await;
+        let result = self
+            .serve_inner(io, login, &mut events, &mut close_rx)
+            .await;
         // Dropping the sender lets the ack task write the last ack and stop.
         self.acks = watch::channel(0).0;
         let _ = ack_task.await;
@@ -399,6 +403,7 @@ impl Conn {
     async fn serve_inner(
         &mut self,
         io: &mut Io,
+        login: LoginState,
         events: &mut tokio::sync::mpsc::Receiver<Outbound>,
         close_rx: &mut watch::Receiver<Option<CloseReason>>,
     ) -> Result<(), Stop> {
@@ -407,9 +412,13 @@ impl Conn {
             user_id: self.session.user_id,
             device_id: self.session.device_id,
         };
-        io.send(&welcome).await.map_err(|_| Stop::Gone)?;
-        self.go_online(io).await?;
-        self.catch_up(io, None).await?;
+        io.feed(&welcome).await.map_err(|_| Stop::Gone)?;
+        self.go_online(io, &login.friends).await?;
+        let first_page_full = login.entries.len() >= CATCH_UP_PAGE;
+        self.send_entries(io, login.entries).await?;
+        if first_page_full {
+            self.catch_up(io, None).await?;
+        }
         io.send(&ServerFrame::Synced {
             cursor: self.last.to_string(),
         })
@@ -648,12 +657,12 @@ impl Conn {
 
     /// Login steps 2-4: marks the socket online, tells friends if the user just came online,
     /// and tells this socket which friends are online now.
-    async fn go_online(&mut self, io: &mut Io) -> Result<(), Stop> {
+    /// `friends` were read at login: one read serves both the announcement and this
+    /// socket's list.
+    async fn go_online(&mut self, io: &mut Io, friends: &[Id]) -> Result<(), Stop> {
         let app = self.app.clone();
         let user = self.session.user_id;
         let now = now_ms();
-        // One read of the friends serves both the announcement and this socket's list.
-        let friends = app.store.friends(user).await.unwrap_or_default();
         match app.presence.connected(user, self.socket, now).await {
             Ok(true) => {
                 // `last_seen` is persisted when the user goes offline; while online the
@@ -662,12 +671,12 @@ impl Conn {
                     status: PresenceStatus::Online,
                     last_seen: now,
                 };
-                presence::notify(&*app.sync, &*app.presence, &friends, user, online).await;
+                presence::notify(&*app.sync, &*app.presence, friends, user, online).await;
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "presence update failed"),
         }
-        let statuses = app.presence.status(&friends).await.unwrap_or_default();
+        let statuses = app.presence.status(friends).await.unwrap_or_default();
         for (friend, p) in friends.iter().zip(statuses) {
             if p.status == PresenceStatus::Online {
                 let frame = ServerFrame::Presence {
@@ -678,7 +687,7 @@ impl Conn {
                 io.feed(&frame).await.map_err(|_| Stop::Gone)?;
             }
         }
-        io.sink.flush().await.map_err(|_| Stop::Gone)
+        Ok(())
     }
 
     /// Sends a live event in stream order. An event ahead of the next expected position is
@@ -784,20 +793,28 @@ impl Conn {
                 }
             };
             let n = entries.len();
-            for entry in entries {
-                let text = confab_protocol::message_frame_json(&entry.message, entry.pos);
-                io.sink
-                    .feed(WsMessage::Text(Utf8Bytes::from(text)))
-                    .await
-                    .map_err(|_| Stop::Gone)?;
-                self.last = entry.pos;
-            }
-            io.sink.flush().await.map_err(|_| Stop::Gone)?;
+            self.send_entries(io, entries).await?;
             if n < want {
                 break;
             }
         }
         Ok(())
+    }
+
+    /// Sends stream entries read from the store (those already sent are skipped).
+    async fn send_entries(&mut self, io: &mut Io, entries: Vec<StreamEntry>) -> Result<(), Stop> {
+        for entry in entries {
+            if entry.pos <= self.last {
+                continue;
+            }
+            let text = confab_protocol::message_frame_json(&entry.message, entry.pos);
+            io.sink
+                .feed(WsMessage::Text(Utf8Bytes::from(text)))
+                .await
+                .map_err(|_| Stop::Gone)?;
+            self.last = entry.pos;
+        }
+        io.sink.flush().await.map_err(|_| Stop::Gone)
     }
 }
 

@@ -113,6 +113,18 @@ pub struct StreamEntry {
     pub message: Message,
 }
 
+/// What a socket reads once its user is known: see [`MessageStore::login_state`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginState {
+    /// The head of the user's stream.
+    pub head: u64,
+    /// The user's friends, as [`MessageStore::friends`].
+    pub friends: Vec<Id>,
+    /// The first page of the stream after the resume position, as
+    /// [`MessageStore::stream_after`].
+    pub entries: Vec<StreamEntry>,
+}
+
 /// One entry of a user's contact list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContactEntry {
@@ -231,6 +243,16 @@ pub trait MessageStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<StreamEntry>>;
+
+    /// A socket's start, in one round trip where the backend can: the stream head, the
+    /// friends, and up to `limit` stream entries after `after`.
+    async fn login_state(&self, user: Id, after: u64, limit: usize) -> StoreResult<LoginState> {
+        Ok(LoginState {
+            head: self.stream_head(user).await?,
+            friends: self.friends(user).await?,
+            entries: self.stream_after(user, after, limit).await?,
+        })
+    }
 
     /// The user's conversations, newest activity first.
     async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>>;

@@ -24,13 +24,15 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, ContactEntry, DeliveredAdvance, DeviceSession, MessageStore, NewDevice, NewMessage,
-    ReadAdvance, SeedAccount, StoreError, StoreResult, StreamEntry, UserRecord, conversation_id,
-    conversation_members,
+    Appended, ContactEntry, DeliveredAdvance, DeviceSession, LoginState, MessageStore, NewDevice,
+    NewMessage, ReadAdvance, SeedAccount, StoreError, StoreResult, StreamEntry, UserRecord,
+    conversation_id, conversation_members,
 };
 
 /// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory).
 const WRITE_QUEUE: usize = 16 * 1024;
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 64;
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
 
@@ -134,6 +136,10 @@ pub struct SqliteStore {
     jobs: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per pooled read connection: reads beyond the pool wait for one rather than
+    /// open a connection of their own (which parses the schema anew, and was most of the cost
+    /// of a burst of logins).
+    read_permits: Arc<tokio::sync::Semaphore>,
     stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -185,6 +191,9 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(internal)?;
         migrate(&mut conn)?;
+        // rusqlite keeps 16 prepared statements per connection by default; the writer uses
+        // more than that, and a statement evicted from the cache is parsed again on next use.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
 
         let checkpoint_conn = Connection::open(&path).map_err(internal)?;
         let stop_checkpoints = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -204,6 +213,7 @@ impl SqliteStore {
             jobs: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
             stop_checkpoints,
         })
     }
@@ -263,9 +273,16 @@ impl SqliteStore {
         {
             return Err(StoreError::Unavailable("store is closed".into()));
         }
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
         let readers = self.readers.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let conn = match pooled {
                 Some(c) => c,
@@ -321,6 +338,7 @@ fn open_reader(path: &Path) -> StoreResult<Connection> {
     .map_err(|e| StoreError::Unavailable(format!("cannot open reader: {e}")))?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(internal)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -717,6 +735,54 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
     })
 }
 
+fn friends_in(conn: &Connection, user: Id) -> StoreResult<Vec<Id>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT c.contact FROM contacts c
+             JOIN contacts r ON r.owner = c.contact AND r.contact = c.owner
+             WHERE c.owner = ?1
+               AND NOT EXISTS (SELECT 1 FROM blocks b
+                               WHERE (b.owner = ?1 AND b.blocked = c.contact)
+                                  OR (b.owner = c.contact AND b.blocked = ?1))",
+        )
+        .map_err(internal)?;
+    let rows = stmt
+        .query_map(params![to_i64(user.0)], |r| id_col(r, 0))
+        .map_err(internal)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+}
+
+fn stream_head_in(conn: &Connection, user: Id) -> StoreResult<u64> {
+    conn.prepare_cached("SELECT max(pos) FROM stream WHERE user_id = ?1")
+        .and_then(|mut s| s.query_row(params![to_i64(user.0)], |r| r.get::<_, Option<i64>>(0)))
+        .map(|v| v.unwrap_or(0) as u64)
+        .map_err(internal)
+}
+
+fn stream_after_in(
+    conn: &Connection,
+    user: Id,
+    after: u64,
+    limit: usize,
+) -> StoreResult<Vec<StreamEntry>> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT s.pos, {MESSAGE_COLUMNS} FROM stream s
+             JOIN messages m ON m.id = s.message_id
+             WHERE s.user_id = ?1 AND s.pos > ?2 ORDER BY s.pos LIMIT ?3"
+        ))
+        .map_err(internal)?;
+    let rows = stmt
+        .query_map(params![to_i64(user.0), to_i64(after), limit as i64], |r| {
+            Ok(StreamEntry {
+                pos: r.get::<_, i64>(0)? as u64,
+                message: message_from_row(r, 1)?,
+            })
+        })
+        .map_err(internal)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn create_user(
@@ -955,23 +1021,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn friends(&self, user: Id) -> StoreResult<Vec<Id>> {
-        self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT c.contact FROM contacts c
-                     JOIN contacts r ON r.owner = c.contact AND r.contact = c.owner
-                     WHERE c.owner = ?1
-                       AND NOT EXISTS (SELECT 1 FROM blocks b
-                                       WHERE (b.owner = ?1 AND b.blocked = c.contact)
-                                          OR (b.owner = c.contact AND b.blocked = ?1))",
-                )
-                .map_err(internal)?;
-            let rows = stmt
-                .query_map(params![to_i64(user.0)], |r| id_col(r, 0))
-                .map_err(internal)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
-        })
-        .await
+        self.read(move |conn| friends_in(conn, user)).await
     }
 
     async fn set_block(&self, owner: Id, other: Id, blocked: bool, now: i64) -> StoreResult<()> {
@@ -1054,15 +1104,7 @@ impl MessageStore for SqliteStore {
     }
 
     async fn stream_head(&self, user: Id) -> StoreResult<u64> {
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT max(pos) FROM stream WHERE user_id = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![to_i64(user.0)], |r| r.get::<_, Option<i64>>(0))
-                })
-                .map(|v| v.unwrap_or(0) as u64)
-                .map_err(internal)
-        })
-        .await
+        self.read(move |conn| stream_head_in(conn, user)).await
     }
 
     async fn stream_after(
@@ -1071,23 +1113,17 @@ impl MessageStore for SqliteStore {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<StreamEntry>> {
+        self.read(move |conn| stream_after_in(conn, user, after, limit))
+            .await
+    }
+
+    async fn login_state(&self, user: Id, after: u64, limit: usize) -> StoreResult<LoginState> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT s.pos, {MESSAGE_COLUMNS} FROM stream s
-                     JOIN messages m ON m.id = s.message_id
-                     WHERE s.user_id = ?1 AND s.pos > ?2 ORDER BY s.pos LIMIT ?3"
-                ))
-                .map_err(internal)?;
-            let rows = stmt
-                .query_map(params![to_i64(user.0), to_i64(after), limit as i64], |r| {
-                    Ok(StreamEntry {
-                        pos: r.get::<_, i64>(0)? as u64,
-                        message: message_from_row(r, 1)?,
-                    })
-                })
-                .map_err(internal)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            Ok(LoginState {
+                head: stream_head_in(conn, user)?,
+                friends: friends_in(conn, user)?,
+                entries: stream_after_in(conn, user, after, limit)?,
+            })
         })
         .await
     }
