@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use confab_protocol::{Id, Message};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::sync::SyncEvent;
 
@@ -27,7 +27,9 @@ pub enum Outbound {
     /// A message at position `pos` of the socket's user's stream.
     Message { message: Arc<Message>, pos: u64 },
     /// A frame already serialised once for every socket it goes to.
-    Frame(Utf8Bytes),
+    /// Boxed to keep `Outbound` at 24 bytes: a socket's queue allocates room for 32 of them
+    /// up front, and ephemeral frames are rare next to messages.
+    Frame(Box<Utf8Bytes>),
     /// Re-read the stream from the store and re-check the token (cluster mode, periodic).
     Resync,
 }
@@ -36,7 +38,9 @@ struct Socket {
     id: u64,
     device: Id,
     tx: mpsc::Sender<Outbound>,
-    close: watch::Sender<Option<CloseReason>>,
+    /// Taken by the first reason to close: a socket is told once. (A oneshot costs an idle
+    /// socket far less than a watch channel.)
+    close: Option<oneshot::Sender<CloseReason>>,
 }
 
 const SHARDS: usize = 64;
@@ -55,7 +59,7 @@ pub struct Hub {
 pub struct Registration {
     pub membership: Membership,
     pub events: mpsc::Receiver<Outbound>,
-    pub close: watch::Receiver<Option<CloseReason>>,
+    pub close: oneshot::Receiver<CloseReason>,
 }
 
 /// A socket's membership in the hub; leaving is automatic on drop.
@@ -99,13 +103,17 @@ impl Hub {
     pub fn register(self: &Arc<Self>, user: Id, device: Id) -> Registration {
         let socket = (self.node << 48) | self.next_socket.fetch_add(1, Ordering::Relaxed);
         let (tx, events) = mpsc::channel(self.queue_len);
-        let (close_tx, close) = watch::channel(None);
-        self.shard(user).entry(user).or_default().push(Socket {
-            id: socket,
-            device,
-            tx,
-            close: close_tx,
-        });
+        let (close_tx, close) = oneshot::channel();
+        // Most users hold one socket: room for one, not the four `push` would make.
+        self.shard(user)
+            .entry(user)
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(Socket {
+                id: socket,
+                device,
+                tx,
+                close: Some(close_tx),
+            });
         Registration {
             membership: Membership {
                 hub: self.clone(),
@@ -155,15 +163,18 @@ impl Hub {
                 let text = Utf8Bytes::from(frame.to_json());
                 for user in to {
                     self.each_socket(user, |s| {
-                        (Some(s.device) != except_device).then(|| Outbound::Frame(text.clone()))
+                        (Some(s.device) != except_device)
+                            .then(|| Outbound::Frame(Box::new(text.clone())))
                     });
                 }
             }
             SyncEvent::DeviceRevoked { user, device } => {
-                let shard = self.shard(user);
-                for s in shard.get(&user).into_iter().flatten() {
+                let mut shard = self.shard(user);
+                for s in shard.get_mut(&user).into_iter().flatten() {
                     if s.device == device {
-                        let _ = s.close.send(Some(CloseReason::Revoked));
+                        if let Some(close) = s.close.take() {
+                            let _ = close.send(CloseReason::Revoked);
+                        }
                     }
                 }
             }
@@ -173,14 +184,14 @@ impl Hub {
     /// Queues `make(socket)` on each socket of `user`; a socket whose queue is full is told to
     /// close (it will catch up by cursor on reconnect) instead of growing memory.
     fn each_socket(&self, user: Id, make: impl Fn(&Socket) -> Option<Outbound>) {
-        let shard = self.shard(user);
-        for s in shard.get(&user).into_iter().flatten() {
+        let mut shard = self.shard(user);
+        for s in shard.get_mut(&user).into_iter().flatten() {
             let Some(out) = make(s) else { continue };
             if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out) {
-                if s.close.borrow().is_none() {
+                if let Some(close) = s.close.take() {
                     (self.on_slow)();
+                    let _ = close.send(CloseReason::TooSlow);
                 }
-                let _ = s.close.send(Some(CloseReason::TooSlow));
             }
         }
     }

@@ -28,7 +28,7 @@ use confab_protocol::{
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
@@ -62,8 +62,10 @@ pub mod close {
 const GAP_WAIT: Duration = Duration::from_millis(25);
 /// Live events held for a gap at most; more, and the gap is read from the store at once.
 const MAX_HELD: usize = 256;
-/// Initial read buffer of a socket.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer of a socket: also the most one read takes from the kernel. Client frames are
+/// small and arrive one at a time, and an idle socket holds this buffer for its lifetime
+/// (it was a third of an idle socket's memory at 4 KiB); a bigger frame grows it.
+const READ_BUFFER: usize = 512;
 /// Bytes a socket's writer gathers before writing through (flushes write at once anyway).
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Ready events and replies a socket gathers into one write after the one it woke for.
@@ -126,7 +128,7 @@ pub async fn upgrade(
             let (sink, source) = socket.split();
             let mut io = Io { sink, source };
             if let Some(end) = run(&app, &mut io, header_token).await {
-                io.finish(end.0, end.1).await;
+                Box::pin(io.finish(end.0, end.1)).await;
             }
         })
 }
@@ -253,7 +255,7 @@ async fn hello(
 
 /// One socket, from `hello` to its end. Returns the close to send, if the server ends it.
 async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
-    let (session, cursor, token_hash) = match hello(app, io, header_token).await {
+    let (session, cursor, token_hash) = match Box::pin(hello(app, io, header_token)).await {
         Ok(s) => s,
         Err(end) => return end,
     };
@@ -303,7 +305,9 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
             return Some((close::INTERNAL, "store unavailable"));
         }
     };
-    let span = tracing::info_span!("socket", user = %user, device = %session.device_id, socket);
+    // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
+    // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
+    let span = tracing::debug_span!("socket", user = %user, device = %session.device_id, socket);
     app.metrics.connections.inc();
     let mut conn = Conn {
         app: app.clone(),
@@ -311,7 +315,8 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         socket,
         token_hash,
         last: start_pos,
-        acks: watch::channel(start_pos).0,
+        acked: start_pos,
+        acks: None,
         typing: HashMap::new(),
         held: BTreeMap::new(),
         gap_since: None,
@@ -331,7 +336,14 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
                 status: PresenceStatus::Offline,
                 last_seen: now,
             };
-            presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, offline).await;
+            Box::pin(presence::notify_friends(
+                &*app.store,
+                &*app.sync,
+                &*app.presence,
+                user,
+                offline,
+            ))
+            .await;
         }
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %e, "presence update failed"),
@@ -363,8 +375,11 @@ struct Conn {
     gap_since: Option<Instant>,
     /// Highest stream position sent to this socket.
     last: u64,
-    /// Latest acknowledged position, written to the store by the ack task.
-    acks: watch::Sender<u64>,
+    /// Highest position this socket acknowledged.
+    acked: u64,
+    /// Hands acks to this socket's ack task, which writes them to the store. Started at the
+    /// first ack that moves the cursor: an idle socket pays for neither.
+    acks: Option<(watch::Sender<u64>, tokio::task::JoinHandle<()>)>,
 }
 
 /// Why a socket stops.
@@ -381,19 +396,16 @@ impl Conn {
         io: &mut Io,
         login: LoginState,
         mut events: tokio::sync::mpsc::Receiver<Outbound>,
-        mut close_rx: watch::Receiver<Option<CloseReason>>,
+        mut close_rx: oneshot::Receiver<CloseReason>,
     ) -> End {
-        let ack_task = tokio::spawn(ack_writer(
-            self.app.clone(),
-            self.session,
-            self.acks.subscribe(),
-        ));
         let result = self
             .serve_inner(io, login, &mut events, &mut close_rx)
             .await;
         // Dropping the sender lets the ack task write the last ack and stop.
-        self.acks = watch::channel(0).0;
-        let _ = ack_task.await;
+        if let Some((sender, task)) = self.acks.take() {
+            drop(sender);
+            let _ = task.await;
+        }
         match result {
             Ok(()) | Err(Stop::Gone) => None,
             Err(Stop::Close(code, reason)) => Some((code, reason)),
@@ -405,7 +417,7 @@ impl Conn {
         io: &mut Io,
         login: LoginState,
         events: &mut tokio::sync::mpsc::Receiver<Outbound>,
-        close_rx: &mut watch::Receiver<Option<CloseReason>>,
+        close_rx: &mut oneshot::Receiver<CloseReason>,
     ) -> Result<(), Stop> {
         let app = self.app.clone();
         let welcome = ServerFrame::Welcome {
@@ -413,11 +425,11 @@ impl Conn {
             device_id: self.session.device_id,
         };
         io.feed(&welcome).await.map_err(|_| Stop::Gone)?;
-        self.go_online(io, &login.friends).await?;
+        Box::pin(self.go_online(io, &login.friends)).await?;
         let first_page_full = login.entries.len() >= CATCH_UP_PAGE;
-        self.send_entries(io, login.entries).await?;
+        Box::pin(self.send_entries(io, login.entries)).await?;
         if first_page_full {
-            self.catch_up(io, None).await?;
+            Box::pin(self.catch_up(io, None)).await?;
         }
         io.send(&ServerFrame::Synced {
             cursor: self.last.to_string(),
@@ -440,10 +452,9 @@ impl Conn {
                 _ = app.shutdown.cancelled() => {
                     return Err(Stop::Close(close::GOING_AWAY, "server shutting down"));
                 }
-                _ = close_rx.changed() => {
-                    let reason = *close_rx.borrow();
+                reason = &mut *close_rx => {
                     return Err(match reason {
-                        Some(CloseReason::Revoked) => Stop::Close(close::POLICY, "token revoked"),
+                        Ok(CloseReason::Revoked) => Stop::Close(close::POLICY, "token revoked"),
                         _ => Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up"),
                     });
                 }
@@ -482,7 +493,7 @@ impl Conn {
                     }
                 }
                 _ = tokio::time::sleep_until(self.gap_since.unwrap_or_else(Instant::now) + GAP_WAIT), if self.gap_since.is_some() => {
-                    self.fill_gap(io).await?;
+                    Box::pin(self.fill_gap(io)).await?;
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() >= cfg.idle_timeout {
@@ -517,10 +528,10 @@ impl Conn {
             Some(Outbound::Message { message, pos }) => self.deliver(io, message, pos).await,
             Some(Outbound::Frame(text)) => io
                 .sink
-                .feed(WsMessage::Text(text))
+                .feed(WsMessage::Text(*text))
                 .await
                 .map_err(|_| Stop::Gone),
-            Some(Outbound::Resync) => self.resync(io).await,
+            Some(Outbound::Resync) => Box::pin(self.resync(io)).await,
             None => Err(Stop::Close(
                 close::TRY_AGAIN_LATER,
                 "too slow: reconnect to catch up",
@@ -619,11 +630,23 @@ impl Conn {
                     let entry = pending.entry(self.session.device_id).or_insert(pos);
                     *entry = (*entry).max(pos);
                     drop(pending);
-                    self.acks.send_if_modified(|v| {
-                        let advanced = pos > *v;
-                        *v = (*v).max(pos);
-                        advanced
-                    });
+                    if pos > self.acked {
+                        self.acked = pos;
+                        match &self.acks {
+                            Some((sender, _)) => {
+                                sender.send_replace(pos);
+                            }
+                            None => {
+                                let (sender, receiver) = watch::channel(pos);
+                                let task = tokio::spawn(ack_writer(
+                                    self.app.clone(),
+                                    self.session,
+                                    receiver,
+                                ));
+                                self.acks = Some((sender, task));
+                            }
+                        }
+                    }
                     None
                 }
                 None => Some(ServerFrame::error(
@@ -702,7 +725,7 @@ impl Conn {
             self.held.insert(pos, message);
             self.gap_since.get_or_insert_with(Instant::now);
             if self.held.len() >= MAX_HELD {
-                self.fill_gap(io).await?;
+                Box::pin(self.fill_gap(io)).await?;
             }
             return Ok(());
         }
@@ -965,11 +988,13 @@ async fn relay_typing(app: Arc<App>, from: Id, to: Id) -> Option<ServerFrame> {
     None
 }
 
-/// Writes a socket's acknowledged cursor, coalescing acks that arrive during a write, and
-/// sends `delivered` receipts for the conversations whose delivered mark moved.
+/// Writes a socket's acknowledged cursor (starting with the channel's first value),
+/// coalescing acks that arrive during a write, and sends `delivered` receipts for the
+/// conversations whose delivered mark moved. Ends when the sender is dropped, after writing
+/// the last value.
 async fn ack_writer(app: Arc<App>, session: DeviceSession, mut acks: watch::Receiver<u64>) {
-    acks.borrow_and_update();
-    while acks.changed().await.is_ok() {
+    let mut first = true;
+    while std::mem::take(&mut first) || acks.changed().await.is_ok() {
         let pos = *acks.borrow_and_update();
         let advances = match app.store.set_cursor(session.device_id, pos).await {
             Ok(a) => {
