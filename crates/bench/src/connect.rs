@@ -188,17 +188,7 @@ pub async fn connect_from(
     let work = async {
         let stream = match source {
             None => tcp_connect(server, None).await,
-            Some(src) => match tcp_connect(server, Some(src)).await {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
-                    ) =>
-                {
-                    tcp_connect(server, Some(SocketAddr::new(src.ip(), 0))).await
-                }
-                other => other,
-            },
+            Some(src) => connect_trying_ports(server, src).await,
         }
         .with_context(|| match source {
             Some(src) => format!("connect from {}", src.ip()),
@@ -243,6 +233,31 @@ pub async fn connect_from(
     tokio::time::timeout(SYNC_TIMEOUT, work)
         .await
         .map_err(|_| anyhow!("timeout"))?
+}
+
+/// Connects from `src`; if its port is taken (by another program, or by a socket of an
+/// earlier run still in TIME_WAIT), tries a few ports spread over the ephemeral range, and
+/// only then lets the kernel search for one.
+async fn connect_trying_ports(server: SocketAddr, src: SocketAddr) -> std::io::Result<TcpStream> {
+    const TRIES: usize = 8;
+    let (lo, len) = *EPHEMERAL.get_or_init(ephemeral_range);
+    let taken = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+        )
+    };
+    let first = usize::from(src.port().saturating_sub(lo));
+    for k in 0..TRIES {
+        // A stride that is prime and far from the plan's own step visits distant ports.
+        let port = lo as usize + (first + k * 7_919) % len.max(1);
+        let at = SocketAddr::new(src.ip(), port.min(65_535) as u16);
+        match tcp_connect(server, Some(at)).await {
+            Err(e) if taken(&e) => continue,
+            other => return other,
+        }
+    }
+    tcp_connect(server, Some(SocketAddr::new(src.ip(), 0))).await
 }
 
 async fn tcp_connect(server: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpStream> {
