@@ -171,10 +171,10 @@ impl Hub {
             SyncEvent::DeviceRevoked { user, device } => {
                 let mut shard = self.shard(user);
                 for s in shard.get_mut(&user).into_iter().flatten() {
-                    if s.device == device {
-                        if let Some(close) = s.close.take() {
-                            let _ = close.send(CloseReason::Revoked);
-                        }
+                    if s.device == device
+                        && let Some(close) = s.close.take()
+                    {
+                        let _ = close.send(CloseReason::Revoked);
                     }
                 }
             }
@@ -187,11 +187,11 @@ impl Hub {
         let mut shard = self.shard(user);
         for s in shard.get_mut(&user).into_iter().flatten() {
             let Some(out) = make(s) else { continue };
-            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out) {
-                if let Some(close) = s.close.take() {
-                    (self.on_slow)();
-                    let _ = close.send(CloseReason::TooSlow);
-                }
+            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out)
+                && let Some(close) = s.close.take()
+            {
+                (self.on_slow)();
+                let _ = close.send(CloseReason::TooSlow);
             }
         }
     }
