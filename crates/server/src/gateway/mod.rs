@@ -122,13 +122,17 @@ pub async fn upgrade(
         // of its state; frames are small, and the buffers grow for the rare big one.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let _tracked = tracked;
-            let _slot = slot;
+        .on_upgrade(move |socket| {
+            // Split before the task's future is made: what the future captures stays in it
+            // for the socket's whole life, and the unsplit socket is a few hundred bytes.
             let (sink, source) = socket.split();
-            let mut io = Io { sink, source };
-            if let Some(end) = run(&app, &mut io, header_token).await {
-                Box::pin(io.finish(end.0, end.1)).await;
+            async move {
+                let _tracked = tracked;
+                let _slot = slot;
+                let mut io = Io { sink, source };
+                if let Some(end) = run(&app, &mut io, header_token).await {
+                    Box::pin(io.finish(end.0, end.1)).await;
+                }
             }
         })
 }
@@ -317,6 +321,8 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         last: start_pos,
         acked: start_pos,
         acks: None,
+        out: Vec::new(),
+        work: None,
         typing: HashMap::new(),
         held: BTreeMap::new(),
         gap_since: None,
@@ -380,6 +386,20 @@ struct Conn {
     /// Hands acks to this socket's ack task, which writes them to the store. Started at the
     /// first ack that moves the cursor: an idle socket pays for neither.
     acks: Option<(watch::Sender<u64>, tokio::task::JoinHandle<()>)>,
+    /// Frames queued for the socket loop's next write.
+    out: Vec<WsMessage>,
+    /// Store work the loop does after its next write.
+    work: Option<Work>,
+}
+
+/// Store work a socket loop does between writes (it reads the store, so it is not done
+/// inside an event handler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    /// Read the stream up to the highest held event.
+    FillGap,
+    /// Re-check the token and read whatever the store has after the last sent position.
+    Resync,
 }
 
 /// Why a socket stops.
@@ -447,6 +467,8 @@ impl Conn {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
         loop {
+            // Handlers only queue frames in `self.out` (synchronously); the one await that
+            // writes them comes after, which keeps this task's future small for idle sockets.
             tokio::select! {
                 biased;
                 _ = app.shutdown.cancelled() => {
@@ -460,83 +482,110 @@ impl Conn {
                 }
                 Some(frame) = inflight.next(), if !inflight.is_empty() => {
                     if let Some(frame) = frame {
-                        io.feed(&frame).await.map_err(|_| Stop::Gone)?;
+                        self.queue(&frame);
                     }
                 }
-                event = events.recv() => self.on_event(io, event).await?,
+                event = events.recv() => self.on_event(event)?,
                 incoming = io.source.next(), if inflight.len() < cfg.max_inflight_sends => {
                     heard = Instant::now();
-                    let text = match incoming {
+                    match incoming {
                         None => return Err(Stop::Gone),
                         Some(Err(e)) => return Err(transport_error(e)),
-                        Some(Ok(WsMessage::Text(t))) => Some(t),
+                        Some(Ok(WsMessage::Text(text))) => {
+                            if !frames.take() {
+                                // Only on this refusal path is the frame parsed, for its `ref`.
+                                let reference = match ClientFrame::parse(&text) {
+                                    Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
+                                    _ => None,
+                                };
+                                self.queue(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", reference));
+                            } else if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
+                                self.queue(&reply);
+                            }
+                        }
                         Some(Ok(WsMessage::Close(_))) => return Err(Stop::Gone),
                         Some(Ok(WsMessage::Binary(_))) => {
-                            io.feed(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None))
-                                .await.map_err(|_| Stop::Gone)?;
-                            None
+                            self.queue(&ServerFrame::error(ErrorCode::BadRequest, "binary frames are not supported; send JSON text", None));
                         }
-                        Some(Ok(_)) => None, // ping/pong: tungstenite answers pings itself
-                    };
-                    if let Some(text) = text {
-                        if !frames.take() {
-                            // Only on this refusal path is the frame parsed, for its `ref`.
-                            let reference = match ClientFrame::parse(&text) {
-                                Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
-                                _ => None,
-                            };
-                            io.feed(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", reference))
-                                .await.map_err(|_| Stop::Gone)?;
-                        } else if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
-                            io.feed(&reply).await.map_err(|_| Stop::Gone)?;
-                        }
+                        Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                     }
                 }
                 _ = tokio::time::sleep_until(self.gap_since.unwrap_or_else(Instant::now) + GAP_WAIT), if self.gap_since.is_some() => {
-                    Box::pin(self.fill_gap(io)).await?;
+                    self.want(Work::FillGap);
                 }
                 _ = ping.tick() => {
                     if heard.elapsed() >= cfg.idle_timeout {
                         return Err(Stop::Close(close::NORMAL, "idle timeout"));
                     }
-                    io.sink.feed(WsMessage::Ping(Default::default())).await.map_err(|_| Stop::Gone)?;
+                    self.out.push(WsMessage::Ping(Default::default()));
                 }
             }
             // Under load more events and replies are usually ready by now: they go out in
             // the same write, so a busy socket costs one syscall per batch, not per frame.
             for _ in 0..COALESCE {
                 match events.try_recv() {
-                    Ok(event) => self.on_event(io, Some(event)).await?,
+                    Ok(event) => self.on_event(Some(event))?,
                     Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => self.on_event(io, None).await?,
+                    Err(TryRecvError::Disconnected) => self.on_event(None)?,
                 }
             }
             for _ in 0..COALESCE {
                 match inflight.next().now_or_never() {
-                    Some(Some(Some(frame))) => io.feed(&frame).await.map_err(|_| Stop::Gone)?,
+                    Some(Some(Some(frame))) => self.queue(&frame),
                     Some(Some(None)) => {}
                     _ => break,
                 }
             }
-            io.sink.flush().await.map_err(|_| Stop::Gone)?;
+            self.write_out(io).await?;
+            // Store work runs after the queued frames are written, so order is kept.
+            match self.work.take() {
+                Some(Work::FillGap) => Box::pin(self.fill_gap(io)).await?,
+                Some(Work::Resync) => Box::pin(self.resync(io)).await?,
+                None => {}
+            }
         }
     }
 
-    /// One event from the hub; frames are fed, not flushed (the loop flushes).
-    async fn on_event(&mut self, io: &mut Io, event: Option<Outbound>) -> Result<(), Stop> {
-        match event {
-            Some(Outbound::Message { message, pos }) => self.deliver(io, message, pos).await,
-            Some(Outbound::Frame(text)) => io
-                .sink
-                .feed(WsMessage::Text(*text))
-                .await
-                .map_err(|_| Stop::Gone),
-            Some(Outbound::Resync) => Box::pin(self.resync(io)).await,
-            None => Err(Stop::Close(
-                close::TRY_AGAIN_LATER,
-                "too slow: reconnect to catch up",
-            )),
+    /// Asks for store work after the next write. A resync reads up to the stream head and
+    /// so also fills any gap: it wins over a gap fill.
+    fn want(&mut self, work: Work) {
+        if work == Work::Resync || self.work.is_none() {
+            self.work = Some(work);
         }
+    }
+
+    /// Queues a frame for the loop's next write.
+    fn queue(&mut self, frame: &ServerFrame) {
+        self.out
+            .push(WsMessage::Text(Utf8Bytes::from(frame.to_json())));
+    }
+
+    /// Writes the queued frames in one go.
+    async fn write_out(&mut self, io: &mut Io) -> Result<(), Stop> {
+        for message in self.out.drain(..) {
+            io.sink.feed(message).await.map_err(|_| Stop::Gone)?;
+        }
+        // A burst can leave a large queue behind; an idle socket should not keep it.
+        if self.out.capacity() > COALESCE {
+            self.out = Vec::new();
+        }
+        io.sink.flush().await.map_err(|_| Stop::Gone)
+    }
+
+    /// One event from the hub: frames are queued; store work is left in `self.work`.
+    fn on_event(&mut self, event: Option<Outbound>) -> Result<(), Stop> {
+        match event {
+            Some(Outbound::Message { message, pos }) => self.deliver(message, pos),
+            Some(Outbound::Frame(text)) => self.out.push(WsMessage::Text(*text)),
+            Some(Outbound::Resync) => self.want(Work::Resync),
+            None => {
+                return Err(Stop::Close(
+                    close::TRY_AGAIN_LATER,
+                    "too slow: reconnect to catch up",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Handles one client text frame; returns an immediate reply, if any.
@@ -717,26 +766,26 @@ impl Conn {
     /// held briefly: the missing ones are usually a moment behind (two publishers raced).
     /// If they do not come within [`GAP_WAIT`] (the queue lost one), the gap is read from the
     /// store; so the queue can reorder or lose events without the client seeing it.
-    async fn deliver(&mut self, io: &mut Io, message: Arc<Message>, pos: u64) -> Result<(), Stop> {
+    fn deliver(&mut self, message: Arc<Message>, pos: u64) {
         if pos <= self.last {
-            return Ok(()); // already sent during catch-up or a gap fill
+            return; // already sent during catch-up or a gap fill
         }
         if pos > self.last + 1 {
             self.held.insert(pos, message);
             self.gap_since.get_or_insert_with(Instant::now);
             if self.held.len() >= MAX_HELD {
-                Box::pin(self.fill_gap(io)).await?;
+                self.want(Work::FillGap);
             }
-            return Ok(());
+            return;
         }
-        self.send_message(io, &message, pos).await?;
+        self.queue_message(&message, pos);
         while let Some(entry) = self.held.first_entry() {
             let next = *entry.key();
             if next <= self.last {
                 entry.remove();
             } else if next == self.last + 1 {
                 let message = entry.remove();
-                self.send_message(io, &message, next).await?;
+                self.queue_message(&message, next);
             } else {
                 break;
             }
@@ -744,18 +793,13 @@ impl Conn {
         if self.held.is_empty() {
             self.gap_since = None;
         }
-        Ok(())
     }
 
-    /// Feeds one message frame (the caller flushes).
-    async fn send_message(&mut self, io: &mut Io, message: &Message, pos: u64) -> Result<(), Stop> {
+    /// Queues one message frame and counts it as sent.
+    fn queue_message(&mut self, message: &Message, pos: u64) {
         let text = confab_protocol::message_frame_json(message, pos);
-        io.sink
-            .feed(WsMessage::Text(Utf8Bytes::from(text)))
-            .await
-            .map_err(|_| Stop::Gone)?;
+        self.out.push(WsMessage::Text(Utf8Bytes::from(text)));
         self.last = pos;
-        Ok(())
     }
 
     /// Periodic repair in a cluster: closes the socket if its token was revoked meanwhile,
