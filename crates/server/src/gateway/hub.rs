@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use confab_protocol::{Id, Message};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+
+use super::queue::{QueueReceiver, QueueSender, SendError, queue};
 
 use crate::sync::SyncEvent;
 
@@ -37,7 +39,7 @@ pub enum Outbound {
 struct Socket {
     id: u64,
     device: Id,
-    tx: mpsc::Sender<Outbound>,
+    tx: QueueSender,
     /// Taken by the first reason to close: a socket is told once. (A oneshot costs an idle
     /// socket far less than a watch channel.)
     close: Option<oneshot::Sender<CloseReason>>,
@@ -58,7 +60,7 @@ pub struct Hub {
 /// A socket's place in the hub and its queues.
 pub struct Registration {
     pub membership: Membership,
-    pub events: mpsc::Receiver<Outbound>,
+    pub events: QueueReceiver,
     pub close: oneshot::Receiver<CloseReason>,
 }
 
@@ -102,7 +104,7 @@ impl Hub {
     /// Adds a socket of `user`'s `device`. Events for the user queue from this moment on.
     pub fn register(self: &Arc<Self>, user: Id, device: Id) -> Registration {
         let socket = (self.node << 48) | self.next_socket.fetch_add(1, Ordering::Relaxed);
-        let (tx, events) = mpsc::channel(self.queue_len);
+        let (tx, events) = queue(self.queue_len);
         let (close_tx, close) = oneshot::channel();
         // Most users hold one socket: room for one, not the four `push` would make.
         self.shard(user)
@@ -187,7 +189,7 @@ impl Hub {
         let mut shard = self.shard(user);
         for s in shard.get_mut(&user).into_iter().flatten() {
             let Some(out) = make(s) else { continue };
-            if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out)
+            if let Err(SendError::Full) = s.tx.try_send(out)
                 && let Some(close) = s.close.take()
             {
                 (self.on_slow)();

@@ -11,6 +11,7 @@
 
 pub mod hub;
 mod limits;
+pub mod queue;
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -27,7 +28,6 @@ use confab_protocol::{
 };
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -40,6 +40,7 @@ use crate::store::{DeviceSession, LoginState, NewMessage, StreamEntry};
 use crate::sync::SyncEvent;
 use hub::{CloseReason, Outbound};
 use limits::TokenBucket;
+use queue::{QueueReceiver, TryRecvError};
 
 /// WebSocket close codes used by the server.
 pub mod close {
@@ -415,7 +416,7 @@ impl Conn {
         &mut self,
         io: &mut Io,
         login: LoginState,
-        mut events: tokio::sync::mpsc::Receiver<Outbound>,
+        mut events: QueueReceiver,
         mut close_rx: oneshot::Receiver<CloseReason>,
     ) -> End {
         let result = self
@@ -436,7 +437,7 @@ impl Conn {
         &mut self,
         io: &mut Io,
         login: LoginState,
-        events: &mut tokio::sync::mpsc::Receiver<Outbound>,
+        events: &mut QueueReceiver,
         close_rx: &mut oneshot::Receiver<CloseReason>,
     ) -> Result<(), Stop> {
         let app = self.app.clone();

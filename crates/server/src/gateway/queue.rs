@@ -1,0 +1,228 @@
+//! A socket's bounded queue of hub events, which holds memory only while events wait.
+//!
+//! tokio's bounded `mpsc` allocates its channel state and a first block of 32 slots when it
+//! is made: about 1.3 KiB per socket, a sixth of an idle socket's memory. Most sockets are
+//! idle most of the time, so this queue is a `VecDeque` behind a mutex, allocated on the
+//! first event and released when it drains, with a `Notify` to wake the one receiver.
+//! One sender (the hub's entry for the socket) and one receiver (the socket's task).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::hub::Outbound;
+
+/// Slots a drained queue may keep; a bigger one is released so a burst does not stay.
+const KEEP: usize = 8;
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Notify,
+}
+
+struct State {
+    items: VecDeque<Outbound>,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why [`QueueSender::try_send`] refused an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// `capacity` events are waiting.
+    Full,
+    /// The receiver is gone.
+    Closed,
+}
+
+/// Why [`QueueReceiver::try_recv`] returned nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing is waiting now.
+    Empty,
+    /// Nothing is waiting and the sender is gone.
+    Disconnected,
+}
+
+/// A queue of at most `capacity` events.
+pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            sender_gone: false,
+            receiver_gone: false,
+        }),
+        ready: Notify::new(),
+    });
+    (
+        QueueSender {
+            shared: shared.clone(),
+            capacity,
+        },
+        QueueReceiver { shared },
+    )
+}
+
+pub struct QueueSender {
+    shared: Arc<Shared>,
+    capacity: usize,
+}
+
+impl QueueSender {
+    /// Queues `item` unless the queue is full or its receiver is gone.
+    pub fn try_send(&self, item: Outbound) -> Result<(), SendError> {
+        let mut state = self.shared.lock();
+        if state.receiver_gone {
+            return Err(SendError::Closed);
+        }
+        if state.items.len() >= self.capacity {
+            return Err(SendError::Full);
+        }
+        state.items.push_back(item);
+        drop(state);
+        // Stores a permit if the receiver is not waiting yet, so no wake-up is lost.
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+
+    /// Whether the receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().receiver_gone
+    }
+}
+
+impl Drop for QueueSender {
+    fn drop(&mut self) {
+        self.shared.lock().sender_gone = true;
+        self.shared.ready.notify_one();
+    }
+}
+
+pub struct QueueReceiver {
+    shared: Arc<Shared>,
+}
+
+impl QueueReceiver {
+    /// The next event; `None` once the queue is empty and the sender is gone.
+    /// Cancel-safe: an event is only taken when this returns it.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            match self.try_recv() {
+                Ok(item) => return Some(item),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => self.shared.ready.notified().await,
+            }
+        }
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+        let mut state = self.shared.lock();
+        match state.items.pop_front() {
+            Some(item) => {
+                if state.items.is_empty() && state.items.capacity() > KEEP {
+                    state.items = VecDeque::new();
+                }
+                Ok(item)
+            }
+            None if state.sender_gone => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
+        }
+    }
+}
+
+impl Drop for QueueReceiver {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.receiver_gone = true;
+        state.items = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn resync() -> Outbound {
+        Outbound::Resync
+    }
+
+    #[test]
+    fn bounded_in_order_and_released_when_drained() {
+        let (tx, mut rx) = queue(3);
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+        for pos in 1..=3 {
+            tx.try_send(Outbound::Frame(Box::new(pos.to_string().into())))
+                .unwrap();
+        }
+        assert_eq!(tx.try_send(resync()).unwrap_err(), SendError::Full);
+        for want in ["1", "2", "3"] {
+            match rx.try_recv().unwrap() {
+                Outbound::Frame(text) => assert_eq!(text.as_str(), want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+        tx.try_send(resync()).unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Resync)));
+    }
+
+    #[test]
+    fn a_big_drained_queue_gives_its_memory_back() {
+        let (tx, mut rx) = queue(1000);
+        for _ in 0..100 {
+            tx.try_send(resync()).unwrap();
+        }
+        while rx.try_recv().is_ok() {}
+        assert_eq!(rx.shared.lock().items.capacity(), 0);
+    }
+
+    #[test]
+    fn either_side_going_is_seen_by_the_other() {
+        let (tx, mut rx) = queue(4);
+        tx.try_send(resync()).unwrap();
+        drop(tx);
+        assert!(rx.try_recv().is_ok(), "what was queued is still delivered");
+        assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+
+        let (tx, rx) = queue(4);
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(tx.try_send(resync()).unwrap_err(), SendError::Closed);
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_for_an_event_sent_while_it_waits() {
+        let (tx, mut rx) = queue(4);
+        let waiter = tokio::spawn(async move { rx.recv().await.is_some() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.try_send(resync()).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("recv woke")
+            .unwrap();
+        assert!(got);
+    }
+
+    #[tokio::test]
+    async fn recv_ends_when_the_sender_goes() {
+        let (tx, mut rx) = queue(4);
+        let waiter = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(tx);
+        let ended = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("recv woke")
+            .unwrap();
+        assert!(ended);
+    }
+}
