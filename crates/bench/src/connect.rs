@@ -195,6 +195,10 @@ pub async fn connect_from(
             None => "connect".to_owned(),
         })?;
         stream.set_nodelay(true).context("nodelay")?;
+        // Closed with a reset rather than a FIN: thousands of idle sockets closing at the end
+        // of a run would otherwise leave as many ports in TIME_WAIT for a minute, which the
+        // next run (or the SDK's connects, which cannot pick their port) would run out of.
+        stream.set_zero_linger().context("linger")?;
         let config = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
             .write_buffer_size(0);
