@@ -80,10 +80,17 @@ impl Connection {
     /// Only the WebSocket upgrade, no `hello`: for tests of what the server does before or
     /// instead of a proper `hello`. No time limit.
     pub async fn open(ws_url: &str) -> Result<Connection, Error> {
+        // tungstenite's defaults reserve 128 KiB for reading and writing each; chat frames are
+        // small (the buffer grows for a big one), and a process with thousands of connections
+        // (a load test, a bridge) would spend gigabytes on them.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(8 * 1024)
+            .write_buffer_size(0);
         // Nagle would hold small frames back for up to 40 ms; chat frames are all small.
-        let (ws, _response) = tokio_tungstenite::connect_async_with_config(ws_url, None, true)
-            .await
-            .map_err(ws_error)?;
+        let (ws, _response) =
+            tokio_tungstenite::connect_async_with_config(ws_url, Some(config), true)
+                .await
+                .map_err(ws_error)?;
         Ok(Connection {
             ws,
             close: CloseInfo::default(),

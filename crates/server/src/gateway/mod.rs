@@ -29,7 +29,7 @@ use confab_protocol::{
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::app::{App, now_ms};
@@ -403,6 +403,29 @@ enum Work {
     Resync,
 }
 
+/// Work a socket's frames started (store writes, relays) whose replies are pending. The set
+/// is made at the first such frame: a socket that never sends does without it.
+#[derive(Default)]
+struct Replies(Option<FuturesUnordered<Pending>>);
+
+impl Replies {
+    fn push(&mut self, work: Pending) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    /// The next finished reply; `None` when nothing is pending.
+    async fn next(&mut self) -> Option<Option<ServerFrame>> {
+        match &mut self.0 {
+            Some(set) => set.next().await,
+            None => None,
+        }
+    }
+}
+
 /// Why a socket stops.
 enum Stop {
     /// The client went away or the transport failed: nothing more can be sent.
@@ -461,13 +484,22 @@ impl Conn {
         let cfg = &app.config;
         let mut sends = TokenBucket::new(cfg.send_rate_per_sec, cfg.send_burst);
         let mut frames = TokenBucket::new(cfg.frame_rate_per_sec, cfg.frame_burst);
-        let mut inflight: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut inflight = Replies::default();
         let mut heard = Instant::now();
-        let mut ping =
-            tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // One timer serves both the ping and the gap wait: each costs a timer entry that an
+        // idle socket would hold all its life.
+        let mut next_ping = Instant::now() + cfg.ping_interval;
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
 
         loop {
+            let due = match self.gap_since {
+                Some(since) => next_ping.min(since + GAP_WAIT),
+                None => next_ping,
+            };
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             // Handlers only queue frames in `self.out` (synchronously); the one await that
             // writes them comes after, which keeps this task's future small for idle sockets.
             tokio::select! {
@@ -481,7 +513,7 @@ impl Conn {
                         _ => Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up"),
                     });
                 }
-                Some(frame) = inflight.next(), if !inflight.is_empty() => {
+                Some(frame) = inflight.next(), if inflight.len() > 0 => {
                     if let Some(frame) = frame {
                         self.queue(&frame);
                     }
@@ -511,14 +543,18 @@ impl Conn {
                         Some(Ok(_)) => {} // ping/pong: tungstenite answers pings itself
                     }
                 }
-                _ = tokio::time::sleep_until(self.gap_since.unwrap_or_else(Instant::now) + GAP_WAIT), if self.gap_since.is_some() => {
-                    self.want(Work::FillGap);
-                }
-                _ = ping.tick() => {
-                    if heard.elapsed() >= cfg.idle_timeout {
-                        return Err(Stop::Close(close::NORMAL, "idle timeout"));
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if self.gap_since.is_some_and(|since| now >= since + GAP_WAIT) {
+                        self.want(Work::FillGap);
                     }
-                    self.out.push(WsMessage::Ping(Default::default()));
+                    if now >= next_ping {
+                        if heard.elapsed() >= cfg.idle_timeout {
+                            return Err(Stop::Close(close::NORMAL, "idle timeout"));
+                        }
+                        self.out.push(WsMessage::Ping(Default::default()));
+                        next_ping = now + cfg.ping_interval;
+                    }
                 }
             }
             // Under load more events and replies are usually ready by now: they go out in
@@ -594,7 +630,7 @@ impl Conn {
         &mut self,
         text: &str,
         sends: &mut TokenBucket,
-        inflight: &mut FuturesUnordered<Pending>,
+        inflight: &mut Replies,
     ) -> Option<ServerFrame> {
         let frame = match ClientFrame::parse(text) {
             Ok(f) => f,
