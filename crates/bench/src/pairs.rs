@@ -185,12 +185,16 @@ impl PairsConfig {
         } else {
             0.0
         };
-        if per_user + acks > SERVER_FRAME_RATE {
+        // A spawned server gets its frame limit raised with its send limit.
+        if spawned_send_rate.is_none() && per_user + acks > SERVER_FRAME_RATE {
+            let frames = (per_user + acks) * 2.0;
             notes.push(format!(
-                "each socket would send {:.0} frames/s; the server allows 200 frames/s per socket \
-                 (burst 400) and `confab serve` has no flag to raise that, so the excess fails \
-                 with rate_limited: use more users for this rate",
-                per_user + acks
+                "each socket would send {:.0} frames/s; a server at its default limit (200 \
+                 frames/s per socket, burst 400) answers the excess with rate_limited: start it \
+                 with `confab serve --frame-rate {} --frame-burst {}` or more",
+                per_user + acks,
+                frames.ceil(),
+                (frames.ceil() as u64).max(400)
             ));
         }
         let total = (self.rate * self.duration_s).round() as u64;
@@ -1062,9 +1066,16 @@ mod tests {
         assert!(c.limit_notes(Some(1e6)).is_empty());
         let fast = load(2).config(1000.0).unwrap(); // 500 per user: over the frame limit
         assert!(
-            fast.limit_notes(Some(1e6))
+            fast.limit_notes(None)
                 .iter()
-                .any(|n| n.contains("200 frames/s"))
+                .any(|n| n.contains("200 frames/s") && n.contains("--frame-rate"))
+        );
+        assert!(
+            !fast
+                .limit_notes(Some(1e6))
+                .iter()
+                .any(|n| n.contains("frames/s")),
+            "a spawned server's frame limit is raised with its send limit"
         );
         let slow = load(100).config(10.0).unwrap(); // 20 messages for 100 users
         assert!(

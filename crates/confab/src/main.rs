@@ -120,6 +120,11 @@ struct ServeArgs {
     /// Most open WebSockets; more are refused with 503.
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value_t = 100_000)]
     max_connections: usize,
+    /// Embedded store: most writes committed together (one fsync). Larger batches write each
+    /// hot page once for more messages; a commit then takes longer.
+    #[arg(long, env = "CONFAB_COMMIT_BATCH", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    commit_batch: u32,
 }
 
 impl ServeArgs {
@@ -146,6 +151,7 @@ impl ServeArgs {
             frame_rate_per_sec: self.frame_rate,
             frame_burst: self.frame_burst,
             max_connections: self.max_connections,
+            max_commit_batch: self.commit_batch as usize,
             presence_ttl,
             postgres_pool: self.postgres_pool.max(1),
             resync_interval: secs("--resync-interval", self.resync_interval)?,

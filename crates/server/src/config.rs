@@ -139,7 +139,7 @@ impl Default for Config {
             outbound_queue: 4096,
             max_inflight_sends: 256,
             max_connections: 100_000,
-            max_commit_batch: 1024,
+            max_commit_batch: 16 * 1024,
             postgres_pool: 16,
             // A dead node's users turn offline within ttl + sweep interval: 35 s < 60 s.
             presence_ttl: Duration::from_secs(30),

@@ -38,7 +38,8 @@ impl Metrics {
                 "Writes committed per transaction (per fsync)",
             )
             .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+                16384.0,
             ]),
         )
         .expect("valid metric");
