@@ -2,7 +2,8 @@
 //! WebSocket, turns `send` frames into stored messages and delivers events to sockets.
 //!
 //! A socket's life: `hello` (authenticate) → register in the [`hub::Hub`] (live events start
-//! queueing) → `welcome` → catch-up from the store after the cursor → `synced` → live.
+//! queueing) → read the store after the cursor (with the rest of the login state, one round
+//! trip) → `welcome` → catch-up → `synced` → live.
 //! Registering *before* reading the store is what makes the hand-over exact: an event committed
 //! after the read is already queued, one committed before is in the read, and queued events at
 //! or below the last position sent are dropped. A live event that jumps ahead of the last
