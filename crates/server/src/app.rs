@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::{Config, PresenceConfig, QueueConfig, StoreConfig};
-use crate::gateway::hub::Hub;
+use crate::gateway::hub::{CloseReason, Hub};
 use crate::lease::NodeLease;
 use crate::metrics::Metrics;
 use crate::presence::PresenceService;
@@ -246,6 +246,7 @@ pub async fn serve(
         async move {
             stop.cancelled().await;
             app.shutdown.cancel();
+            app.hub.close_all(CloseReason::ShuttingDown);
         }
     };
     use axum::serve::ListenerExt;
@@ -260,6 +261,7 @@ pub async fn serve(
         .await;
     // axum stops tracking a connection once it is upgraded; wait for the sockets ourselves.
     app.shutdown.cancel();
+    app.hub.close_all(CloseReason::ShuttingDown);
     app.sockets.close();
     app.sockets.wait().await;
     sweeper.abort();

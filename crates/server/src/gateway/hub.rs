@@ -21,6 +21,8 @@ pub enum CloseReason {
     TooSlow,
     /// Its device's token was revoked.
     Revoked,
+    /// The server is shutting down.
+    ShuttingDown,
 }
 
 /// An event queued for one socket.
@@ -29,8 +31,8 @@ pub enum Outbound {
     /// A message at position `pos` of the socket's user's stream.
     Message { message: Arc<Message>, pos: u64 },
     /// A frame already serialised once for every socket it goes to.
-    /// Boxed to keep `Outbound` at 24 bytes: a socket's queue allocates room for 32 of them
-    /// up front, and ephemeral frames are rare next to messages.
+    /// Boxed to keep `Outbound`, a queue slot, at 24 bytes: ephemeral frames are rare next to
+    /// messages.
     Frame(Box<Utf8Bytes>),
     /// Re-read the stream from the store and re-check the token (cluster mode, periodic).
     Resync,
@@ -130,6 +132,19 @@ impl Hub {
     /// Number of sockets this node holds for `user`.
     pub fn sockets_of(&self, user: Id) -> usize {
         self.shard(user).get(&user).map_or(0, Vec::len)
+    }
+
+    /// Tells every socket on this node to close (graceful shutdown). A socket that registers
+    /// afterwards checks the shutdown token itself.
+    pub fn close_all(&self, reason: CloseReason) {
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for s in shard.values_mut().flatten() {
+                if let Some(close) = s.close.take() {
+                    let _ = close.send(reason);
+                }
+            }
+        }
     }
 
     /// Asks every socket on this node to resync from the store. A socket whose queue is full

@@ -27,7 +27,7 @@ use confab_protocol::{
     ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, MAX_FRAME_BYTES, Message,
     Presence, PresenceStatus, ReceiptKind, ServerFrame,
 };
-use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -67,7 +67,7 @@ const MAX_HELD: usize = 256;
 /// Read buffer of a socket: also the most one read takes from the kernel. Client frames are
 /// small and arrive one at a time, and an idle socket holds this buffer for its lifetime
 /// (it was a third of an idle socket's memory at 4 KiB); a bigger frame grows it.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 /// Bytes a socket's writer gathers before writing through (flushes write at once anyway).
 const WRITE_BUFFER: usize = 8 * 1024;
 /// Ready events and replies a socket gathers into one write after the one it woke for.
@@ -75,8 +75,6 @@ const COALESCE: usize = 64;
 /// Stream entries read per store query during catch-up.
 const CATCH_UP_PAGE: usize = 1000;
 
-type Sink = SplitSink<WebSocket, WsMessage>;
-type Source = SplitStream<WebSocket>;
 /// Work a frame started that answers later (a store write): the frame to send, if any.
 type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 /// Typing relays allowed per peer per socket.
@@ -125,13 +123,14 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            // Split before the task's future is made: what the future captures stays in it
-            // for the socket's whole life, and the unsplit socket is a few hundred bytes.
-            let (sink, source) = socket.split();
+            // Boxed before the task's future is made: what the future captures stays in it
+            // for the socket's whole life, and the socket is a few hundred bytes. (Not split:
+            // the loop reads and writes at different times, and halves cost a shared lock.)
+            let ws = Box::new(socket);
             async move {
                 let _tracked = tracked;
                 let _slot = slot;
-                let mut io = Io { sink, source };
+                let mut io = Io { ws };
                 if let Some(end) = run(&app, &mut io, header_token).await {
                     Box::pin(io.finish(end.0, end.1)).await;
                 }
@@ -139,21 +138,20 @@ pub async fn upgrade(
         })
 }
 
-/// The two halves of a socket.
+/// A socket.
 struct Io {
-    sink: Sink,
-    source: Source,
+    ws: Box<WebSocket>,
 }
 
 impl Io {
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
-        self.sink
+        self.ws
             .send(WsMessage::Text(Utf8Bytes::from(frame.to_json())))
             .await
     }
 
     async fn feed(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
-        self.sink
+        self.ws
             .feed(WsMessage::Text(Utf8Bytes::from(frame.to_json())))
             .await
     }
@@ -165,11 +163,11 @@ impl Io {
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        if self.sink.send(WsMessage::Close(Some(frame))).await.is_err() {
+        if self.ws.send(WsMessage::Close(Some(frame))).await.is_err() {
             return;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(m)) = self.source.next().await {
+            while let Some(Ok(m)) = self.ws.next().await {
                 if matches!(m, WsMessage::Close(_)) {
                     break;
                 }
@@ -190,7 +188,7 @@ async fn hello(
 ) -> Result<(DeviceSession, Option<String>, [u8; 32]), End> {
     let deadline = Instant::now() + app.config.hello_timeout;
     let text = loop {
-        match tokio::time::timeout_at(deadline, io.source.next()).await {
+        match tokio::time::timeout_at(deadline, io.ws.next()).await {
             Err(_) => return Err(Some((close::POLICY, "no hello within the timeout"))),
             Ok(None) => return Err(None),
             Ok(Some(Err(e))) => {
@@ -294,6 +292,10 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
     // socket live; the ones the read already covers are skipped by position.
     let registration = app.hub.register(user, session.device_id);
     let socket = registration.membership.socket;
+    // Shutdown is announced through the hub; a socket registered after that sees the token.
+    if app.shutdown.is_cancelled() {
+        return Some((close::GOING_AWAY, "server shutting down"));
+    }
     let login = match app.store.login_state(user, start_pos, CATCH_UP_PAGE).await {
         Ok(login) if start_pos > login.head => {
             let _ = io
@@ -505,12 +507,11 @@ impl Conn {
             // writes them comes after, which keeps this task's future small for idle sockets.
             tokio::select! {
                 biased;
-                _ = app.shutdown.cancelled() => {
-                    return Err(Stop::Close(close::GOING_AWAY, "server shutting down"));
-                }
+                // Shutdown comes this way too (`Hub::close_all`): one waiter, not two.
                 reason = &mut *close_rx => {
                     return Err(match reason {
                         Ok(CloseReason::Revoked) => Stop::Close(close::POLICY, "token revoked"),
+                        Ok(CloseReason::ShuttingDown) => Stop::Close(close::GOING_AWAY, "server shutting down"),
                         _ => Stop::Close(close::TRY_AGAIN_LATER, "too slow: reconnect to catch up"),
                     });
                 }
@@ -520,7 +521,7 @@ impl Conn {
                     }
                 }
                 event = events.recv() => self.on_event(event)?,
-                incoming = io.source.next(), if inflight.len() < cfg.max_inflight_sends => {
+                incoming = io.ws.next(), if inflight.len() < cfg.max_inflight_sends => {
                     heard = Instant::now();
                     match incoming {
                         None => return Err(Stop::Gone),
@@ -601,13 +602,13 @@ impl Conn {
     /// Writes the queued frames in one go.
     async fn write_out(&mut self, io: &mut Io) -> Result<(), Stop> {
         for message in self.out.drain(..) {
-            io.sink.feed(message).await.map_err(|_| Stop::Gone)?;
+            io.ws.feed(message).await.map_err(|_| Stop::Gone)?;
         }
         // A burst can leave a large queue behind; an idle socket should not keep it.
         if self.out.capacity() > COALESCE {
             self.out = Vec::new();
         }
-        io.sink.flush().await.map_err(|_| Stop::Gone)
+        io.ws.flush().await.map_err(|_| Stop::Gone)
     }
 
     /// One event from the hub: frames are queued; store work is left in `self.work`.
@@ -913,13 +914,13 @@ impl Conn {
                 continue;
             }
             let text = confab_protocol::message_frame_json(&entry.message, entry.pos);
-            io.sink
+            io.ws
                 .feed(WsMessage::Text(Utf8Bytes::from(text)))
                 .await
                 .map_err(|_| Stop::Gone)?;
             self.last = entry.pos;
         }
-        io.sink.flush().await.map_err(|_| Stop::Gone)
+        io.ws.flush().await.map_err(|_| Stop::Gone)
     }
 }
 

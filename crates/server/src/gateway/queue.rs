@@ -3,13 +3,13 @@
 //! tokio's bounded `mpsc` allocates its channel state and a first block of 32 slots when it
 //! is made: about 1.3 KiB per socket, a sixth of an idle socket's memory. Most sockets are
 //! idle most of the time, so this queue is a `VecDeque` behind a mutex, allocated on the
-//! first event and released when it drains, with a `Notify` to wake the one receiver.
+//! first event and released when it drains, and the receiver's waker is kept beside it (a
+//! waiting `recv` is a pointer, where a `Notify` waiter is ~80 bytes of the socket's future).
 //! One sender (the hub's entry for the socket) and one receiver (the socket's task).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use super::hub::Outbound;
 
@@ -18,11 +18,12 @@ const KEEP: usize = 8;
 
 struct Shared {
     state: Mutex<State>,
-    ready: Notify,
 }
 
 struct State {
     items: VecDeque<Outbound>,
+    /// The receiver's task while it waits for an event.
+    waiting: Option<Waker>,
     sender_gone: bool,
     receiver_gone: bool,
 }
@@ -56,10 +57,10 @@ pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            waiting: None,
             sender_gone: false,
             receiver_gone: false,
         }),
-        ready: Notify::new(),
     });
     (
         QueueSender {
@@ -86,9 +87,11 @@ impl QueueSender {
             return Err(SendError::Full);
         }
         state.items.push_back(item);
+        let waiting = state.waiting.take();
         drop(state);
-        // Stores a permit if the receiver is not waiting yet, so no wake-up is lost.
-        self.shared.ready.notify_one();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
         Ok(())
     }
 
@@ -100,8 +103,13 @@ impl QueueSender {
 
 impl Drop for QueueSender {
     fn drop(&mut self) {
-        self.shared.lock().sender_gone = true;
-        self.shared.ready.notify_one();
+        let mut state = self.shared.lock();
+        state.sender_gone = true;
+        let waiting = state.waiting.take();
+        drop(state);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 }
 
@@ -113,29 +121,43 @@ impl QueueReceiver {
     /// The next event; `None` once the queue is empty and the sender is gone.
     /// Cancel-safe: an event is only taken when this returns it.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            match self.try_recv() {
-                Ok(item) => return Some(item),
-                Err(TryRecvError::Disconnected) => return None,
-                Err(TryRecvError::Empty) => self.shared.ready.notified().await,
-            }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        let mut state = self.shared.lock();
+        if let Some(item) = take(&mut state) {
+            return Poll::Ready(Some(item));
         }
+        if state.sender_gone {
+            return Poll::Ready(None);
+        }
+        // Checked and registered under the same lock as `try_send` pushes: no lost wake-up.
+        match &mut state.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waiting => *waiting = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// The next event if one is waiting.
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
         let mut state = self.shared.lock();
-        match state.items.pop_front() {
-            Some(item) => {
-                if state.items.is_empty() && state.items.capacity() > KEEP {
-                    state.items = VecDeque::new();
-                }
-                Ok(item)
-            }
+        match take(&mut state) {
+            Some(item) => Ok(item),
             None if state.sender_gone => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),
         }
     }
+}
+
+/// The oldest event; a drained queue gives back a big buffer.
+fn take(state: &mut State) -> Option<Outbound> {
+    let item = state.items.pop_front()?;
+    if state.items.is_empty() && state.items.capacity() > KEEP {
+        state.items = VecDeque::new();
+    }
+    Some(item)
 }
 
 impl Drop for QueueReceiver {
@@ -143,6 +165,7 @@ impl Drop for QueueReceiver {
         let mut state = self.shared.lock();
         state.receiver_gone = true;
         state.items = VecDeque::new();
+        state.waiting = None;
     }
 }
 
