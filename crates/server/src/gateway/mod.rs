@@ -332,7 +332,7 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         gap_since: None,
     };
     let end = conn
-        .serve(io, login, registration.events, registration.close)
+        .serve(io, Box::new(login), registration.events, registration.close)
         .instrument(span)
         .await;
     app.metrics.connections.dec();
@@ -441,13 +441,16 @@ impl Conn {
     async fn serve(
         &mut self,
         io: &mut Io,
-        login: LoginState,
+        login: Box<LoginState>,
         mut events: QueueReceiver,
         mut close_rx: oneshot::Receiver<CloseReason>,
     ) -> End {
-        let result = self
-            .serve_inner(io, login, &mut events, &mut close_rx)
-            .await;
+        // The start is boxed, and the login state with it: what a future holds across an
+        // await it holds for the socket's whole life.
+        let result = match Box::pin(self.start(io, login)).await {
+            Ok(()) => self.serve_inner(io, &mut events, &mut close_rx).await,
+            Err(stop) => Err(stop),
+        };
         // Dropping the sender lets the ack task write the last ack and stop.
         if let Some((sender, task)) = self.acks.take() {
             drop(sender);
@@ -459,31 +462,37 @@ impl Conn {
         }
     }
 
-    async fn serve_inner(
-        &mut self,
-        io: &mut Io,
-        login: LoginState,
-        events: &mut QueueReceiver,
-        close_rx: &mut oneshot::Receiver<CloseReason>,
-    ) -> Result<(), Stop> {
-        let app = self.app.clone();
+    /// `welcome`, presence, the catch-up (its first page read with the login state) and
+    /// `synced`.
+    async fn start(&mut self, io: &mut Io, login: Box<LoginState>) -> Result<(), Stop> {
         let welcome = ServerFrame::Welcome {
             user_id: self.session.user_id,
             device_id: self.session.device_id,
         };
         io.feed(&welcome).await.map_err(|_| Stop::Gone)?;
-        Box::pin(self.go_online(io, &login.friends)).await?;
-        let first_page_full = login.entries.len() >= CATCH_UP_PAGE;
-        Box::pin(self.send_entries(io, login.entries)).await?;
+        let LoginState {
+            friends, entries, ..
+        } = *login;
+        self.go_online(io, &friends).await?;
+        let first_page_full = entries.len() >= CATCH_UP_PAGE;
+        self.send_entries(io, entries).await?;
         if first_page_full {
-            Box::pin(self.catch_up(io, None)).await?;
+            self.catch_up(io, None).await?;
         }
         io.send(&ServerFrame::Synced {
             cursor: self.last.to_string(),
         })
         .await
-        .map_err(|_| Stop::Gone)?;
+        .map_err(|_| Stop::Gone)
+    }
 
+    async fn serve_inner(
+        &mut self,
+        io: &mut Io,
+        events: &mut QueueReceiver,
+        close_rx: &mut oneshot::Receiver<CloseReason>,
+    ) -> Result<(), Stop> {
+        let app = self.app.clone();
         let cfg = &app.config;
         let mut sends = TokenBucket::new(cfg.send_rate_per_sec, cfg.send_burst);
         let mut frames = TokenBucket::new(cfg.frame_rate_per_sec, cfg.frame_burst);
