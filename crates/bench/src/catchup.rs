@@ -102,14 +102,7 @@ impl fmt::Display for CatchupReport {
             fmt_n(self.messages),
             self.body_bytes
         ));
-        t.row(
-            "server",
-            format!(
-                "{}{}",
-                self.server,
-                if self.spawned { " (spawned)" } else { "" }
-            ),
-        );
+        t.row("server", report::fmt_server(&self.server, self.spawned));
         t.row(
             "stored",
             format!(

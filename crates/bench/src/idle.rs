@@ -156,14 +156,7 @@ impl fmt::Display for IdleReport {
             "confab bench idle: {} authenticated idle sockets",
             fmt_n(self.requested)
         ));
-        t.row(
-            "server",
-            format!(
-                "{}{}",
-                self.server,
-                if self.spawned { " (spawned)" } else { "" }
-            ),
-        );
+        t.row("server", report::fmt_server(&self.server, self.spawned));
         t.row(
             "connected",
             format!(

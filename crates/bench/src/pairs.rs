@@ -285,14 +285,7 @@ impl fmt::Display for PairsReport {
             c.duration_s,
             c.body_bytes
         ));
-        t.row(
-            "server",
-            format!(
-                "{}{}",
-                self.server,
-                if self.spawned { " (spawned)" } else { "" }
-            ),
-        );
+        t.row("server", report::fmt_server(&self.server, self.spawned));
         t.row(
             "connected",
             format!(

@@ -89,6 +89,11 @@ pub fn fmt_counts(counts: &BTreeMap<String, u64>) -> String {
         .join(", ")
 }
 
+/// The server a run measured, as the reports name it.
+pub fn fmt_server(server: &str, spawned: bool) -> String {
+    format!("{server}{}", if spawned { " (spawned)" } else { "" })
+}
+
 /// A count with thousands separators, for tables.
 pub fn fmt_n(n: u64) -> String {
     let s = n.to_string();

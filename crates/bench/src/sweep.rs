@@ -106,12 +106,11 @@ impl fmt::Display for SweepReport {
         let c = &first.config;
         writeln!(
             f,
-            "confab bench sweep: {} users, {} s per step, {}-byte bodies, against {}{}",
+            "confab bench sweep: {} users, {} s per step, {}-byte bodies, against {}",
             c.users,
             c.duration_s,
             c.body_bytes,
-            first.server,
-            if first.spawned { " (spawned)" } else { "" }
+            report::fmt_server(&first.server, first.spawned)
         )?;
         writeln!(
             f,
