@@ -95,8 +95,9 @@ impl QueueSender {
         Ok(())
     }
 
-    /// Whether the receiver is gone.
-    pub fn is_closed(&self) -> bool {
+    /// Whether the receiver is gone. (The hub just sends: `try_send` says `Closed`.)
+    #[cfg(test)]
+    fn is_closed(&self) -> bool {
         self.shared.lock().receiver_gone
     }
 }

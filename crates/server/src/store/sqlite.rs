@@ -29,7 +29,8 @@ use super::{
     conversation_id, conversation_members,
 };
 
-/// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory).
+/// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory);
+/// never fewer than one batch, or a batch could not fill up.
 const WRITE_QUEUE: usize = 16 * 1024;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 64;
@@ -202,8 +203,8 @@ impl SqliteStore {
             .name("confab-store-checkpoint".into())
             .spawn(move || checkpointer(checkpoint_conn, stop))
             .map_err(|e| StoreError::Internal(format!("cannot start checkpoint thread: {e}")))?;
-        let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE);
         let max_batch = max_batch.max(1);
+        let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE.max(max_batch));
         let writer = std::thread::Builder::new()
             .name("confab-store-writer".into())
             .spawn(move || writer_loop(Writer::new(conn), rx, max_batch, batch_sizes))
