@@ -504,3 +504,42 @@ async fn metrics_and_health() {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }
 }
+
+/// PROTOCOL: history `limit` is 1-200, "more is clamped to 200".
+#[tokio::test]
+async fn history_limit_is_clamped_to_200() {
+    let s = TestServer::start_with(|c| {
+        c.send_rate_per_sec = 1e6;
+        c.send_burst = 1_000_000;
+        c.frame_rate_per_sec = 1e6;
+        c.frame_burst = 1_000_000;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let mut conversation = Value::Null;
+    for i in 0..205 {
+        conversation = a.send_message(&bob, &format!("c{i}"), "hi").await["conversation"].clone();
+    }
+    let conversation = conversation.as_str().unwrap().to_owned();
+    let (status, page) = s
+        .get(
+            &format!("/v1/conversations/{conversation}/messages?limit=500"),
+            &bob.token,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        seqs,
+        (6..=205).collect::<Vec<_>>(),
+        "the newest 200, ascending"
+    );
+    assert_eq!(page["more"], true);
+}
