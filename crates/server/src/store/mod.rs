@@ -167,6 +167,32 @@ pub fn conversation_members(conversation: &str) -> Option<(Id, Id)> {
     (lo < hi && conversation_id(lo, hi) == conversation).then_some((lo, hi))
 }
 
+/// `user`'s place in a conversation it takes part in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Side {
+    /// `user` is the lower id (its marks are the `_lo` columns).
+    pub is_lo: bool,
+    /// The other participant.
+    pub peer: Id,
+}
+
+/// `user`'s side of `conversation`; `None` if the id is malformed or `user` is not one of
+/// its two participants (callers answer both alike, so as not to tell them apart).
+pub fn side_of(conversation: &str, user: Id) -> Option<Side> {
+    let (lo, hi) = conversation_members(conversation)?;
+    match user {
+        u if u == lo => Some(Side {
+            is_lo: true,
+            peer: hi,
+        }),
+        u if u == hi => Some(Side {
+            is_lo: false,
+            peer: lo,
+        }),
+        _ => None,
+    }
+}
+
 /// What every message store provides. Operations are at the level of chat, not of rows.
 ///
 /// Guarantees every backend must keep (the contract tests check them):
@@ -275,6 +301,27 @@ pub trait MessageStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_side_is_found_only_for_a_participant() {
+        let c = conversation_id(Id(9), Id(3));
+        assert_eq!(
+            side_of(&c, Id(3)),
+            Some(Side {
+                is_lo: true,
+                peer: Id(9)
+            })
+        );
+        assert_eq!(
+            side_of(&c, Id(9)),
+            Some(Side {
+                is_lo: false,
+                peer: Id(3)
+            })
+        );
+        assert_eq!(side_of(&c, Id(4)), None);
+        assert_eq!(side_of("garbage", Id(3)), None);
+    }
 
     #[test]
     fn conversation_ids_are_symmetric_and_parse_back() {

@@ -36,8 +36,8 @@ use tokio_postgres::{NoTls, Row};
 
 use super::{
     Appended, ContactEntry, DeliveredAdvance, DeviceSession, MessageStore, NewDevice, NewMessage,
-    ReadAdvance, SeedAccount, StoreError, StoreResult, StreamEntry, UserRecord, conversation_id,
-    conversation_members,
+    ReadAdvance, SeedAccount, Side, StoreError, StoreResult, StreamEntry, UserRecord,
+    conversation_id, side_of,
 };
 
 /// How long a caller waits for a pooled connection (or for a new one to be made) before the
@@ -1046,11 +1046,7 @@ impl MessageStore for PostgresStore {
         seq: u64,
     ) -> StoreResult<Option<ReadAdvance>> {
         let not_found = || StoreError::NotFound("no such conversation".into());
-        let (lo, hi) = conversation_members(conversation).ok_or_else(not_found)?;
-        if user != lo && user != hi {
-            return Err(not_found());
-        }
-        let peer = if user == lo { hi } else { lo };
+        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
         let conversation = conversation.to_owned();
         self.write(move |tx| {
             let conversation = conversation.clone();
@@ -1063,7 +1059,7 @@ impl MessageStore for PostgresStore {
                 .await?
                 .ok_or_else(not_found)?;
                 let seq = seq.min(u64_col(&last, 0)?);
-                let sql = if user == lo {
+                let sql = if is_lo {
                     "UPDATE conversations SET read_lo = $2 WHERE id = $1 AND read_lo < $2"
                 } else {
                     "UPDATE conversations SET read_hi = $2 WHERE id = $1 AND read_hi < $2"
@@ -1198,10 +1194,7 @@ impl MessageStore for PostgresStore {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Option<MessagePage>> {
-        let Some((lo, hi)) = conversation_members(conversation) else {
-            return Ok(None);
-        };
-        if user != lo && user != hi {
+        if side_of(conversation, user).is_none() {
             return Ok(None);
         }
         let conversation = conversation.to_owned();

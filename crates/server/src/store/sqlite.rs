@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, ContactEntry, DeliveredAdvance, DeviceSession, LoginState, MessageStore, NewDevice,
-    NewMessage, ReadAdvance, SeedAccount, StoreError, StoreResult, StreamEntry, UserRecord,
-    conversation_id, conversation_members,
+    NewMessage, ReadAdvance, SeedAccount, Side, StoreError, StoreResult, StreamEntry, UserRecord,
+    conversation_id, side_of,
 };
 
 /// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory);
@@ -1077,11 +1077,7 @@ impl MessageStore for SqliteStore {
         seq: u64,
     ) -> StoreResult<Option<ReadAdvance>> {
         let not_found = || StoreError::NotFound("no such conversation".into());
-        let (lo, hi) = conversation_members(conversation).ok_or_else(not_found)?;
-        if user != lo && user != hi {
-            return Err(not_found());
-        }
-        let peer = if user == lo { hi } else { lo };
+        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
         let conversation = conversation.to_owned();
         self.write(move |conn| {
             let last: Option<i64> = conn
@@ -1090,7 +1086,7 @@ impl MessageStore for SqliteStore {
                 .map_err(internal)?;
             let last = last.ok_or_else(not_found)? as u64;
             let seq = seq.min(last);
-            let sql = if user == lo {
+            let sql = if is_lo {
                 "UPDATE conversations SET read_lo = ?2 WHERE id = ?1 AND read_lo < ?2"
             } else {
                 "UPDATE conversations SET read_hi = ?2 WHERE id = ?1 AND read_hi < ?2"
@@ -1177,10 +1173,7 @@ impl MessageStore for SqliteStore {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Option<MessagePage>> {
-        let Some((lo, hi)) = conversation_members(conversation) else {
-            return Ok(None);
-        };
-        if user != lo && user != hi {
+        if side_of(conversation, user).is_none() {
             return Ok(None);
         }
         let conversation = conversation.to_owned();
