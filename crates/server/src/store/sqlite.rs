@@ -36,6 +36,9 @@ const WRITE_QUEUE: usize = 16 * 1024;
 const STATEMENT_CACHE: usize = 64;
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 8;
+/// Page cache of each pooled reader, KiB. Every commit empties a WAL reader's cache, so a
+/// big one mostly holds pages that are stale by the next read; the OS caches the file anyway.
+const READER_CACHE_KIB: usize = 256;
 
 /// Entries the writer keeps in each of its caches before starting them afresh.
 const WRITER_CACHE: usize = 1 << 20;
@@ -133,14 +136,9 @@ const MIGRATIONS: &[&str] = &[
 
 /// The embedded SQLite message store.
 pub struct SqliteStore {
-    path: PathBuf,
     jobs: RwLock<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    readers: Arc<Mutex<Vec<Connection>>>,
-    /// One permit per pooled read connection: reads beyond the pool wait for one rather than
-    /// open a connection of their own (which parses the schema anew, and was most of the cost
-    /// of a burst of logins).
-    read_permits: Arc<tokio::sync::Semaphore>,
+    readers: ReadPool,
     stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -210,11 +208,9 @@ impl SqliteStore {
             .spawn(move || writer_loop(Writer::new(conn), rx, max_batch, batch_sizes))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
-            path,
             jobs: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
-            readers: Arc::new(Mutex::new(Vec::new())),
-            read_permits: Arc::new(tokio::sync::Semaphore::new(READ_POOL)),
+            readers: ReadPool::new(path),
             stop_checkpoints,
         })
     }
@@ -274,30 +270,107 @@ impl SqliteStore {
         {
             return Err(StoreError::Unavailable("store is closed".into()));
         }
-        let permit = self
-            .read_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
-        let readers = self.readers.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let pooled = readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let conn = match pooled {
-                Some(c) => c,
-                None => open_reader(&path)?,
-            };
-            let result = f(&conn);
-            let mut pool = readers.lock().unwrap_or_else(|e| e.into_inner());
-            if pool.len() < READ_POOL {
-                pool.push(conn);
+        let (tx, rx) = oneshot::channel();
+        self.readers.submit(Box::new(move |conn| {
+            let _ = tx.send(conn.and_then(f));
+        }))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("store reader stopped".into()))?
+    }
+}
+
+/// A read job: runs on a reader thread with its connection (or the error opening it).
+type ReadJob = Box<dyn FnOnce(StoreResult<&Connection>) + Send>;
+
+/// Up to [`READ_POOL`] reader threads, each owning one read-only connection for its life,
+/// started as reads queue up and taking jobs from one queue.
+///
+/// Dedicated threads rather than the runtime's blocking pool: that pool starts a new thread
+/// whenever none is idle at that instant, so a burst of logins churned through dozens of
+/// threads (each with its own allocator heap and stack), and every read had to find a
+/// pooled connection under a lock.
+struct ReadPool {
+    path: PathBuf,
+    queue: Mutex<Option<std::sync::mpsc::Sender<ReadJob>>>,
+    jobs: Arc<Mutex<std::sync::mpsc::Receiver<ReadJob>>>,
+    /// Threads started, and those waiting for a job.
+    threads: std::sync::atomic::AtomicUsize,
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ReadPool {
+    fn new(path: PathBuf) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        ReadPool {
+            path,
+            queue: Mutex::new(Some(tx)),
+            jobs: Arc::new(Mutex::new(rx)),
+            threads: std::sync::atomic::AtomicUsize::new(0),
+            idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    }
+
+    fn submit(&self, job: ReadJob) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        let closed = || StoreError::Unavailable("store is closed".into());
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(job)
+            .map_err(|_| closed())?;
+        // One more thread if none is waiting; a thread that fails to start leaves the job to
+        // the running ones (the first always starts, or the store could not have opened).
+        if self.idle.load(Ordering::Acquire) == 0
+            && self
+                .threads
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < READ_POOL).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            let (jobs, idle, path) = (self.jobs.clone(), self.idle.clone(), self.path.clone());
+            let started = std::thread::Builder::new()
+                .name("confab-store-read".into())
+                .spawn(move || reader_loop(&path, &jobs, &idle));
+            if let Err(e) = started {
+                self.threads.fetch_sub(1, Ordering::AcqRel);
+                tracing::warn!(error = %e, "cannot start a store reader thread");
             }
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
+        }
+        Ok(())
+    }
+
+    /// Stops taking reads; the threads finish the queued ones and exit.
+    fn close(&self) {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+fn reader_loop(
+    path: &Path,
+    jobs: &Mutex<std::sync::mpsc::Receiver<ReadJob>>,
+    idle: &std::sync::atomic::AtomicUsize,
+) {
+    use std::sync::atomic::Ordering;
+    let mut conn: Option<Connection> = None;
+    loop {
+        idle.fetch_add(1, Ordering::AcqRel);
+        // One thread waits in `recv` while holding the lock, the others wait for the lock.
+        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+        idle.fetch_sub(1, Ordering::AcqRel);
+        let Ok(job) = job else { return };
+        if conn.is_none() {
+            match open_reader(path) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    job(Err(e));
+                    continue;
+                }
+            }
+        }
+        job(Ok(conn.as_ref().expect("opened above")));
     }
 }
 
@@ -340,6 +413,8 @@ fn open_reader(path: &Path) -> StoreResult<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(internal)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "cache_size", -(READER_CACHE_KIB as i64))
+        .map_err(internal)?;
     Ok(conn)
 }
 
@@ -1222,10 +1297,7 @@ impl MessageStore for SqliteStore {
             // The writer finishes the jobs already queued, checkpoints and exits.
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.readers.close();
     }
 }
 
@@ -1257,6 +1329,51 @@ mod tests {
             "the same statement ran"
         );
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    /// However many reads wait at once, at most `READ_POOL` reader threads (and connections)
+    /// serve them, and every read is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_share_a_bounded_pool_of_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
+            .await
+            .unwrap()
+            .unwrap();
+        let store = Arc::new(store);
+        let names = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let reads = (0..READ_POOL * 4).map(|_| {
+            let (store, names) = (store.clone(), names.clone());
+            tokio::spawn(async move {
+                store
+                    .read(move |conn| {
+                        names.lock().unwrap().insert(std::thread::current().id());
+                        // Long enough that the reads pile up behind the pool.
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                            .map_err(internal)
+                    })
+                    .await
+            })
+        });
+        for read in futures::future::join_all(reads).await {
+            assert_eq!(read.unwrap().unwrap(), 1);
+        }
+        let threads = names.lock().unwrap().len();
+        assert!(threads <= READ_POOL, "{threads} reader threads");
+        assert!(threads > 1, "reads ran on one thread only");
+        let started = store
+            .readers
+            .threads
+            .load(std::sync::atomic::Ordering::Acquire);
+        assert!(
+            threads <= started && started <= READ_POOL,
+            "{started} started"
+        );
+        store.close().await;
+        let refused = store.read(|_| Ok(())).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(_))));
     }
 
     fn histogram() -> Histogram {
