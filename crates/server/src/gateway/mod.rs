@@ -114,7 +114,8 @@ pub async fn upgrade(
         }
         .into_response();
     }
-    let header_token = crate::api::bearer_token(&headers).map(str::to_owned);
+    // Boxed, not a String: it is held in the socket's task future (twice over).
+    let header_token: Option<Box<str>> = crate::api::bearer_token(&headers).map(Box::from);
     let tracked = app.sockets.token();
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
@@ -122,20 +123,24 @@ pub async fn upgrade(
         // of its state; frames are small, and the buffers grow for the rare big one.
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            // Boxed before the task's future is made: what the future captures stays in it
-            // for the socket's whole life, and the socket is a few hundred bytes. (Not split:
-            // the loop reads and writes at different times, and halves cost a shared lock.)
-            let ws = Box::new(socket);
-            async move {
-                let _tracked = tracked;
-                let _slot = slot;
-                let mut io = Io { ws };
-                if let Some(end) = run(&app, &mut io, header_token).await {
-                    Box::pin(io.finish(end.0, end.1)).await;
-                }
-            }
-        })
+        // The socket is boxed before the task's future is made: what the future holds stays
+        // in it for the socket's whole life, and the socket is a few hundred bytes. (Not
+        // split: the loop reads and writes at different times, and halves cost a shared lock.)
+        .on_upgrade(move |socket| socket_task(slot, Box::new(socket), header_token, tracked))
+}
+
+/// A socket's task, from the upgrade to its end. The slot doubles as the socket's handle on
+/// the app: one pointer fewer in every task.
+async fn socket_task(
+    slot: Slot,
+    ws: Box<WebSocket>,
+    header_token: Option<Box<str>>,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+) {
+    let mut io = Io { ws };
+    if let Some(end) = run(&slot.0, &mut io, header_token).await {
+        Box::pin(io.finish(end.0, end.1)).await;
+    }
 }
 
 /// A socket.
@@ -184,7 +189,7 @@ type End = Option<(u16, &'static str)>;
 async fn hello(
     app: &App,
     io: &mut Io,
-    header_token: Option<String>,
+    header_token: Option<Box<str>>,
 ) -> Result<(DeviceSession, Option<String>, [u8; 32]), End> {
     let deadline = Instant::now() + app.config.hello_timeout;
     let text = loop {
@@ -217,7 +222,9 @@ async fn hello(
         Err(Some((close::POLICY, reason)))
     };
     let (token, cursor) = match ClientFrame::parse(&text) {
-        Ok(ClientFrame::Hello { token, cursor }) => (token.or(header_token), cursor),
+        Ok(ClientFrame::Hello { token, cursor }) => {
+            (token.or(header_token.map(String::from)), cursor)
+        }
         Ok(_) => {
             return refuse(
                 io,
@@ -258,11 +265,58 @@ async fn hello(
 }
 
 /// One socket, from `hello` to its end. Returns the close to send, if the server ends it.
-async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
-    let (session, cursor, token_hash) = match Box::pin(hello(app, io, header_token)).await {
-        Ok(s) => s,
+///
+/// The login and the logout are boxed: this future is the socket task's for its whole life,
+/// and it holds space for its largest await, so only the live loop's state should be inline.
+async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<Box<str>>) -> End {
+    let Live {
+        mut conn,
+        login,
+        membership,
+        mut events,
+        mut close,
+    } = match Box::pin(login(app, io, header_token)).await {
+        Ok(live) => live,
         Err(end) => return end,
     };
+    // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
+    // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
+    let span = tracing::debug_span!("socket", user = %conn.session.user_id, device = %conn.session.device_id, socket = conn.socket);
+    app.metrics.connections.inc();
+    // The start is boxed, and the login state with it: what this future holds across an
+    // await it holds for the socket's whole life.
+    let result = match Box::pin(conn.start(io, login))
+        .instrument(span.clone())
+        .await
+    {
+        Ok(()) => {
+            conn.serve(io, &mut events, &mut close)
+                .instrument(span)
+                .await
+        }
+        Err(stop) => Err(stop),
+    };
+    app.metrics.connections.dec();
+    Box::pin(conn.end()).await;
+    drop(membership);
+    match result {
+        Ok(()) | Err(Stop::Gone) => None,
+        Err(Stop::Close(code, reason)) => Some((code, reason)),
+    }
+}
+
+/// A socket past login: its state, what the store had for it, and its hub registration.
+struct Live {
+    conn: Conn,
+    login: Box<LoginState>,
+    membership: hub::Membership,
+    events: QueueReceiver,
+    close: oneshot::Receiver<CloseReason>,
+}
+
+/// `hello`, the cursor, the hub registration and the login state read.
+async fn login(app: &Arc<App>, io: &mut Io, header_token: Option<Box<str>>) -> Result<Live, End> {
+    let (session, cursor, token_hash) = Box::pin(hello(app, io, header_token)).await?;
     let user = session.user_id;
     let start_pos = match cursor {
         None => {
@@ -284,7 +338,7 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
                         None,
                     ))
                     .await;
-                return Some((close::POLICY, "malformed cursor"));
+                return Err(Some((close::POLICY, "malformed cursor")));
             }
         },
     };
@@ -294,7 +348,7 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
     let socket = registration.membership.socket;
     // Shutdown is announced through the hub; a socket registered after that sees the token.
     if app.shutdown.is_cancelled() {
-        return Some((close::GOING_AWAY, "server shutting down"));
+        return Err(Some((close::GOING_AWAY, "server shutting down")));
     }
     let login = match app.store.login_state(user, start_pos, CATCH_UP_PAGE).await {
         Ok(login) if start_pos > login.head => {
@@ -305,19 +359,15 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
                     None,
                 ))
                 .await;
-            return Some((close::POLICY, "bad cursor"));
+            return Err(Some((close::POLICY, "bad cursor")));
         }
         Ok(login) => login,
         Err(e) => {
             let _ = io.send(&Error::from(e).to_frame(None)).await;
-            return Some((close::INTERNAL, "store unavailable"));
+            return Err(Some((close::INTERNAL, "store unavailable")));
         }
     };
-    // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
-    // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
-    let span = tracing::debug_span!("socket", user = %user, device = %session.device_id, socket);
-    app.metrics.connections.inc();
-    let mut conn = Conn {
+    let conn = Conn {
         app: app.clone(),
         session,
         socket,
@@ -327,39 +377,17 @@ async fn run(app: &Arc<App>, io: &mut Io, header_token: Option<String>) -> End {
         acks: None,
         out: Vec::new(),
         work: None,
-        typing: HashMap::new(),
+        typing: None,
         held: BTreeMap::new(),
         gap_since: None,
     };
-    let end = conn
-        .serve(io, Box::new(login), registration.events, registration.close)
-        .instrument(span)
-        .await;
-    app.metrics.connections.dec();
-    let now = now_ms();
-    match app.presence.disconnected(user, socket, now).await {
-        Ok(true) => {
-            if let Err(e) = app.store.set_last_seen(user, now).await {
-                tracing::warn!(error = %e, "storing last_seen failed");
-            }
-            let offline = Presence {
-                status: PresenceStatus::Offline,
-                last_seen: now,
-            };
-            Box::pin(presence::notify_friends(
-                &*app.store,
-                &*app.sync,
-                &*app.presence,
-                user,
-                offline,
-            ))
-            .await;
-        }
-        Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "presence update failed"),
-    }
-    drop(registration.membership);
-    end
+    Ok(Live {
+        conn,
+        login: Box::new(login),
+        membership: registration.membership,
+        events: registration.events,
+        close: registration.close,
+    })
 }
 
 fn parse_cursor(c: &str) -> Option<u64> {
@@ -377,8 +405,10 @@ struct Conn {
     socket: u64,
     /// The hash of the token the socket authenticated with, to re-check it on resync.
     token_hash: [u8; 32],
-    /// When a typing relay to each peer last went out.
-    typing: HashMap<Id, Instant>,
+    /// When a typing relay to each peer last went out; made at the first `typing` frame
+    /// (a map inline would cost every socket 48 bytes).
+    #[allow(clippy::box_collection)] // the box is the point: 8 bytes inline, not 48
+    typing: Option<Box<HashMap<Id, Instant>>>,
     /// Live events that arrived ahead of a missing position, by position.
     held: BTreeMap<u64, Arc<Message>>,
     /// Since when `held` has been waiting for a missing position.
@@ -438,27 +468,29 @@ enum Stop {
 }
 
 impl Conn {
-    async fn serve(
-        &mut self,
-        io: &mut Io,
-        login: Box<LoginState>,
-        mut events: QueueReceiver,
-        mut close_rx: oneshot::Receiver<CloseReason>,
-    ) -> End {
-        // The start is boxed, and the login state with it: what a future holds across an
-        // await it holds for the socket's whole life.
-        let result = match Box::pin(self.start(io, login)).await {
-            Ok(()) => self.serve_inner(io, &mut events, &mut close_rx).await,
-            Err(stop) => Err(stop),
-        };
+    /// After the socket's end: the last ack is written, and the socket is marked gone; if it
+    /// was the user's last, `last_seen` is stored and friends are told.
+    async fn end(&mut self) {
         // Dropping the sender lets the ack task write the last ack and stop.
         if let Some((sender, task)) = self.acks.take() {
             drop(sender);
             let _ = task.await;
         }
-        match result {
-            Ok(()) | Err(Stop::Gone) => None,
-            Err(Stop::Close(code, reason)) => Some((code, reason)),
+        let (app, user, now) = (&self.app, self.session.user_id, now_ms());
+        match app.presence.disconnected(user, self.socket, now).await {
+            Ok(true) => {
+                if let Err(e) = app.store.set_last_seen(user, now).await {
+                    tracing::warn!(error = %e, "storing last_seen failed");
+                }
+                let offline = Presence {
+                    status: PresenceStatus::Offline,
+                    last_seen: now,
+                };
+                presence::notify_friends(&*app.store, &*app.sync, &*app.presence, user, offline)
+                    .await;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "presence update failed"),
         }
     }
 
@@ -486,7 +518,8 @@ impl Conn {
         .map_err(|_| Stop::Gone)
     }
 
-    async fn serve_inner(
+    /// The live loop: client frames, hub events, replies of started work, pings.
+    async fn serve(
         &mut self,
         io: &mut Io,
         events: &mut QueueReceiver,
@@ -608,16 +641,30 @@ impl Conn {
             .push(WsMessage::Text(Utf8Bytes::from(frame.to_json())));
     }
 
-    /// Writes the queued frames in one go.
+    /// Writes the queued frames in one go. Polled by hand rather than through `feed` and
+    /// `flush` futures: this future's state is part of every socket's task for its life.
     async fn write_out(&mut self, io: &mut Io) -> Result<(), Stop> {
-        for message in self.out.drain(..) {
-            io.ws.feed(message).await.map_err(|_| Stop::Gone)?;
-        }
+        let (out, ws) = (&mut self.out, &mut *io.ws);
+        let mut next = 0;
+        std::future::poll_fn(|cx| {
+            while next < out.len() {
+                std::task::ready!(ws.poll_ready_unpin(cx))?;
+                // A placeholder that allocates nothing takes the sent frame's slot.
+                let frame =
+                    std::mem::replace(&mut out[next], WsMessage::Binary(Default::default()));
+                ws.start_send_unpin(frame)?;
+                next += 1;
+            }
+            ws.poll_flush_unpin(cx)
+        })
+        .await
+        .map_err(|_| Stop::Gone)?;
+        out.clear();
         // A burst can leave a large queue behind; an idle socket should not keep it.
-        if self.out.capacity() > COALESCE {
-            self.out = Vec::new();
+        if out.capacity() > COALESCE {
+            *out = Vec::new();
         }
-        io.ws.flush().await.map_err(|_| Stop::Gone)
+        Ok(())
     }
 
     /// One event from the hub: frames are queued; store work is left in `self.work`.
@@ -697,16 +744,15 @@ impl Conn {
             }
             ClientFrame::Typing { to } => {
                 let now = Instant::now();
-                let due = self
-                    .typing
+                let typing = self.typing.get_or_insert_default();
+                let due = typing
                     .get(&to)
                     .is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
                 if due && to != self.session.user_id {
-                    if self.typing.len() > 1024 {
-                        self.typing
-                            .retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+                    if typing.len() > 1024 {
+                        typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
                     }
-                    self.typing.insert(to, now);
+                    typing.insert(to, now);
                     inflight.push(detached(relay_typing(
                         self.app.clone(),
                         self.session.user_id,
