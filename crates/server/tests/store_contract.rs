@@ -194,6 +194,8 @@ contract!(
     append_duplicate_returns_the_first_and_writes_nothing,
     append_to_unknown_recipient_is_not_found,
     append_to_a_blocker_is_forbidden,
+    duplicate_to_another_recipient_returns_the_first,
+    a_block_after_sends_stops_the_next_but_not_retries,
     concurrent_appends_are_gapless,
     concurrent_duplicates_store_one_message,
     stream_after_pages_without_gaps,
@@ -413,6 +415,43 @@ async fn append_to_a_blocker_is_forbidden(store: Store, _: &Backend) {
     let r = store.append(msg(102, a, b, "x", 4)).await.unwrap();
     assert!(!r.duplicate);
     assert_eq!(r.message.seq, 2);
+}
+
+/// The first message of a conversation that repeats an earlier `client_id` (sent to someone
+/// else) is that earlier message, and starts no conversation.
+async fn duplicate_to_another_recipient_returns_the_first(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let c = user(&store, 3, "carol").await;
+    let first = store.append(msg(100, a, b, "same", 10)).await.unwrap();
+    let dup = store.append(msg(101, a, c, "same", 20)).await.unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(*dup.message, *first.message);
+    assert_eq!(store.stream_head(c).await.unwrap(), 0);
+    let conversations = store.conversations(a).await.unwrap();
+    assert_eq!(conversations.len(), 1, "{conversations:?}");
+    assert!(store.conversations(c).await.unwrap().is_empty());
+    // A repeat into an existing conversation with someone else is the first one too.
+    send(&store, 102, c, a, 30).await;
+    let dup = store.append(msg(103, a, c, "same", 40)).await.unwrap();
+    assert!(dup.duplicate);
+    assert_eq!(*dup.message, *first.message);
+    assert_eq!(store.stream_head(c).await.unwrap(), 1);
+}
+
+/// A block placed after messages went through stops the next new message, while a retry of
+/// one stored before the block still gets its original answer.
+async fn a_block_after_sends_stops_the_next_but_not_retries(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let first = store.append(msg(100, a, b, "x", 1)).await.unwrap();
+    store.set_block(b, a, true, 2).await.unwrap();
+    let err = store.append(msg(101, a, b, "y", 3)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Forbidden(_)), "{err:?}");
+    let retry = store.append(msg(102, a, b, "x", 4)).await.unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(*retry.message, *first.message);
+    assert_eq!(store.stream_head(b).await.unwrap(), 1);
 }
 
 async fn concurrent_appends_are_gapless(store: Store, _: &Backend) {

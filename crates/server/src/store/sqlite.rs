@@ -465,6 +465,9 @@ struct Writer {
     heads: HashMap<i64, u64>,
     /// Highest `seq` per conversation, including writes in the open transaction.
     seqs: HashMap<String, u64>,
+    /// Who has blocked anyone: most users block nobody, and a message to them skips the
+    /// blocks lookup.
+    blockers: Blockers,
     /// Set by a job that failed after changing something it cannot undo alone (it ran without
     /// a savepoint): the whole transaction is rolled back and every job in it fails, which is
     /// safe because nobody has been answered yet, and senders retry idempotently.
@@ -477,6 +480,7 @@ impl Writer {
             conn,
             heads: HashMap::new(),
             seqs: HashMap::new(),
+            blockers: Blockers::Unloaded,
             poisoned: false,
         }
     }
@@ -485,7 +489,42 @@ impl Writer {
     fn forget(&mut self) {
         self.heads.clear();
         self.seqs.clear();
+        self.blockers = Blockers::Unloaded;
         self.poisoned = false;
+    }
+
+    /// Whether `user` may have blocked someone (`false` only if they certainly have not).
+    fn may_block(&mut self, user: Id) -> StoreResult<bool> {
+        if let Blockers::Unloaded = self.blockers {
+            let owners: Vec<i64> = self
+                .conn
+                .prepare_cached("SELECT DISTINCT owner FROM blocks LIMIT ?1")
+                .and_then(|mut s| {
+                    s.query_map(params![(WRITER_CACHE + 1) as i64], |r| r.get(0))?
+                        .collect()
+                })
+                .map_err(internal)?;
+            self.blockers = if owners.len() > WRITER_CACHE {
+                Blockers::TooMany
+            } else {
+                Blockers::Known(owners.into_iter().collect())
+            };
+        }
+        Ok(match &self.blockers {
+            Blockers::Known(owners) => owners.contains(&to_i64(user.0)),
+            Blockers::Unloaded | Blockers::TooMany => true,
+        })
+    }
+
+    /// Called before `owner`'s block is written: the set may hold more than is committed
+    /// (a rolled-back or removed block costs a lookup), never less.
+    fn note_blocker(&mut self, owner: Id) {
+        if let Blockers::Known(owners) = &mut self.blockers {
+            owners.insert(to_i64(owner.0));
+            if owners.len() > WRITER_CACHE {
+                self.blockers = Blockers::TooMany;
+            }
+        }
     }
 
     /// The user's stream head, or `None` if there is no such user.
@@ -510,31 +549,20 @@ impl Writer {
         Ok(Some(head))
     }
 
-    /// The conversation's last `seq` (0 for a new one, whose row this creates).
-    fn last_seq(&mut self, conversation: &str, lo: Id, hi: Id) -> StoreResult<u64> {
+    /// The conversation's last `seq`, or `None` if it has no message yet (and maybe no row).
+    fn last_seq(&mut self, conversation: &str) -> StoreResult<Option<u64>> {
         if let Some(seq) = self.seqs.get(conversation) {
-            return Ok(*seq);
+            return Ok(Some(*seq));
         }
         let last: Option<i64> = self
             .conn
             .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
             .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
             .map_err(internal)?;
-        let last = match last {
-            Some(seq) => seq as u64,
-            None => {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO conversations (id, user_lo, user_hi) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (id) DO NOTHING",
-                    )
-                    .and_then(|mut s| s.execute(params![conversation, to_i64(lo.0), to_i64(hi.0)]))
-                    .map_err(internal)?;
-                0
-            }
-        };
-        self.seqs.insert(conversation.to_owned(), last);
-        Ok(last)
+        Ok(last.map(|seq| {
+            self.seqs.insert(conversation.to_owned(), seq as u64);
+            seq as u64
+        }))
     }
 
     /// Keeps the caches bounded; called between transactions, when they hold only
@@ -547,6 +575,16 @@ impl Writer {
             self.seqs.clear();
         }
     }
+}
+
+/// The writer's knowledge of who blocks anyone.
+enum Blockers {
+    /// Not read yet (or forgotten after a rollback).
+    Unloaded,
+    /// Every user with a block, and maybe some without.
+    Known(std::collections::HashSet<i64>),
+    /// More than [`WRITER_CACHE`] users: every message looks its block up.
+    TooMany,
 }
 
 fn writer_loop(
@@ -698,39 +736,49 @@ fn message_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Mess
 
 const MESSAGE_COLUMNS: &str = "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts";
 
-/// Appends one message without a savepoint: everything that can refuse it (a duplicate, a
-/// block, an unknown user) is checked before the first change, and a failure after it
-/// poisons the batch.
-fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
-    let existing = w
-        .conn
-        .prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_id = ?2"
-        ))
-        .and_then(|mut s| {
-            s.query_row(params![to_i64(m.from.0), m.client_id], |r| {
-                message_from_row(r, 0)
-            })
-            .optional()
+/// The message `sender` already sent with `client_id`, if any.
+fn find_sent(conn: &Connection, sender: Id, client_id: &str) -> StoreResult<Option<Message>> {
+    conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_id = ?2"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![to_i64(sender.0), client_id], |r| {
+            message_from_row(r, 0)
         })
-        .map_err(internal)?;
-    if let Some(message) = existing {
-        return Ok(Appended {
-            message: Arc::new(message),
-            sender_pos: 0,
-            recipient_pos: 0,
-            duplicate: true,
-        });
+        .optional()
+    })
+    .map_err(internal)
+}
+
+fn duplicate(message: Message) -> Appended {
+    Appended {
+        message: Arc::new(message),
+        sender_pos: 0,
+        recipient_pos: 0,
+        duplicate: true,
     }
-    let blocked = w
-        .conn
-        .prepare_cached("SELECT 1 FROM blocks WHERE owner = ?1 AND blocked = ?2")
-        .and_then(|mut s| s.exists(params![to_i64(m.to.0), to_i64(m.from.0)]))
-        .map_err(internal)?;
-    if blocked {
-        return Err(StoreError::Forbidden(
-            "the recipient does not accept your messages".into(),
-        ));
+}
+
+/// Appends one message without a savepoint: everything that can refuse it (a block, an
+/// unknown user) is checked before the first change, and a failure after it poisons the
+/// batch. A repeated `client_id` is found by the message insert itself (its unique key), so
+/// the common case of a new message pays for no lookup.
+fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
+    if w.may_block(m.to)? {
+        let blocked = w
+            .conn
+            .prepare_cached("SELECT 1 FROM blocks WHERE owner = ?1 AND blocked = ?2")
+            .and_then(|mut s| s.exists(params![to_i64(m.to.0), to_i64(m.from.0)]))
+            .map_err(internal)?;
+        if blocked {
+            // A retry of a message stored before the block still gets its original answer.
+            if let Some(message) = find_sent(&w.conn, m.from, &m.client_id)? {
+                return Ok(duplicate(message));
+            }
+            return Err(StoreError::Forbidden(
+                "the recipient does not accept your messages".into(),
+            ));
+        }
     }
     let recipient_pos = w
         .head(m.to)?
@@ -746,15 +794,31 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
     } else {
         (m.to, m.from)
     };
-    // Creating a new conversation's row is the first change; from here on a failure poisons.
-    let seq = match w.last_seq(&conversation, lo, hi) {
-        Ok(last) => last + 1,
-        Err(e) => {
-            w.poisoned = true;
-            return Err(e);
+    let seq = match w.last_seq(&conversation)? {
+        Some(last) => last + 1,
+        None => {
+            // A repeated `client_id` is caught by the insert below, but that comes after this
+            // conversation's row is made, a change it could not undo: so the first message of
+            // a conversation checks for one first.
+            if let Some(message) = find_sent(&w.conn, m.from, &m.client_id)? {
+                return Ok(duplicate(message));
+            }
+            // The first change; from here on a failure poisons the batch.
+            let created = w
+                .conn
+                .prepare_cached(
+                    "INSERT INTO conversations (id, user_lo, user_hi) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![conversation, to_i64(lo.0), to_i64(hi.0)]));
+            if let Err(e) = created {
+                w.poisoned = true;
+                return Err(internal(e));
+            }
+            1
         }
     };
-    let written = w
+    let inserted = w
         .conn
         .prepare_cached(
             "INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
@@ -771,24 +835,33 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
                 m.body,
                 m.ts
             ])
-        })
-        .and_then(|_| {
-            w.conn
-                .prepare_cached(
-                    "INSERT INTO stream (user_id, pos, message_id)
-                     VALUES (?1, ?2, ?5), (?3, ?4, ?5)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        to_i64(m.to.0),
-                        to_i64(recipient_pos),
-                        to_i64(m.from.0),
-                        to_i64(sender_pos),
-                        to_i64(m.id.0)
-                    ])
-                })
         });
-    if let Err(e) = written {
+    if let Err(e) = inserted {
+        // A failed statement undoes its own changes, so a duplicate leaves the batch clean.
+        if is_unique_violation(&e)
+            && let Some(message) = find_sent(&w.conn, m.from, &m.client_id)?
+        {
+            return Ok(duplicate(message));
+        }
+        w.poisoned = true;
+        return Err(internal(e));
+    }
+    let streamed = w
+        .conn
+        .prepare_cached(
+            "INSERT INTO stream (user_id, pos, message_id)
+             VALUES (?1, ?2, ?5), (?3, ?4, ?5)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                to_i64(m.to.0),
+                to_i64(recipient_pos),
+                to_i64(m.from.0),
+                to_i64(sender_pos),
+                to_i64(m.id.0)
+            ])
+        });
+    if let Err(e) = streamed {
         w.poisoned = true;
         return Err(internal(e));
     }
@@ -1105,20 +1178,25 @@ impl MessageStore for SqliteStore {
     }
 
     async fn set_block(&self, owner: Id, other: Id, blocked: bool, now: i64) -> StoreResult<()> {
-        self.write(move |conn| {
-            if !user_exists(conn, other)? {
-                return Err(StoreError::NotFound(format!("no user {other}")));
+        self.write_raw(move |w| {
+            if blocked {
+                w.note_blocker(owner);
             }
-            let sql = if blocked {
-                "INSERT INTO blocks (owner, blocked, created_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING"
-            } else {
-                "DELETE FROM blocks WHERE owner = ?1 AND blocked = ?2 AND ?3 = ?3"
-            };
-            conn.prepare_cached(sql)
-                .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(other.0), now]))
-                .map_err(internal)?;
-            Ok(())
+            in_savepoint(&w.conn, |conn| {
+                if !user_exists(conn, other)? {
+                    return Err(StoreError::NotFound(format!("no user {other}")));
+                }
+                let sql = if blocked {
+                    "INSERT INTO blocks (owner, blocked, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING"
+                } else {
+                    "DELETE FROM blocks WHERE owner = ?1 AND blocked = ?2 AND ?3 = ?3"
+                };
+                conn.prepare_cached(sql)
+                    .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(other.0), now]))
+                    .map_err(internal)?;
+                Ok(())
+            })
         })
         .await
     }
