@@ -106,6 +106,18 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+impl Appended {
+    /// The answer to a repeated `client_id`: the message stored the first time.
+    pub fn duplicate(message: Message) -> Self {
+        Appended {
+            message: Arc::new(message),
+            sender_pos: 0,
+            recipient_pos: 0,
+            duplicate: true,
+        }
+    }
+}
+
 /// One entry of a user's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamEntry {

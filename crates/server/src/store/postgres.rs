@@ -481,15 +481,6 @@ async fn existing_message(
     .transpose()
 }
 
-fn duplicate(message: Message) -> Appended {
-    Appended {
-        message: Arc::new(message),
-        sender_pos: 0,
-        recipient_pos: 0,
-        duplicate: true,
-    }
-}
-
 /// Why a concurrent duplicate surfaces as `Conflict` from [`append_in`]: `append` turns it
 /// into the stored message after the rollback.
 const RACED_DUPLICATE: &str = "(sender, client_id) stored concurrently";
@@ -515,7 +506,7 @@ async fn append_in(tx: &Transaction<'_>, m: &NewMessage) -> Result<Appended, Fai
     let (from, to) = (db(m.from), db(m.to));
     // The common repeat (a client resending after a lost `sent`): answer from the stored row.
     if let Some(message) = existing_message(tx, m.from, &m.client_id).await? {
-        return Ok(duplicate(message));
+        return Ok(Appended::duplicate(message));
     }
     let blocked = query_opt(
         tx,
@@ -1087,7 +1078,7 @@ impl MessageStore for PostgresStore {
                         Box::pin(async move { Ok(existing_message(c, from, &client_id).await?) })
                     })
                     .await?;
-                stored.map(duplicate).ok_or_else(|| {
+                stored.map(Appended::duplicate).ok_or_else(|| {
                     StoreError::Internal("a duplicate client_id without its message".into())
                 })
             }

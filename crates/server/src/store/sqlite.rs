@@ -750,15 +750,6 @@ fn find_sent(conn: &Connection, sender: Id, client_id: &str) -> StoreResult<Opti
     .map_err(internal)
 }
 
-fn duplicate(message: Message) -> Appended {
-    Appended {
-        message: Arc::new(message),
-        sender_pos: 0,
-        recipient_pos: 0,
-        duplicate: true,
-    }
-}
-
 /// Appends one message without a savepoint: everything that can refuse it (a block, an
 /// unknown user) is checked before the first change, and a failure after it poisons the
 /// batch. A repeated `client_id` is found by the message insert itself (its unique key), so
@@ -773,7 +764,7 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
         if blocked {
             // A retry of a message stored before the block still gets its original answer.
             if let Some(message) = find_sent(&w.conn, m.from, &m.client_id)? {
-                return Ok(duplicate(message));
+                return Ok(Appended::duplicate(message));
             }
             return Err(StoreError::Forbidden(
                 "the recipient does not accept your messages".into(),
@@ -801,7 +792,7 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
             // conversation's row is made, a change it could not undo: so the first message of
             // a conversation checks for one first.
             if let Some(message) = find_sent(&w.conn, m.from, &m.client_id)? {
-                return Ok(duplicate(message));
+                return Ok(Appended::duplicate(message));
             }
             // The first change; from here on a failure poisons the batch.
             let created = w
@@ -841,7 +832,7 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
         if is_unique_violation(&e)
             && let Some(message) = find_sent(&w.conn, m.from, &m.client_id)?
         {
-            return Ok(duplicate(message));
+            return Ok(Appended::duplicate(message));
         }
         w.poisoned = true;
         return Err(internal(e));
