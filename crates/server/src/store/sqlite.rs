@@ -809,10 +809,16 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
             1
         }
     };
+    // `OR FAIL` rather than the default `ABORT`: SQLite then keeps no statement journal (a
+    // copy of each page the statement changes, so that a half-done statement can be undone).
+    // Neither insert needs one: a row's constraints are all checked before it is written, so
+    // a refused message changes nothing, and a failure between the two stream rows poisons
+    // the batch anyway.
     let inserted = w
         .conn
         .prepare_cached(
-            "INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
+            "INSERT OR FAIL INTO messages
+                 (id, conversation, seq, sender, recipient, client_id, body, ts)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
@@ -828,7 +834,7 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
             ])
         });
     if let Err(e) = inserted {
-        // A failed statement undoes its own changes, so a duplicate leaves the batch clean.
+        // The unique key refused the row before anything was written: the batch is clean.
         if is_unique_violation(&e)
             && let Some(message) = find_sent(&w.conn, m.from, &m.client_id)?
         {
@@ -840,7 +846,7 @@ fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> {
     let streamed = w
         .conn
         .prepare_cached(
-            "INSERT INTO stream (user_id, pos, message_id)
+            "INSERT OR FAIL INTO stream (user_id, pos, message_id)
              VALUES (?1, ?2, ?5), (?3, ?4, ?5)",
         )
         .and_then(|mut s| {
