@@ -225,7 +225,7 @@ pub async fn connect_from(
                 }
                 continue;
             };
-            match serde_json::from_str::<ServerFrame>(&text) {
+            match ServerFrame::parse(&text) {
                 Ok(ServerFrame::Welcome { .. }) => welcomed = true,
                 Ok(ServerFrame::Synced { .. }) if welcomed => return Ok(ws),
                 Ok(ServerFrame::Error { code, .. }) => bail!("{code}"),

@@ -298,7 +298,7 @@ enum Step {
 fn decode(msg: Option<Result<WsMessage, tungstenite::Error>>, close: &mut CloseInfo) -> Step {
     match msg {
         None => Step::Ended,
-        Some(Ok(WsMessage::Text(text))) => match serde_json::from_str::<ServerFrame>(&text) {
+        Some(Ok(WsMessage::Text(text))) => match ServerFrame::parse(&text) {
             Ok(frame) => Step::Frame(frame),
             Err(e) => Step::Err(Error::with_source(
                 ErrorKind::Protocol,

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use confab_protocol::{Id, Message};
+use confab_protocol::{Id, MessageFrame};
 use tokio::sync::oneshot;
 
 use super::queue::{QueueReceiver, QueueSender, SendError, queue};
@@ -29,7 +29,8 @@ pub enum CloseReason {
 #[derive(Clone, Debug)]
 pub enum Outbound {
     /// A message at position `pos` of the socket's user's stream.
-    Message { message: Arc<Message>, pos: u64 },
+    /// The frame is serialised once for all the sockets of both participants.
+    Message { frame: Arc<MessageFrame>, pos: u64 },
     /// A frame already serialised once for every socket it goes to.
     /// Boxed to keep `Outbound`, a queue slot, at 24 bytes: ephemeral frames are rare next to
     /// messages.
@@ -162,12 +163,13 @@ impl Hub {
     pub fn deliver(&self, event: SyncEvent) {
         match event {
             SyncEvent::Message { message, positions } => {
+                let frame = Arc::new(MessageFrame::new(&message));
                 for (user, pos) in positions {
                     // A socket whose task has gone refuses the event in `try_send` (one
                     // lock per delivery, not a check and then a send).
                     self.each_socket(user, |_| {
                         Some(Outbound::Message {
-                            message: message.clone(),
+                            frame: frame.clone(),
                             pos,
                         })
                     });

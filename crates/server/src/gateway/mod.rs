@@ -24,7 +24,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, 
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use confab_protocol::{
-    ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, MAX_FRAME_BYTES, Message,
+    ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, MAX_FRAME_BYTES, MessageFrame,
     Presence, PresenceStatus, ReceiptKind, ServerFrame,
 };
 use futures::stream::FuturesUnordered;
@@ -410,7 +410,7 @@ struct Conn {
     #[allow(clippy::box_collection)] // the box is the point: 8 bytes inline, not 48
     typing: Option<Box<HashMap<Id, Instant>>>,
     /// Live events that arrived ahead of a missing position, by position.
-    held: BTreeMap<u64, Arc<Message>>,
+    held: BTreeMap<u64, Arc<MessageFrame>>,
     /// Since when `held` has been waiting for a missing position.
     gap_since: Option<Instant>,
     /// Highest stream position sent to this socket.
@@ -670,7 +670,7 @@ impl Conn {
     /// One event from the hub: frames are queued; store work is left in `self.work`.
     fn on_event(&mut self, event: Option<Outbound>) -> Result<(), Stop> {
         match event {
-            Some(Outbound::Message { message, pos }) => self.deliver(message, pos),
+            Some(Outbound::Message { frame, pos }) => self.deliver(frame, pos),
             Some(Outbound::Frame(text)) => self.out.push(WsMessage::Text(*text)),
             Some(Outbound::Resync) => self.want(Work::Resync),
             None => {
@@ -860,7 +860,7 @@ impl Conn {
     /// held briefly: the missing ones are usually a moment behind (two publishers raced).
     /// If they do not come within [`GAP_WAIT`] (the queue lost one), the gap is read from the
     /// store; so the queue can reorder or lose events without the client seeing it.
-    fn deliver(&mut self, message: Arc<Message>, pos: u64) {
+    fn deliver(&mut self, message: Arc<MessageFrame>, pos: u64) {
         if pos <= self.last {
             return; // already sent during catch-up or a gap fill
         }
@@ -890,8 +890,8 @@ impl Conn {
     }
 
     /// Queues one message frame and counts it as sent.
-    fn queue_message(&mut self, message: &Message, pos: u64) {
-        let text = confab_protocol::message_frame_json(message, pos);
+    fn queue_message(&mut self, message: &MessageFrame, pos: u64) {
+        let text = message.with_cursor(pos);
         self.out.push(WsMessage::Text(Utf8Bytes::from(text)));
         self.last = pos;
     }
