@@ -879,7 +879,13 @@ where
     // these accounts does not get them replayed.
     let mut echoes = 0u64;
     let mut done: Option<SendDone> = None;
-    let mut ack_tick = tokio::time::interval(ctx.ack_interval.unwrap_or(Duration::from_secs(3600)));
+    // Each connection acks once per interval at its own phase (one of ACK_PHASES), as
+    // independent clients would: acking all of them on one tick sent the server bursts of
+    // hundreds of cursor writes that every message in the same commit waited behind.
+    let mut ack_tick = tokio::time::interval(
+        ctx.ack_interval.unwrap_or(Duration::from_secs(3600)) / ACK_PHASES as u32,
+    );
+    let mut ack_phase = 0usize;
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window_end = ctx.start + Duration::from_nanos(ctx.window_end_ns);
 
@@ -975,13 +981,14 @@ where
                 Incoming::Failed(reason) => count(&mut r.disconnects, &reason),
             },
             _ = ack_tick.tick(), if ctx.ack_interval.is_some() => {
-                request_acks(&cursor, &mut acked_cursor, &acks);
+                request_acks(&cursor, &mut acked_cursor, &acks, Some(ack_phase));
+                ack_phase = (ack_phase + 1) % ACK_PHASES;
             }
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
     // Ack what was read, so a later run on these accounts does not replay it.
-    request_acks(&cursor, &mut acked_cursor, &acks);
+    request_acks(&cursor, &mut acked_cursor, &acks, None);
     drop(acks);
 
     for i in 0..n {
@@ -994,13 +1001,21 @@ where
     r
 }
 
-/// Asks the sender to ack each socket's latest cursor that has not been acked yet.
+/// Ack phases per ack interval: connection `i` acks in phase `i % ACK_PHASES`.
+const ACK_PHASES: usize = 16;
+
+/// Asks the sender to ack the latest cursor of each socket (of those in `phase`, if given)
+/// that has not been acked yet.
 fn request_acks(
     cursor: &[Option<String>],
     acked: &mut [Option<String>],
     acks: &mpsc::UnboundedSender<(usize, String)>,
+    phase: Option<usize>,
 ) {
     for (i, c) in cursor.iter().enumerate() {
+        if phase.is_some_and(|p| i % ACK_PHASES != p) {
+            continue;
+        }
         if let Some(c) = c
             && acked[i].as_ref() != Some(c)
         {
@@ -1013,6 +1028,31 @@ fn request_acks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acks_go_out_by_phase_and_once_per_cursor() {
+        let n = 2 * ACK_PHASES;
+        let cursor: Vec<Option<String>> = (0..n).map(|i| Some(i.to_string())).collect();
+        let mut acked = vec![None; n];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        request_acks(&cursor, &mut acked, &tx, Some(3));
+        let mut sent = Vec::new();
+        while let Ok((i, _)) = rx.try_recv() {
+            sent.push(i);
+        }
+        assert_eq!(sent, [3, 3 + ACK_PHASES]);
+        // The final sweep acks everyone not acked yet, and nobody twice.
+        request_acks(&cursor, &mut acked, &tx, None);
+        let mut rest = Vec::new();
+        while let Ok((i, c)) = rx.try_recv() {
+            assert_eq!(c, i.to_string());
+            rest.push(i);
+        }
+        assert_eq!(rest.len(), n - 2);
+        assert!(!rest.contains(&3) && !rest.contains(&(3 + ACK_PHASES)));
+        request_acks(&cursor, &mut acked, &tx, None);
+        assert!(rx.try_recv().is_err());
+    }
 
     fn load(users: usize) -> LoadArgs {
         LoadArgs {
