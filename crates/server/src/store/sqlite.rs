@@ -163,6 +163,16 @@ fn id_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Id> {
 impl SqliteStore {
     /// Opens (creating if needed) `confab.db` in `dir`, applies migrations and starts the writer.
     pub fn open(dir: &Path, max_batch: usize, batch_sizes: Histogram) -> StoreResult<Self> {
+        Self::open_with(dir, max_batch, batch_sizes, WAL_RESTART_BYTES)
+    }
+
+    /// [`SqliteStore::open`] with the WAL's bound given (tests use a small one).
+    fn open_with(
+        dir: &Path,
+        max_batch: usize,
+        batch_sizes: Histogram,
+        wal_restart_bytes: u64,
+    ) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -187,8 +197,10 @@ impl SqliteStore {
         // Checkpoints run on their own thread (see `checkpointer`), not inside a commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(internal)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(internal)?;
+        // The checkpointer's connection briefly holds WAL locks the writer's `BEGIN` needs.
+        // SQLite's own busy handler sleeps 1, 2, 5, 10 … ms between tries, which would stall
+        // every message in the batch far longer than the lock is held.
+        conn.busy_handler(Some(busy_retry)).map_err(internal)?;
         migrate(&mut conn)?;
         // rusqlite keeps 16 prepared statements per connection by default; the writer uses
         // more than that, and a statement evicted from the cache is parsed again on next use.
@@ -197,15 +209,17 @@ impl SqliteStore {
         let checkpoint_conn = Connection::open(&path).map_err(internal)?;
         let stop_checkpoints = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop = stop_checkpoints.clone();
+        let gate = Arc::new(WalGate::default());
+        let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("confab-store-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_conn, stop))
+            .spawn(move || checkpointer(checkpoint_conn, stop, wal_restart_bytes, gate))
             .map_err(|e| StoreError::Internal(format!("cannot start checkpoint thread: {e}")))?;
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE.max(max_batch));
         let writer = std::thread::Builder::new()
             .name("confab-store-writer".into())
-            .spawn(move || writer_loop(Writer::new(conn), rx, max_batch, batch_sizes))
+            .spawn(move || writer_loop(Writer::new(conn), rx, max_batch, batch_sizes, &writer_gate))
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             jobs: RwLock::new(Some(tx)),
@@ -377,28 +391,123 @@ fn reader_loop(
 /// Copies committed WAL frames into the database file in the background, so that commits
 /// (and the `sent` acks waiting on them) never pay for a checkpoint. PASSIVE checkpoints do
 /// not block the writer; they catch up whenever readers allow.
-fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+fn checkpointer(
+    conn: Connection,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    restart_bytes: u64,
+    gate: Arc<WalGate>,
+) {
+    // A RESTART waits for the busy writer's lock: SQLite's own handler sleeps up to 25 ms
+    // between tries and loses every gap between two batches.
+    let _ = conn.busy_handler(Some(busy_retry));
     let _ = conn.pragma_update(None, "synchronous", "FULL");
-    let wal = conn.path().map(|p| format!("{p}-wal"));
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap_or(4096);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(200));
-        // Under sustained load a passive checkpoint never catches up with the writer, and the
-        // WAL only starts over once one has; so past a bound, one checkpoint briefly holds
-        // the writer back (RESTART) and the WAL is reused from its start.
-        let big = wal
-            .as_deref()
-            .and_then(|w| std::fs::metadata(w).ok())
-            .is_some_and(|m| m.len() > WAL_RESTART_BYTES);
-        let sql = if big {
-            "PRAGMA wal_checkpoint(RESTART)"
-        } else {
-            "PRAGMA wal_checkpoint(PASSIVE)"
+        // The row is (busy, frames in the WAL since it last started over, frames copied back).
+        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        let frames = match passive {
+            Ok(counts) => counts,
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+                continue;
+            }
         };
-        if let Err(e) = conn.query_row(sql, [], |_| Ok(())) {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        // A busy writer keeps appending to the WAL even when every frame has been copied
+        // back (it starts the WAL over only at a commit that finds no frame left to copy, which
+        // sustained load never leaves it), so the WAL would grow without end. Past a bound of
+        // frames since it last started over, one RESTART checkpoint briefly holds the writer
+        // back and the WAL starts over. (Deciding by the file's length, which never shrinks,
+        // made every checkpoint a RESTART once the file had grown past the bound once: each
+        // stalled the writer for 3-33 ms, the tail of the send latency.)
+        if frames * page_size > restart_bytes as i64 {
+            gate.restart_with_writer_held(|| {
+                match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+                    Ok(0) => {}
+                    Ok(_) => tracing::debug!("WAL restart waited too long; trying again"),
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                }
+            });
         }
     }
+}
+
+/// How the checkpointer gets the writer to hold still for a WAL restart.
+///
+/// A RESTART checkpoint needs the write lock, which a busy writer holds almost all the time and
+/// SQLite hands to nobody in particular: left to retry, the checkpointer lost the race between
+/// two batches for seconds while the WAL grew by hundreds of MB. So it asks; the writer, between
+/// two batches and with every caller answered, says it is waiting and waits until the restart
+/// is done (or [`WAL_GATE_WAIT`] has passed).
+#[derive(Default)]
+struct WalGate {
+    state: Mutex<GateState>,
+    changed: std::sync::Condvar,
+    /// Set with `state.wanted`, read by the writer after every batch without the lock.
+    wanted: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct GateState {
+    wanted: bool,
+    writer_waiting: bool,
+}
+
+/// The longest either side waits for the other at the gate.
+const WAL_GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl WalGate {
+    /// Checkpointer: runs `restart` while the writer waits between batches.
+    fn restart_with_writer_held(&self, restart: impl FnOnce()) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.wanted = true;
+        self.wanted
+            .store(true, std::sync::atomic::Ordering::Release);
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(state, WAL_GATE_WAIT, |s| !s.writer_waiting)
+            .unwrap_or_else(|e| e.into_inner());
+        if state.writer_waiting {
+            restart();
+        }
+        state.wanted = false;
+        self.wanted
+            .store(false, std::sync::atomic::Ordering::Release);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Writer, between batches: waits while a restart is wanted.
+    fn hold_if_wanted(&self) {
+        if !self.wanted.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.writer_waiting = true;
+        self.changed.notify_all();
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(state, WAL_GATE_WAIT, |s| s.wanted)
+            .unwrap_or_else(|e| e.into_inner());
+        state.writer_waiting = false;
+    }
+}
+
+/// How long the writer (or the checkpointer) waits for a lock held by the other.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pause between their tries for a busy lock.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The writer's and the checkpointer's busy handler: retry every [`BUSY_RETRY`] until
+/// [`BUSY_TIMEOUT`].
+fn busy_retry(tries: i32) -> bool {
+    if BUSY_RETRY * tries.max(0) as u32 >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_RETRY);
+    true
 }
 
 /// WAL size past which the checkpointer makes the WAL start over.
@@ -592,6 +701,7 @@ fn writer_loop(
     mut jobs: mpsc::Receiver<Job>,
     max_batch: usize,
     batch_sizes: Histogram,
+    gate: &WalGate,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut completions = Vec::with_capacity(max_batch);
@@ -634,6 +744,7 @@ fn writer_loop(
             done(error.clone());
         }
         w.trim();
+        gate.hold_if_wanted();
     }
     // Every sender is gone: all accepted writes are committed. Fold the WAL into the main
     // file so the next start does not replay it.
@@ -1449,6 +1560,40 @@ mod tests {
         store.close().await;
         let refused = store.read(|_| Ok(())).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(_))));
+    }
+
+    /// The checkpointer's restart runs only while the writer waits at the gate, and the writer
+    /// goes on once it is done; a writer that is not asked does not wait.
+    #[test]
+    fn the_wal_gate_holds_the_writer_for_the_restart_only() {
+        let gate = Arc::new(WalGate::default());
+        let t = std::time::Instant::now();
+        gate.hold_if_wanted();
+        assert!(t.elapsed() < std::time::Duration::from_millis(100));
+
+        let writer_inside = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (gate, inside) = (gate.clone(), writer_inside.clone());
+            std::thread::spawn(move || {
+                // The writer between batches, until the checkpointer has asked once.
+                while !gate.wanted.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                inside.store(true, std::sync::atomic::Ordering::SeqCst);
+                gate.hold_if_wanted();
+                inside.store(false, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let mut ran_while_held = false;
+        gate.restart_with_writer_held(|| {
+            ran_while_held = writer_inside.load(std::sync::atomic::Ordering::SeqCst);
+            // The writer stays put while the restart runs.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(writer_inside.load(std::sync::atomic::Ordering::SeqCst));
+        });
+        writer.join().unwrap();
+        assert!(ran_while_held);
+        assert!(!gate.wanted.load(std::sync::atomic::Ordering::Acquire));
     }
 
     fn histogram() -> Histogram {
