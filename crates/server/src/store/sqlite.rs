@@ -307,8 +307,9 @@ struct ReadPool {
     path: PathBuf,
     queue: Mutex<Option<std::sync::mpsc::Sender<ReadJob>>>,
     jobs: Arc<Mutex<std::sync::mpsc::Receiver<ReadJob>>>,
-    /// Threads started, and those waiting for a job.
-    threads: std::sync::atomic::AtomicUsize,
+    /// Reader threads running.
+    threads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Reader threads waiting for a job.
     idle: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -319,7 +320,7 @@ impl ReadPool {
             path,
             queue: Mutex::new(Some(tx)),
             jobs: Arc::new(Mutex::new(rx)),
-            threads: std::sync::atomic::AtomicUsize::new(0),
+            threads: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         }
     }
@@ -345,11 +346,15 @@ impl ReadPool {
                 .is_ok()
         {
             let (jobs, idle, path) = (self.jobs.clone(), self.idle.clone(), self.path.clone());
+            let running = Running(self.threads.clone());
             let started = std::thread::Builder::new()
                 .name("confab-store-read".into())
-                .spawn(move || reader_loop(&path, &jobs, &idle));
+                .spawn(move || {
+                    let _running = running;
+                    reader_loop(&path, &jobs, &idle)
+                });
             if let Err(e) = started {
-                self.threads.fetch_sub(1, Ordering::AcqRel);
+                // The closure, and the `Running` in it, were dropped: the count is back.
                 tracing::warn!(error = %e, "cannot start a store reader thread");
             }
         }
@@ -359,6 +364,16 @@ impl ReadPool {
     /// Stops taking reads; the threads finish the queued ones and exit.
     fn close(&self) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Counts a reader thread as running until it ends, however it ends (a read that panics
+/// takes its thread down; the next read starts another).
+struct Running(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -1557,6 +1572,23 @@ mod tests {
             threads <= started && started <= READ_POOL,
             "{started} started"
         );
+        // A read that panics takes its thread down and answers `Unavailable`; reads go on.
+        for _ in 0..READ_POOL + 1 {
+            let failed = store
+                .read(|_| -> StoreResult<()> { panic!("a read that panics") })
+                .await;
+            assert!(
+                matches!(failed, Err(StoreError::Unavailable(_))),
+                "{failed:?}"
+            );
+        }
+        let after = store
+            .read(|conn| {
+                conn.query_row("SELECT 2", [], |r| r.get::<_, i64>(0))
+                    .map_err(internal)
+            })
+            .await;
+        assert_eq!(after.unwrap(), 2);
         store.close().await;
         let refused = store.read(|_| Ok(())).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(_))));
