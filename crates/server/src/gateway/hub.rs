@@ -1,6 +1,7 @@
 //! The registry of sockets this node holds, by user: where the sync queue's events land
 //! (design steps 7-8).
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -162,14 +163,18 @@ impl Hub {
     /// Hands an event from the sync queue to the local sockets it concerns.
     pub fn deliver(&self, event: SyncEvent) {
         match event {
+            // Frames are serialised once per event, and only if this node holds a socket
+            // for it: a node with none (in a cluster, most nodes) does no work for it.
             SyncEvent::Message { message, positions } => {
-                let frame = Arc::new(MessageFrame::new(&message));
+                let frame = OnceCell::new();
                 for (user, pos) in positions {
                     // A socket whose task has gone refuses the event in `try_send` (one
                     // lock per delivery, not a check and then a send).
                     self.each_socket(user, |_| {
                         Some(Outbound::Message {
-                            frame: frame.clone(),
+                            frame: frame
+                                .get_or_init(|| Arc::new(MessageFrame::new(&message)))
+                                .clone(),
                             pos,
                         })
                     });
@@ -180,11 +185,13 @@ impl Hub {
                 except_device,
                 frame,
             } => {
-                let text = Utf8Bytes::from(frame.to_json());
+                let text = OnceCell::new();
                 for user in to {
                     self.each_socket(user, |s| {
-                        (Some(s.device) != except_device)
-                            .then(|| Outbound::Frame(Box::new(text.clone())))
+                        (Some(s.device) != except_device).then(|| {
+                            let text = text.get_or_init(|| Utf8Bytes::from(frame.to_json()));
+                            Outbound::Frame(Box::new(text.clone()))
+                        })
                     });
                 }
             }
