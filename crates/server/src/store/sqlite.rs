@@ -163,16 +163,6 @@ fn id_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Id> {
 impl SqliteStore {
     /// Opens (creating if needed) `confab.db` in `dir`, applies migrations and starts the writer.
     pub fn open(dir: &Path, max_batch: usize, batch_sizes: Histogram) -> StoreResult<Self> {
-        Self::open_with(dir, max_batch, batch_sizes, WAL_RESTART_BYTES)
-    }
-
-    /// [`SqliteStore::open`] with the WAL's bound given (tests use a small one).
-    fn open_with(
-        dir: &Path,
-        max_batch: usize,
-        batch_sizes: Histogram,
-        wal_restart_bytes: u64,
-    ) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -213,7 +203,7 @@ impl SqliteStore {
         let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("confab-store-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_conn, stop, wal_restart_bytes, gate))
+            .spawn(move || checkpointer(checkpoint_conn, stop, gate))
             .map_err(|e| StoreError::Internal(format!("cannot start checkpoint thread: {e}")))?;
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE.max(max_batch));
@@ -406,12 +396,7 @@ fn reader_loop(
 /// Copies committed WAL frames into the database file in the background, so that commits
 /// (and the `sent` acks waiting on them) never pay for a checkpoint. PASSIVE checkpoints do
 /// not block the writer; they catch up whenever readers allow.
-fn checkpointer(
-    conn: Connection,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    restart_bytes: u64,
-    gate: Arc<WalGate>,
-) {
+fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>, gate: Arc<WalGate>) {
     // A RESTART waits for the busy writer's lock: SQLite's own handler sleeps up to 25 ms
     // between tries and loses every gap between two batches.
     let _ = conn.busy_handler(Some(busy_retry));
@@ -437,7 +422,7 @@ fn checkpointer(
         // back and the WAL starts over. (Deciding by the file's length, which never shrinks,
         // made every checkpoint a RESTART once the file had grown past the bound once: each
         // stalled the writer for 3-33 ms, the tail of the send latency.)
-        if frames * page_size > restart_bytes as i64 {
+        if frames * page_size > WAL_RESTART_BYTES as i64 {
             gate.restart_with_writer_held(|| {
                 match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
                     Ok(0) => {}
@@ -458,16 +443,12 @@ fn checkpointer(
 /// is done (or [`WAL_GATE_WAIT`] has passed).
 #[derive(Default)]
 struct WalGate {
-    state: Mutex<GateState>,
+    /// Whether the writer is waiting at the gate.
+    writer_waiting: Mutex<bool>,
     changed: std::sync::Condvar,
-    /// Set with `state.wanted`, read by the writer after every batch without the lock.
+    /// A restart is wanted. Changed only under `writer_waiting`'s lock; the writer reads it
+    /// after every batch without the lock.
     wanted: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Default)]
-struct GateState {
-    wanted: bool,
-    writer_waiting: bool,
 }
 
 /// The longest either side waits for the other at the gate.
@@ -476,37 +457,43 @@ const WAL_GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 impl WalGate {
     /// Checkpointer: runs `restart` while the writer waits between batches.
     fn restart_with_writer_held(&self, restart: impl FnOnce()) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.wanted = true;
-        self.wanted
-            .store(true, std::sync::atomic::Ordering::Release);
-        let (mut state, _) = self
-            .changed
-            .wait_timeout_while(state, WAL_GATE_WAIT, |s| !s.writer_waiting)
+        use std::sync::atomic::Ordering;
+        let waiting = self
+            .writer_waiting
+            .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if state.writer_waiting {
+        self.wanted.store(true, Ordering::Release);
+        let (waiting, _) = self
+            .changed
+            .wait_timeout_while(waiting, WAL_GATE_WAIT, |waiting| !*waiting)
+            .unwrap_or_else(|e| e.into_inner());
+        if *waiting {
             restart();
         }
-        state.wanted = false;
-        self.wanted
-            .store(false, std::sync::atomic::Ordering::Release);
-        drop(state);
+        self.wanted.store(false, Ordering::Release);
+        drop(waiting);
         self.changed.notify_all();
     }
 
     /// Writer, between batches: waits while a restart is wanted.
     fn hold_if_wanted(&self) {
-        if !self.wanted.load(std::sync::atomic::Ordering::Acquire) {
+        use std::sync::atomic::Ordering;
+        if !self.wanted.load(Ordering::Acquire) {
             return;
         }
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.writer_waiting = true;
-        self.changed.notify_all();
-        let (mut state, _) = self
-            .changed
-            .wait_timeout_while(state, WAL_GATE_WAIT, |s| s.wanted)
+        let mut waiting = self
+            .writer_waiting
+            .lock()
             .unwrap_or_else(|e| e.into_inner());
-        state.writer_waiting = false;
+        *waiting = true;
+        self.changed.notify_all();
+        let (mut waiting, _) = self
+            .changed
+            .wait_timeout_while(waiting, WAL_GATE_WAIT, |_| {
+                self.wanted.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        *waiting = false;
     }
 }
 
