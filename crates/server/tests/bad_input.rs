@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestServer, Ws};
+use common::{TestServer, Ws, without_rate_limits};
 use serde_json::json;
 
 #[tokio::test]
@@ -259,10 +259,7 @@ async fn send_flood_is_rate_limited_by_default() {
 async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
     let s = TestServer::start_with(|c| {
         c.outbound_queue = 32;
-        c.send_rate_per_sec = 100_000.0;
-        c.send_burst = 100_000;
-        c.frame_rate_per_sec = 100_000.0;
-        c.frame_burst = 100_000;
+        without_rate_limits(c);
     })
     .await;
     let alice = s.user("alice").await;

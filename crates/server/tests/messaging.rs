@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestServer, Ws};
+use common::{TestServer, Ws, without_rate_limits};
 use serde_json::{Value, json};
 
 fn seq(v: &Value) -> u64 {
@@ -230,13 +230,7 @@ async fn fifty_concurrent_senders_get_gapless_seqs() {
 
 #[tokio::test]
 async fn live_and_catch_up_meet_without_gaps_or_repeats() {
-    let s = TestServer::start_with(|c| {
-        c.send_rate_per_sec = 10_000.0;
-        c.send_burst = 10_000;
-        c.frame_rate_per_sec = 10_000.0;
-        c.frame_burst = 10_000;
-    })
-    .await;
+    let s = TestServer::start_with(without_rate_limits).await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     const N: usize = 600;
@@ -508,13 +502,7 @@ async fn metrics_and_health() {
 /// PROTOCOL: history `limit` is 1-200, "more is clamped to 200".
 #[tokio::test]
 async fn history_limit_is_clamped_to_200() {
-    let s = TestServer::start_with(|c| {
-        c.send_rate_per_sec = 1e6;
-        c.send_burst = 1_000_000;
-        c.frame_rate_per_sec = 1e6;
-        c.frame_burst = 1_000_000;
-    })
-    .await;
+    let s = TestServer::start_with(without_rate_limits).await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
