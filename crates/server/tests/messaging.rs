@@ -531,3 +531,108 @@ async fn history_limit_is_clamped_to_200() {
     );
     assert_eq!(page["more"], true);
 }
+
+#[tokio::test]
+async fn sends_read_before_a_socket_drops_are_stored_and_delivered() {
+    let s = TestServer::start_with(without_rate_limits).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let (mut b, _) = s.connect(&bob).await;
+    let (mut a, _) = s.connect(&alice).await;
+    const N: u64 = 100;
+    for i in 0..N {
+        a.send(json!({"type": "send", "to": bob.id, "client_id": format!("d{i}"), "body": "x"}))
+            .await;
+    }
+    // Once the pong shows the server has read every send, the socket goes without waiting
+    // for their acks: every send the server read still completes.
+    a.send(json!({"type": "ping"})).await;
+    a.next_of("pong").await;
+    drop(a);
+    let mut first_id = None;
+    for want in 1..=N {
+        let m = b.next_of("message").await;
+        assert_eq!(seq(&m), want);
+        if want == 1 {
+            first_id = Some(m["id"].clone());
+        }
+    }
+    // The client's retry finds what was stored.
+    let (mut a, _) = s.connect(&alice).await;
+    let sent = a.send_message(&bob, "d0", "x").await;
+    assert_eq!(Some(sent["id"].clone()), first_id);
+    assert_eq!(seq(&sent), 1);
+}
+
+#[tokio::test]
+async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let s = TestServer::start_with(|c| {
+        without_rate_limits(c);
+        // Room for every event: the server's writes to Alice stall instead of her socket
+        // being dropped as too slow.
+        c.outbound_queue = 100_000;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let (mut c, _) = s.connect(&carol).await;
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b, _) = s.connect(&bob).await;
+    // Carol keeps up and notes the highest seq she got from Alice.
+    let got = Arc::new(AtomicU64::new(0));
+    let seen = got.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = c.next_of("message").await;
+            seen.fetch_max(seq(&m), Ordering::SeqCst);
+        }
+    });
+    // Bob floods Alice with 4 KB messages she never reads, until the server can no longer
+    // write to her socket ...
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = stop.clone();
+    let to_alice = alice.clone();
+    let flood = tokio::spawn(async move {
+        let body = "z".repeat(4000);
+        let mut i = 0;
+        while !flooding.load(Ordering::SeqCst) {
+            b.send_message(&to_alice, &format!("f{i}"), &body).await;
+            i += 1;
+        }
+    });
+    // ... while Alice keeps sending to Carol: the sends the server read before it stalled
+    // on Alice's socket must still be stored and delivered.
+    let mut stalled = false;
+    for i in 0..100_000 {
+        let frame =
+            json!({"type": "send", "to": carol.id, "client_id": format!("s{i}"), "body": "hi"});
+        if tokio::time::timeout(Duration::from_secs(2), a.send(frame))
+            .await
+            .is_err()
+        {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(stalled, "the server kept reading Alice's sends");
+    stop.store(true, Ordering::SeqCst);
+    flood.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, list) = s.get("/v1/conversations", &carol.token).await;
+    assert_eq!(status, 200);
+    let stored = list["conversations"][0]["last_seq"].as_u64().unwrap();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while got.load(Ordering::SeqCst) < stored {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol got {} of {stored} stored messages",
+            got.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    reader.abort();
+    drop(a);
+}

@@ -438,12 +438,26 @@ enum Work {
 
 /// Work a socket's frames started (store writes, relays) whose replies are pending. The set
 /// is made at the first such frame: a socket that never sends does without it.
+///
+/// Sends that the socket polls itself (see [`Conn::start_send`]) are polled while it waits to
+/// write, too, so a slow client does not hold back its own messages; and the ones still
+/// pending when the socket ends are finished by a task of their own.
 #[derive(Default)]
 struct Replies(Option<FuturesUnordered<Pending>>);
 
 impl Replies {
     fn push(&mut self, work: Pending) {
         self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+    }
+
+    /// Queues the replies that are ready now; registers `cx` for the next one.
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>, out: &mut Vec<WsMessage>) {
+        let Some(set) = &mut self.0 else { return };
+        while let std::task::Poll::Ready(Some(reply)) = set.poll_next_unpin(cx) {
+            if let Some(frame) = reply {
+                out.push(WsMessage::Text(Utf8Bytes::from(frame.to_json())));
+            }
+        }
     }
 
     fn len(&self) -> usize {
@@ -455,6 +469,19 @@ impl Replies {
         match &mut self.0 {
             Some(set) => set.next().await,
             None => None,
+        }
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        // A send that was read is stored and published even if its socket is gone; the
+        // client's retry with the same `client_id` then finds it.
+        if let Some(mut set) = self.0.take()
+            && !set.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { while set.next().await.is_some() {} });
         }
     }
 }
@@ -507,9 +534,11 @@ impl Conn {
         } = *login;
         self.go_online(io, &friends).await?;
         let first_page_full = entries.len() >= CATCH_UP_PAGE;
-        self.send_entries(io, entries).await?;
+        // No send has been read yet: nothing is pending.
+        let mut none_pending = Replies::default();
+        self.send_entries(io, entries, &mut none_pending).await?;
         if first_page_full {
-            self.catch_up(io, None).await?;
+            self.catch_up(io, None, &mut none_pending).await?;
         }
         io.send(&ServerFrame::Synced {
             cursor: self.last.to_string(),
@@ -617,11 +646,11 @@ impl Conn {
                     _ => break,
                 }
             }
-            self.write_out(io).await?;
+            self.write_out(io, &mut inflight).await?;
             // Store work runs after the queued frames are written, so order is kept.
             match self.work.take() {
-                Some(Work::FillGap) => Box::pin(self.fill_gap(io)).await?,
-                Some(Work::Resync) => Box::pin(self.resync(io)).await?,
+                Some(Work::FillGap) => Box::pin(self.fill_gap(io, &mut inflight)).await?,
+                Some(Work::Resync) => Box::pin(self.resync(io, &mut inflight)).await?,
                 None => {}
             }
         }
@@ -643,10 +672,12 @@ impl Conn {
 
     /// Writes the queued frames in one go. Polled by hand rather than through `feed` and
     /// `flush` futures: this future's state is part of every socket's task for its life.
-    async fn write_out(&mut self, io: &mut Io) -> Result<(), Stop> {
+    /// Replies that finish meanwhile go out in the same write.
+    async fn write_out(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
         let (out, ws) = (&mut self.out, &mut *io.ws);
         let mut next = 0;
         std::future::poll_fn(|cx| {
+            inflight.poll_ready(cx, out);
             while next < out.len() {
                 std::task::ready!(ws.poll_ready_unpin(cx))?;
                 // A placeholder that allocates nothing takes the sent frame's slot.
@@ -724,13 +755,7 @@ impl Conn {
                         .to_frame(reference),
                     );
                 }
-                inflight.push(detached(send_message(
-                    self.app.clone(),
-                    self.session.user_id,
-                    to,
-                    client_id,
-                    body,
-                )));
+                self.start_send(inflight, to, client_id, body);
                 None
             }
             ClientFrame::Read { conversation, seq } => {
@@ -898,13 +923,13 @@ impl Conn {
 
     /// Periodic repair in a cluster: closes the socket if its token was revoked meanwhile,
     /// and sends whatever the store has after the last position sent.
-    async fn resync(&mut self, io: &mut Io) -> Result<(), Stop> {
+    async fn resync(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
         match self.app.store.device_by_token(self.token_hash).await {
             Ok(Some(_)) => {}
             Ok(None) => return Err(Stop::Close(close::POLICY, "token revoked")),
             Err(_) => return Ok(()), // store trouble: try again next time
         }
-        self.catch_up(io, None).await?;
+        self.catch_up(io, None, inflight).await?;
         self.held.retain(|pos, _| *pos > self.last);
         if self.held.is_empty() {
             self.gap_since = None;
@@ -913,12 +938,12 @@ impl Conn {
     }
 
     /// Reads from the store everything up to the highest held event, then drops the held ones.
-    async fn fill_gap(&mut self, io: &mut Io) -> Result<(), Stop> {
+    async fn fill_gap(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
         let Some(&upto) = self.held.keys().next_back() else {
             self.gap_since = None;
             return Ok(());
         };
-        self.catch_up(io, Some(upto)).await?;
+        self.catch_up(io, Some(upto), inflight).await?;
         self.held.clear();
         self.gap_since = None;
         if self.last < upto {
@@ -933,7 +958,12 @@ impl Conn {
     }
 
     /// Sends stream entries after `self.last`, up to `upto` (or the head).
-    async fn catch_up(&mut self, io: &mut Io, upto: Option<u64>) -> Result<(), Stop> {
+    async fn catch_up(
+        &mut self,
+        io: &mut Io,
+        upto: Option<u64>,
+        inflight: &mut Replies,
+    ) -> Result<(), Stop> {
         loop {
             let want = upto.map_or(CATCH_UP_PAGE, |u| {
                 (u.saturating_sub(self.last) as usize).min(CATCH_UP_PAGE)
@@ -954,7 +984,7 @@ impl Conn {
                 }
             };
             let n = entries.len();
-            self.send_entries(io, entries).await?;
+            self.send_entries(io, entries, inflight).await?;
             if n < want {
                 break;
             }
@@ -962,20 +992,24 @@ impl Conn {
         Ok(())
     }
 
-    /// Sends stream entries read from the store (those already sent are skipped).
-    async fn send_entries(&mut self, io: &mut Io, entries: Vec<StreamEntry>) -> Result<(), Stop> {
+    /// Sends stream entries read from the store (those already sent are skipped). They go
+    /// through [`Conn::write_out`], which keeps the pending sends moving while a slow client
+    /// holds up the write.
+    async fn send_entries(
+        &mut self,
+        io: &mut Io,
+        entries: Vec<StreamEntry>,
+        inflight: &mut Replies,
+    ) -> Result<(), Stop> {
         for entry in entries {
             if entry.pos <= self.last {
                 continue;
             }
             let text = confab_protocol::message_frame_json(&entry.message, entry.pos);
-            io.ws
-                .feed(WsMessage::Text(Utf8Bytes::from(text)))
-                .await
-                .map_err(|_| Stop::Gone)?;
+            self.out.push(WsMessage::Text(Utf8Bytes::from(text)));
             self.last = entry.pos;
         }
-        io.ws.flush().await.map_err(|_| Stop::Gone)
+        self.write_out(io, inflight).await
     }
 }
 
@@ -990,6 +1024,21 @@ fn transport_error(e: axum::Error) -> Stop {
     } else {
         tracing::debug!(error = %e, "socket read failed");
         Stop::Gone
+    }
+}
+
+impl Conn {
+    /// Starts a `send`. Where the store's append needs no polling to go on (its transaction
+    /// runs on a writer thread) the socket polls the send itself; elsewhere it gets its own
+    /// task. A task per message (spawn, join handle, two wake-ups) cost 13-23 % of the
+    /// embedded server's peak throughput (BENCHMARKS.md).
+    fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
+        let work = send_message(self.app.clone(), self.session.user_id, to, client_id, body);
+        if self.app.store.appends_run_unpolled() {
+            inflight.push(Box::pin(work));
+        } else {
+            inflight.push(detached(work));
+        }
     }
 }
 

@@ -268,6 +268,13 @@ pub trait MessageStore: Send + Sync + 'static {
         seq: u64,
     ) -> StoreResult<Option<ReadAdvance>>;
 
+    /// Whether an `append`'s transaction runs elsewhere (a writer thread), so that a future
+    /// left unpolled for a while pauses no transaction. Only then may a socket poll its sends
+    /// itself instead of giving each a task: a transaction paused mid-way along with a busy
+    /// socket's task would hold its locks meanwhile.
+    fn appends_run_unpolled(&self) -> bool {
+        false
+    }
     /// Stores a message in its conversation and in both participants' streams.
     /// `NotFound` if the recipient does not exist, `Forbidden` if the recipient blocks the
     /// sender (checked in the same transaction).

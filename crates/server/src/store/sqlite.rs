@@ -1363,6 +1363,10 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    fn appends_run_unpolled(&self) -> bool {
+        // The writer thread runs and commits the job whatever becomes of the future.
+        true
+    }
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         self.write_raw(move |w| append_in(w, message)).await
     }
