@@ -536,15 +536,17 @@ impl Conn {
         let first_page_full = entries.len() >= CATCH_UP_PAGE;
         // No send has been read yet: nothing is pending.
         let mut none_pending = Replies::default();
-        self.send_entries(io, entries, &mut none_pending).await?;
+        self.queue_entries(entries);
         if first_page_full {
+            self.write_out(io, &mut none_pending).await?;
             self.catch_up(io, None, &mut none_pending).await?;
         }
-        io.send(&ServerFrame::Synced {
+        // `welcome`, presence, the first page and `synced` in one write where they fit: a
+        // write less per connect for both sides.
+        self.queue(&ServerFrame::Synced {
             cursor: self.last.to_string(),
-        })
-        .await
-        .map_err(|_| Stop::Gone)
+        });
+        self.write_out(io, &mut none_pending).await
     }
 
     /// The live loop: client frames, hub events, replies of started work, pings.
@@ -1001,6 +1003,12 @@ impl Conn {
         entries: Vec<StreamEntry>,
         inflight: &mut Replies,
     ) -> Result<(), Stop> {
+        self.queue_entries(entries);
+        self.write_out(io, inflight).await
+    }
+
+    /// Queues stream entries for the next write (those already sent are skipped).
+    fn queue_entries(&mut self, entries: Vec<StreamEntry>) {
         for entry in entries {
             if entry.pos <= self.last {
                 continue;
@@ -1009,7 +1017,6 @@ impl Conn {
             self.out.push(WsMessage::Text(Utf8Bytes::from(text)));
             self.last = entry.pos;
         }
-        self.write_out(io, inflight).await
     }
 }
 
