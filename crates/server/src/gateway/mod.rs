@@ -546,7 +546,10 @@ impl Conn {
         self.queue(&ServerFrame::Synced {
             cursor: self.last.to_string(),
         });
-        self.write_out(io, &mut none_pending).await
+        self.write_out(io, &mut none_pending).await?;
+        // Most sockets are idle from here on: they keep no queue.
+        self.out = Vec::new();
+        Ok(())
     }
 
     /// The live loop: client frames, hub events, replies of started work, pings.
