@@ -566,8 +566,10 @@ async fn sends_read_before_a_socket_drops_are_stored_and_delivered() {
 
 #[tokio::test]
 async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
+    use futures_util::SinkExt;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
     let s = TestServer::start_with(|c| {
         without_rate_limits(c);
         // Room for every event: the server's writes to Alice stall instead of her socket
@@ -605,11 +607,16 @@ async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
     });
     // ... while Alice keeps sending to Carol: the sends the server read before it stalled
     // on Alice's socket must still be stored and delivered.
+    // In bursts of 64 frames per write: the server reads them one by one between writes to
+    // Alice, so some are still being stored when a write to her stalls.
     let mut stalled = false;
-    for i in 0..100_000 {
-        let frame =
-            json!({"type": "send", "to": carol.id, "client_id": format!("s{i}"), "body": "hi"});
-        if tokio::time::timeout(Duration::from_secs(2), a.send(frame))
+    for burst in 0..2_000 {
+        let frames = (0..64).map(|i| {
+            let frame = json!({"type": "send", "to": carol.id, "client_id": format!("s{burst}-{i}"), "body": "hi"});
+            Ok(WsMessage::Text(frame.to_string().into()))
+        });
+        let mut frames = futures_util::stream::iter(frames);
+        if tokio::time::timeout(Duration::from_secs(2), a.inner.send_all(&mut frames))
             .await
             .is_err()
         {
