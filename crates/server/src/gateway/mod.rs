@@ -1040,8 +1040,8 @@ fn transport_error(e: axum::Error) -> Stop {
 impl Conn {
     /// Starts a `send`. Where the store's append needs no polling to go on (its transaction
     /// runs on a writer thread) the socket polls the send itself; elsewhere it gets its own
-    /// task. A task per message (spawn, join handle, two wake-ups) cost 13-23 % of the
-    /// embedded server's peak throughput (BENCHMARKS.md).
+    /// task. With a task per message (spawn, join handle, two wake-ups) the embedded server
+    /// delivered 15-19 % less at its peak (BENCHMARKS.md).
     fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
         let work = send_message(self.app.clone(), self.session.user_id, to, client_id, body);
         if self.app.store.appends_run_unpolled() {

@@ -1364,7 +1364,8 @@ impl MessageStore for SqliteStore {
     }
 
     fn appends_run_unpolled(&self) -> bool {
-        // The writer thread runs and commits the job whatever becomes of the future.
+        // Once queued, the job is run and committed by the writer thread whatever becomes
+        // of the future; it holds no lock while it waits in the queue.
         true
     }
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
