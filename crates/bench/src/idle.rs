@@ -49,8 +49,8 @@ pub struct IdleArgs {
     /// Sockets to open (one account each).
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub connections: usize,
-    /// Sockets being opened at once (per process). On the reference 2-core machine 128 gave
-    /// the highest rate; 256 overran the server's accept queue.
+    /// Sockets being opened at once (per process). On the reference 2-core machine 64-128
+    /// gave the highest rate; 256 gave a third less.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
     /// Seconds to hold the sockets after the last one connected; memory is read at the end.

@@ -301,6 +301,9 @@ async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
     // Reconnecting catches up on everything.
     let (_b, caught) = s.connect(&bob).await;
     assert_eq!(caught.len(), N);
+    // More than one catch-up page, in stream order, none repeated.
+    let seqs: Vec<u64> = caught.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ use confab_protocol::{
     Presence, PresenceStatus, ReceiptKind, ServerFrame,
 };
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -454,9 +454,7 @@ impl Replies {
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>, out: &mut Vec<WsMessage>) {
         let Some(set) = &mut self.0 else { return };
         while let std::task::Poll::Ready(Some(reply)) = set.poll_next_unpin(cx) {
-            if let Some(frame) = reply {
-                out.push(WsMessage::Text(Utf8Bytes::from(frame.to_json())));
-            }
+            out.extend(reply.as_ref().map(text_frame));
         }
     }
 
@@ -484,6 +482,11 @@ impl Drop for Replies {
             runtime.spawn(async move { while set.next().await.is_some() {} });
         }
     }
+}
+
+/// A server frame as a WebSocket text frame.
+fn text_frame(frame: &ServerFrame) -> WsMessage {
+    WsMessage::Text(Utf8Bytes::from(frame.to_json()))
 }
 
 /// Why a socket stops.
@@ -636,19 +639,13 @@ impl Conn {
                 }
             }
             // Under load more events and replies are usually ready by now: they go out in
-            // the same write, so a busy socket costs one syscall per batch, not per frame.
+            // the same write (`write_out` takes the finished replies), so a busy socket costs
+            // one syscall per batch, not per frame.
             for _ in 0..COALESCE {
                 match events.try_recv() {
                     Ok(event) => self.on_event(Some(event))?,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => self.on_event(None)?,
-                }
-            }
-            for _ in 0..COALESCE {
-                match inflight.next().now_or_never() {
-                    Some(Some(Some(frame))) => self.queue(&frame),
-                    Some(Some(None)) => {}
-                    _ => break,
                 }
             }
             self.write_out(io, &mut inflight).await?;
@@ -671,8 +668,7 @@ impl Conn {
 
     /// Queues a frame for the loop's next write.
     fn queue(&mut self, frame: &ServerFrame) {
-        self.out
-            .push(WsMessage::Text(Utf8Bytes::from(frame.to_json())));
+        self.out.push(text_frame(frame));
     }
 
     /// Writes the queued frames in one go. Polled by hand rather than through `feed` and
@@ -921,7 +917,11 @@ impl Conn {
 
     /// Queues one message frame and counts it as sent.
     fn queue_message(&mut self, message: &MessageFrame, pos: u64) {
-        let text = message.with_cursor(pos);
+        self.queue_at(message.with_cursor(pos), pos);
+    }
+
+    /// Queues the `message` frame `text` of stream position `pos` and counts it as sent.
+    fn queue_at(&mut self, text: String, pos: u64) {
         self.out.push(WsMessage::Text(Utf8Bytes::from(text)));
         self.last = pos;
     }
@@ -1017,8 +1017,7 @@ impl Conn {
                 continue;
             }
             let text = confab_protocol::message_frame_json(&entry.message, entry.pos);
-            self.out.push(WsMessage::Text(Utf8Bytes::from(text)));
-            self.last = entry.pos;
+            self.queue_at(text, entry.pos);
         }
     }
 }

@@ -497,7 +497,7 @@ impl WalGate {
     }
 }
 
-/// How long the writer (or the checkpointer) waits for a lock held by the other.
+/// How long a connection (the writer, the checkpointer, a reader) waits for a lock another holds.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Pause between their tries for a busy lock.
 const BUSY_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
@@ -521,8 +521,7 @@ fn open_reader(path: &Path) -> StoreResult<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| StoreError::Unavailable(format!("cannot open reader: {e}")))?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .map_err(internal)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(internal)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "cache_size", -(READER_CACHE_KIB as i64))
         .map_err(internal)?;
