@@ -411,6 +411,11 @@ struct RunCtx {
     /// Nothing waits past this.
     hard_deadline: Instant,
     ack_interval: Option<Duration>,
+    /// Every worker waits here once its own sends have settled, before its final acks and
+    /// closes: the workers' users send in turn, so one worker is through up to half a round
+    /// before the other, and its thousands of acks and closes would land on the server while
+    /// the other's last messages are still measured.
+    settled: tokio::sync::Barrier,
     live: Live,
 }
 
@@ -492,6 +497,11 @@ pub async fn run_pairs(
     let schedule = Schedule::new(cfg.rate, duration, cfg.users);
     // Let every worker get going before the first send is due.
     let start = Instant::now() + Duration::from_millis(100);
+    let server_before = target.server_sample();
+    let bench_before = ProcSample::read(None);
+
+    let pairs = cfg.users / 2;
+    let workers = cfg.workers.clamp(1, pairs);
     let ctx = Arc::new(RunCtx {
         run: rand::random(),
         body_len: cfg.body_bytes,
@@ -501,15 +511,11 @@ pub async fn run_pairs(
         stop_sending: start + duration + grace,
         hard_deadline: start + duration + grace * 2 + Duration::from_secs(10),
         ack_interval: (cfg.ack_interval_ms > 0).then(|| Duration::from_millis(cfg.ack_interval_ms)),
+        settled: tokio::sync::Barrier::new(workers),
         live: Live::default(),
         schedule,
     });
 
-    let server_before = target.server_sample();
-    let bench_before = ProcSample::read(None);
-
-    let pairs = cfg.users / 2;
-    let workers = cfg.workers.clamp(1, pairs);
     let mut handles = Vec::with_capacity(workers);
     let mut rest = sockets.into_iter();
     for w in 0..workers {
@@ -879,11 +885,13 @@ where
     // these accounts does not get them replayed.
     let mut echoes = 0u64;
     let mut done: Option<SendDone> = None;
-    // Each connection acks once per interval at its own phase (one of ACK_PHASES), as
-    // independent clients would: acking all of them on one tick sent the server bursts of
-    // hundreds of cursor writes that every message in the same commit waited behind.
+    // Each connection acks once per interval at its own phase, as independent clients would.
+    // Acking all of them on one tick sent the server bursts of hundreds of cursor writes that
+    // every message in the same commit waited behind; so did 16 phases per interval (625
+    // acks every 62.5 ms with 10,000 connections). A phase per millisecond spreads them out.
+    let phases = ack_phases(ctx.ack_interval);
     let mut ack_tick = tokio::time::interval(
-        ctx.ack_interval.unwrap_or(Duration::from_secs(3600)) / ACK_PHASES as u32,
+        ctx.ack_interval.unwrap_or(Duration::from_secs(3600)) / phases as u32,
     );
     let mut ack_phase = 0usize;
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -981,12 +989,13 @@ where
                 Incoming::Failed(reason) => count(&mut r.disconnects, &reason),
             },
             _ = ack_tick.tick(), if ctx.ack_interval.is_some() => {
-                request_acks(&cursor, &mut acked_cursor, &acks, Some(ack_phase));
-                ack_phase = (ack_phase + 1) % ACK_PHASES;
+                request_acks(&cursor, &mut acked_cursor, &acks, Some((ack_phase, phases)));
+                ack_phase = (ack_phase + 1) % phases;
             }
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
+    let _ = tokio::time::timeout_at(ctx.hard_deadline, ctx.settled.wait()).await;
     // Ack what was read, so a later run on these accounts does not replay it.
     request_acks(&cursor, &mut acked_cursor, &acks, None);
     drop(acks);
@@ -1001,22 +1010,23 @@ where
     r
 }
 
-/// Ack phases per ack interval: connection `i` acks in phase `i % ACK_PHASES`.
-const ACK_PHASES: usize = 16;
+/// Ack phases per ack interval: one per millisecond of it (at least one). Connection `i`
+/// acks in phase `i % phases`.
+fn ack_phases(interval: Option<Duration>) -> usize {
+    interval.map_or(1, |d| d.as_millis().clamp(1, 60_000) as usize)
+}
 
-/// Asks the sender to ack the latest cursor of each socket (of those in `phase`, if given)
-/// that has not been acked yet.
+/// Asks the sender to ack the latest cursor of each socket (of those in phase `p` of
+/// `phases`, if given) that has not been acked yet.
 fn request_acks(
     cursor: &[Option<String>],
     acked: &mut [Option<String>],
     acks: &mpsc::UnboundedSender<(usize, String)>,
-    phase: Option<usize>,
+    phase: Option<(usize, usize)>,
 ) {
-    for (i, c) in cursor.iter().enumerate() {
-        if phase.is_some_and(|p| i % ACK_PHASES != p) {
-            continue;
-        }
-        if let Some(c) = c
+    let (first, step) = phase.unwrap_or((0, 1));
+    for i in (first..cursor.len()).step_by(step.max(1)) {
+        if let Some(c) = &cursor[i]
             && acked[i].as_ref() != Some(c)
         {
             let _ = acks.send((i, c.clone()));
@@ -1031,16 +1041,17 @@ mod tests {
 
     #[test]
     fn acks_go_out_by_phase_and_once_per_cursor() {
-        let n = 2 * ACK_PHASES;
+        const PHASES: usize = 16;
+        let n = 2 * PHASES;
         let cursor: Vec<Option<String>> = (0..n).map(|i| Some(i.to_string())).collect();
         let mut acked = vec![None; n];
         let (tx, mut rx) = mpsc::unbounded_channel();
-        request_acks(&cursor, &mut acked, &tx, Some(3));
+        request_acks(&cursor, &mut acked, &tx, Some((3, PHASES)));
         let mut sent = Vec::new();
         while let Ok((i, _)) = rx.try_recv() {
             sent.push(i);
         }
-        assert_eq!(sent, [3, 3 + ACK_PHASES]);
+        assert_eq!(sent, [3, 3 + PHASES]);
         // The final sweep acks everyone not acked yet, and nobody twice.
         request_acks(&cursor, &mut acked, &tx, None);
         let mut rest = Vec::new();
@@ -1049,9 +1060,17 @@ mod tests {
             rest.push(i);
         }
         assert_eq!(rest.len(), n - 2);
-        assert!(!rest.contains(&3) && !rest.contains(&(3 + ACK_PHASES)));
+        assert!(!rest.contains(&3) && !rest.contains(&(3 + PHASES)));
         request_acks(&cursor, &mut acked, &tx, None);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_phase_per_millisecond_of_the_ack_interval() {
+        assert_eq!(ack_phases(Some(Duration::from_secs(1))), 1000);
+        assert_eq!(ack_phases(Some(Duration::from_micros(300))), 1);
+        assert_eq!(ack_phases(Some(Duration::from_secs(3600))), 60_000);
+        assert_eq!(ack_phases(None), 1);
     }
 
     fn load(users: usize) -> LoadArgs {
