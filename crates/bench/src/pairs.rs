@@ -68,6 +68,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub workers: Option<usize>,
     /// Milliseconds between acks of received messages, per connection (0: only at the end).
+    /// Each connection acks at its own millisecond of the interval, so acks arrive spread
+    /// out as from independent clients.
     #[arg(long, default_value_t = 1000)]
     pub ack_interval: u64,
     /// Connections opened at once while connecting.
