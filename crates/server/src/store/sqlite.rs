@@ -1619,6 +1619,68 @@ mod tests {
         assert!(!gate.wanted.load(std::sync::atomic::Ordering::Acquire));
     }
 
+    /// A write that fails after its first change (here: a stream position taken behind the
+    /// writer's back, so the stream insert fails after the message row is in) rolls the whole
+    /// batch back, forgets the writer's cached heads and seqs, and the sender's retry with the
+    /// same `client_id` is stored once, at the positions the store really has free.
+    #[tokio::test]
+    async fn a_write_failing_halfway_rolls_back_and_its_retry_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
+            .await
+            .unwrap()
+            .unwrap();
+        let (a, b) = (Id(1), Id(2));
+        store.create_user(a, "a", "x", 0).await.unwrap();
+        store.create_user(b, "b", "x", 0).await.unwrap();
+        let send = |id: u64, client_id: &str| NewMessage {
+            id: Id(id),
+            from: a,
+            to: b,
+            client_id: client_id.into(),
+            body: "hi".into(),
+            ts: 0,
+        };
+        let first = store.append(send(10, "c1")).await.unwrap();
+        assert_eq!((first.message.seq, first.recipient_pos), (1, 1));
+
+        // Another process (say, a restored backup) takes b's next position.
+        {
+            let other = Connection::open(dir.path().join("confab.db")).unwrap();
+            other
+                .execute(
+                    "INSERT INTO stream (user_id, pos, message_id) VALUES (?1, 2, 10)",
+                    params![to_i64(b.0)],
+                )
+                .unwrap();
+        }
+        let failed = store.append(send(11, "c2")).await;
+        assert!(
+            matches!(failed, Err(StoreError::Unavailable(_))),
+            "{failed:?}"
+        );
+        let rows: i64 = store
+            .read(|conn| {
+                conn.query_row("SELECT count(*) FROM messages WHERE id = 11", [], |r| {
+                    r.get(0)
+                })
+                .map_err(internal)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "the message row was rolled back with the batch");
+
+        // The retry reads heads and seqs from the store again.
+        let retry = store.append(send(12, "c2")).await.unwrap();
+        assert!(!retry.duplicate);
+        assert_eq!((retry.message.seq, retry.recipient_pos), (2, 3));
+        let again = store.append(send(13, "c2")).await.unwrap();
+        assert!(again.duplicate, "the retry was stored once");
+        assert_eq!(again.message.id, Id(12));
+        store.close().await;
+    }
+
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap()
     }
