@@ -1528,11 +1528,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_share_a_bounded_pool_of_threads() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
-            .await
-            .unwrap()
-            .unwrap();
+        let store = open_store(dir.path()).await;
         let store = Arc::new(store);
         let names = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let reads = (0..READ_POOL * 4).map(|_| {
@@ -1626,11 +1622,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_failing_halfway_rolls_back_and_its_retry_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
-            .await
-            .unwrap()
-            .unwrap();
+        let store = open_store(dir.path()).await;
         let (a, b) = (Id(1), Id(2));
         store.create_user(a, "a", "x", 0).await.unwrap();
         store.create_user(b, "b", "x", 0).await.unwrap();
@@ -1681,6 +1673,15 @@ mod tests {
         store.close().await;
     }
 
+    /// Opens a store in `dir` off the async threads (opening migrates, which blocks).
+    async fn open_store(dir: &Path) -> SqliteStore {
+        let path = dir.to_owned();
+        tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap()
     }
@@ -1710,11 +1711,7 @@ mod tests {
             )
             .unwrap();
         }
-        let path = dir.path().to_owned();
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
-            .await
-            .unwrap()
-            .unwrap();
+        let store = open_store(dir.path()).await;
         let conversation = conversation_id(Id(1), Id(2));
         assert_eq!(
             conversation, "1-2",
