@@ -1637,7 +1637,8 @@ mod tests {
         let first = store.append(send(10, "c1")).await.unwrap();
         assert_eq!((first.message.seq, first.recipient_pos), (1, 1));
 
-        // Another process (say, a restored backup) takes b's next position.
+        // Another connection takes b's next position behind the writer's cached head, so the
+        // next append's stream insert fails after its message row is written.
         {
             let other = Connection::open(dir.path().join("confab.db")).unwrap();
             other
