@@ -513,7 +513,7 @@ fn busy_retry(tries: i32) -> bool {
 }
 
 /// WAL size past which the checkpointer makes the WAL start over. Each restart holds the
-/// writer (1-13 ms with 10,000 users at 10,000 msgs/s, 15-50 ms at 25,000); at 25,000 msgs/s
+/// writer (1-13 ms with 10,000 users at 10,000 msgs/s, 8-64 ms at 25,000); at 25,000 msgs/s
 /// (~10 KB of WAL per message) a 64 MiB bound restarted four times a second, and 256 MiB took
 /// the p90 from 23-48 to 10-22 ms (BENCHMARKS.md). The file reaches ~280 MiB under that load.
 const WAL_RESTART_BYTES: u64 = 256 * 1024 * 1024;
