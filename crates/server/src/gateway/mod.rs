@@ -926,6 +926,19 @@ impl Conn {
         self.last = pos;
     }
 
+    /// Starts a `send`. Where the store's append needs no polling to go on (its transaction
+    /// runs on a writer thread) the socket polls the send itself; elsewhere it gets its own
+    /// task. With a task per message (spawn, join handle, two wake-ups) the embedded server
+    /// delivered 15-19 % less at its peak (BENCHMARKS.md).
+    fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
+        let work = send_message(self.app.clone(), self.session.user_id, to, client_id, body);
+        if self.app.store.appends_run_unpolled() {
+            inflight.push(Box::pin(work));
+        } else {
+            inflight.push(detached(work));
+        }
+    }
+
     /// Periodic repair in a cluster: closes the socket if its token was revoked meanwhile,
     /// and sends whatever the store has after the last position sent.
     async fn resync(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
@@ -1033,21 +1046,6 @@ fn transport_error(e: axum::Error) -> Stop {
     } else {
         tracing::debug!(error = %e, "socket read failed");
         Stop::Gone
-    }
-}
-
-impl Conn {
-    /// Starts a `send`. Where the store's append needs no polling to go on (its transaction
-    /// runs on a writer thread) the socket polls the send itself; elsewhere it gets its own
-    /// task. With a task per message (spawn, join handle, two wake-ups) the embedded server
-    /// delivered 15-19 % less at its peak (BENCHMARKS.md).
-    fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
-        let work = send_message(self.app.clone(), self.session.user_id, to, client_id, body);
-        if self.app.store.appends_run_unpolled() {
-            inflight.push(Box::pin(work));
-        } else {
-            inflight.push(detached(work));
-        }
     }
 }
 

@@ -275,6 +275,7 @@ pub trait MessageStore: Send + Sync + 'static {
     fn appends_run_unpolled(&self) -> bool {
         false
     }
+
     /// Stores a message in its conversation and in both participants' streams.
     /// `NotFound` if the recipient does not exist, `Forbidden` if the recipient blocks the
     /// sender (checked in the same transaction).

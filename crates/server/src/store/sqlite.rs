@@ -1370,6 +1370,7 @@ impl MessageStore for SqliteStore {
         // of the future; it holds no lock while it waits in the queue.
         true
     }
+
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         self.write_raw(move |w| append_in(w, message)).await
     }
