@@ -242,26 +242,43 @@ pub async fn connect_from(
 /// Connects from `src`; if its port is taken (by another program, or by a socket of an
 /// earlier run still in TIME_WAIT), tries a few ports spread over the ephemeral range, and
 /// only then lets the kernel search for one.
+///
+/// The kernel's search is `connect` without a `bind` where it can be: `connect` picks a port
+/// knowing the destination, so it skips every port whose connection to this server exists,
+/// while `bind(ip, 0)` with `SO_REUSEADDR` may hand out such a port and the connect then fails
+/// with "address in use". Without a bind the source is the server's own address (the kernel's
+/// choice for a loopback destination), so that is the case it serves.
 async fn connect_trying_ports(server: SocketAddr, src: SocketAddr) -> std::io::Result<TcpStream> {
-    const TRIES: usize = 8;
-    let (lo, len) = *EPHEMERAL.get_or_init(ephemeral_range);
     let taken = |e: &std::io::Error| {
         matches!(
             e.kind(),
             std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
         )
     };
-    let first = usize::from(src.port().saturating_sub(lo));
-    for k in 0..TRIES {
-        // A stride that is prime and far from the plan's own step visits distant ports.
-        let port = lo as usize + (first + k * 7_919) % len.max(1);
-        let at = SocketAddr::new(src.ip(), port.min(65_535) as u16);
+    for at in port_tries(src) {
         match tcp_connect(server, Some(at)).await {
             Err(e) if taken(&e) => continue,
             other => return other,
         }
     }
-    tcp_connect(server, Some(SocketAddr::new(src.ip(), 0))).await
+    if src.ip() == server.ip() {
+        tcp_connect(server, None).await
+    } else {
+        tcp_connect(server, Some(SocketAddr::new(src.ip(), 0))).await
+    }
+}
+
+/// The sources [`connect_trying_ports`] tries before the kernel's search: `src`, then ports
+/// spread over the ephemeral range.
+fn port_tries(src: SocketAddr) -> impl Iterator<Item = SocketAddr> {
+    const TRIES: usize = 8;
+    let (lo, len) = *EPHEMERAL.get_or_init(ephemeral_range);
+    let first = usize::from(src.port().saturating_sub(lo));
+    (0..TRIES).map(move |k| {
+        // A stride that is prime and far from the plan's own step visits distant ports.
+        let port = lo as usize + (first + k * 7_919) % len.max(1);
+        SocketAddr::new(src.ip(), port.min(65_535) as u16)
+    })
 }
 
 async fn tcp_connect(server: SocketAddr, source: Option<SocketAddr>) -> std::io::Result<TcpStream> {
@@ -343,6 +360,38 @@ mod tests {
             per_address: 1,
         };
         assert!(!edge.fits_loopback(10));
+    }
+
+    #[tokio::test]
+    async fn a_source_whose_ports_are_all_taken_still_connects() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        // Every port tried first already has a connection to this server (or is in use by
+        // some other program): each attempt fails on its source.
+        let (lo, _) = ephemeral_range();
+        let src = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), lo + 123);
+        let tried: Vec<SocketAddr> = port_tries(src).collect();
+        assert_eq!(tried.len(), 8);
+        assert_eq!(tried[0], src);
+        let mut blockers = Vec::new();
+        for &at in &tried {
+            if let Ok(s) = tcp_connect(server, Some(at)).await {
+                blockers.push(s);
+            }
+        }
+        let stream = connect_trying_ports(server, src)
+            .await
+            .expect("the kernel finds a free port");
+        let port = stream.local_addr().unwrap().port();
+        assert!(!tried.iter().any(|t| t.port() == port), "port {port}");
+        drop(blockers);
+        accepting.abort();
     }
 
     #[test]
