@@ -244,10 +244,11 @@ pub async fn connect_from(
 /// only then lets the kernel search for one.
 ///
 /// The kernel's search is `connect` without a `bind` where it can be: `connect` picks a port
-/// knowing the destination, so it skips every port whose connection to this server exists,
-/// while `bind(ip, 0)` with `SO_REUSEADDR` may hand out such a port and the connect then fails
-/// with "address in use". Without a bind the source is the server's own address (the kernel's
-/// choice for a loopback destination), so that is the case it serves.
+/// knowing the destination, so it skips every port whose connection to this server exists.
+/// `bind(ip, 0)` knows no destination: when free ports are scarce, with `SO_REUSEADDR` it may
+/// hand out such a port, and the connect then fails with "address in use". Without a bind the
+/// source is the server's own address (the kernel's choice for a loopback destination), so
+/// that is the case it serves.
 async fn connect_trying_ports(server: SocketAddr, src: SocketAddr) -> std::io::Result<TcpStream> {
     let taken = |e: &std::io::Error| {
         matches!(
