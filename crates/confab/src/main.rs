@@ -125,6 +125,12 @@ struct ServeArgs {
     #[arg(long, env = "CONFAB_COMMIT_BATCH", default_value_t = 16_384,
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     commit_batch: u32,
+    /// Embedded store: MiB of WAL frames after which the WAL starts over (the WAL file stays
+    /// near this size). Each restart holds writes for a few ms; a smaller bound restarts more
+    /// often.
+    #[arg(long, env = "CONFAB_WAL_RESTART_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    wal_restart_mib: u32,
 }
 
 impl ServeArgs {
@@ -152,6 +158,7 @@ impl ServeArgs {
             frame_burst: self.frame_burst,
             max_connections: self.max_connections,
             max_commit_batch: self.commit_batch as usize,
+            wal_restart_bytes: u64::from(self.wal_restart_mib) * 1024 * 1024,
             presence_ttl,
             postgres_pool: self.postgres_pool.max(1),
             resync_interval: secs("--resync-interval", self.resync_interval)?,

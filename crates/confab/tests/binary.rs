@@ -268,21 +268,30 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     assert!(again.is_empty(), "acked events repeated: {}", again.len());
 }
 
-/// `serve` refuses an out-of-range bound with a message naming the flag, before touching the
-/// data dir.
 #[test]
 fn serve_refuses_an_out_of_range_commit_batch() {
+    refuses_out_of_range("--commit-batch");
+}
+
+#[test]
+fn serve_refuses_an_out_of_range_wal_bound() {
+    refuses_out_of_range("--wal-restart-mib");
+}
+
+/// `serve` refuses an out-of-range bound with a message naming the flag, before touching the
+/// data dir.
+fn refuses_out_of_range(flag: &str) {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["0", "65537"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--commit-batch", bad])
+            .args(["serve", "--listen", "127.0.0.1:0", flag, bad])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .output()
             .expect("confab runs");
-        assert!(!out.status.success(), "--commit-batch {bad} was accepted");
+        assert!(!out.status.success(), "{flag} {bad} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("--commit-batch"), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
         assert!(!dir.path().join("data").exists(), "no store was created");
     }
 }

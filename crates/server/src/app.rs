@@ -104,12 +104,17 @@ impl App {
         let store: Arc<dyn MessageStore> = match &config.store {
             StoreConfig::Sqlite => {
                 let dir = config.data_dir.clone();
-                let (batch, hist) = (config.max_commit_batch, metrics.commit_batch_size.clone());
-                let store =
-                    tokio::task::spawn_blocking(move || SqliteStore::open(&dir, batch, hist))
-                        .await
-                        .map_err(|e| StartError::Backend(e.to_string()))?
-                        .map_err(|e| StartError::Backend(e.to_string()))?;
+                let (batch, wal) = (config.max_commit_batch, config.wal_restart_bytes);
+                let (hist, restarts) = (
+                    metrics.commit_batch_size.clone(),
+                    metrics.wal_restarts.clone(),
+                );
+                let store = tokio::task::spawn_blocking(move || {
+                    SqliteStore::open(&dir, batch, wal, hist, restarts)
+                })
+                .await
+                .map_err(|e| StartError::Backend(e.to_string()))?
+                .map_err(|e| StartError::Backend(e.to_string()))?;
                 Arc::new(store)
             }
             StoreConfig::Postgres(url) => Arc::new(

@@ -106,6 +106,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Most writes the store commits in one transaction (one fsync).
     pub max_commit_batch: usize,
+    /// Embedded store: WAL frames (bytes) since the WAL last started over past which the
+    /// checkpointer holds the writer for a moment and starts it over; the WAL file on disk
+    /// stays near this size. Each restart holds the writer (1-13 ms with 10,000 users at
+    /// 10,000 msgs/s, 8-64 ms at 25,000); at 25,000 msgs/s (~10 KB of WAL per message) 64 MiB
+    /// restarted four times a second, and 256 MiB took the p90 from 23-48 to 10-22 ms
+    /// (BENCHMARKS.md).
+    pub wal_restart_bytes: u64,
     /// Connections in the PostgreSQL pool.
     pub postgres_pool: usize,
     /// Redis presence: a socket not renewed for this long (its node died) expires.
@@ -140,6 +147,7 @@ impl Default for Config {
             max_inflight_sends: 256,
             max_connections: 100_000,
             max_commit_batch: 16 * 1024,
+            wal_restart_bytes: 256 * 1024 * 1024,
             postgres_pool: 16,
             // A dead node's users turn offline within ttl + sweep interval: 35 s < 60 s.
             presence_ttl: Duration::from_secs(30),

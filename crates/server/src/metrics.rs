@@ -11,6 +11,7 @@ pub struct Metrics {
     pub messages_stored: IntCounter,
     pub send_latency: Histogram,
     pub commit_batch_size: Histogram,
+    pub wal_restarts: IntCounter,
     pub slow_consumers: IntCounter,
 }
 
@@ -42,6 +43,11 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let wal_restarts = IntCounter::new(
+            "store_wal_restarts_total",
+            "Times the embedded store's WAL started over past its bound (each holds writes briefly)",
+        )
+        .expect("valid metric");
         let slow_consumers = IntCounter::new(
             "slow_consumers_disconnected_total",
             "Sockets closed because they could not keep up",
@@ -52,6 +58,7 @@ impl Metrics {
             Box::new(messages_stored.clone()),
             Box::new(send_latency.clone()),
             Box::new(commit_batch_size.clone()),
+            Box::new(wal_restarts.clone()),
             Box::new(slow_consumers.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
@@ -62,6 +69,7 @@ impl Metrics {
             messages_stored,
             send_latency,
             commit_batch_size,
+            wal_restarts,
             slow_consumers,
         }
     }

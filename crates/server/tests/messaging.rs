@@ -494,6 +494,7 @@ async fn metrics_and_health() {
         "confab_messages_stored_total 1",
         "confab_send_latency_seconds_count 1",
         "confab_store_commit_batch_size_count",
+        "confab_store_wal_restarts_total 0",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
     }

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use confab_protocol::{ConversationSummary, Id, Message, MessagePage, User};
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -161,8 +161,17 @@ fn id_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Id> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `confab.db` in `dir`, applies migrations and starts the writer.
-    pub fn open(dir: &Path, max_batch: usize, batch_sizes: Histogram) -> StoreResult<Self> {
+    /// Opens (creating if needed) `confab.db` in `dir`, applies migrations and starts the writer
+    /// (committing up to `max_batch` writes at once, their count observed in `batch_sizes`) and
+    /// the checkpointer (starting the WAL over past `wal_restart_bytes` of frames, counted in
+    /// `wal_restarts`).
+    pub fn open(
+        dir: &Path,
+        max_batch: usize,
+        wal_restart_bytes: u64,
+        batch_sizes: Histogram,
+        wal_restarts: IntCounter,
+    ) -> StoreResult<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -203,7 +212,9 @@ impl SqliteStore {
         let writer_gate = gate.clone();
         std::thread::Builder::new()
             .name("confab-store-checkpoint".into())
-            .spawn(move || checkpointer(checkpoint_conn, stop, gate))
+            .spawn(move || {
+                checkpointer(checkpoint_conn, stop, gate, wal_restart_bytes, wal_restarts)
+            })
             .map_err(|e| StoreError::Internal(format!("cannot start checkpoint thread: {e}")))?;
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE.max(max_batch));
@@ -396,7 +407,13 @@ fn reader_loop(
 /// Copies committed WAL frames into the database file in the background, so that commits
 /// (and the `sent` acks waiting on them) never pay for a checkpoint. PASSIVE checkpoints do
 /// not block the writer; they catch up whenever readers allow.
-fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>, gate: Arc<WalGate>) {
+fn checkpointer(
+    conn: Connection,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<WalGate>,
+    wal_restart_bytes: u64,
+    restarts: IntCounter,
+) {
     // A RESTART waits for the busy writer's lock: SQLite's own handler sleeps up to 25 ms
     // between tries and loses every gap between two batches.
     let _ = conn.busy_handler(Some(busy_retry));
@@ -422,10 +439,10 @@ fn checkpointer(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>, gate
         // back and the WAL starts over. (Deciding by the file's length, which never shrinks,
         // made every checkpoint a RESTART once the file had grown past the bound once: each
         // stalled the writer for 3-33 ms, the tail of the send latency.)
-        if frames * page_size > WAL_RESTART_BYTES as i64 {
+        if frames * page_size > wal_restart_bytes as i64 {
             gate.restart_with_writer_held(|| {
                 match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-                    Ok(0) => {}
+                    Ok(0) => restarts.inc(),
                     Ok(_) => tracing::debug!("WAL restart waited too long; trying again"),
                     Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                 }
@@ -511,12 +528,6 @@ fn busy_retry(tries: i32) -> bool {
     std::thread::sleep(BUSY_RETRY);
     true
 }
-
-/// WAL size past which the checkpointer makes the WAL start over. Each restart holds the
-/// writer (1-13 ms with 10,000 users at 10,000 msgs/s, 8-64 ms at 25,000); at 25,000 msgs/s
-/// (~10 KB of WAL per message) a 64 MiB bound restarted four times a second, and 256 MiB took
-/// the p90 from 23-48 to 10-22 ms (BENCHMARKS.md). The file reaches ~280 MiB under that load.
-const WAL_RESTART_BYTES: u64 = 256 * 1024 * 1024;
 
 fn open_reader(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open_with_flags(
@@ -1678,17 +1689,88 @@ mod tests {
         store.close().await;
     }
 
+    /// Under writes that never let up, every checkpoint finds new frames to copy, so SQLite
+    /// alone never starts the WAL over: the checkpointer does, each time it holds more than
+    /// the bound (here 256 KiB, a few hundred messages).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_past_its_bound() {
+        const BOUND: u64 = 256 * 1024;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let restarts = counter();
+        let counted = restarts.clone();
+        let store = tokio::task::spawn_blocking(move || {
+            SqliteStore::open(&path, 64, BOUND, histogram(), counted)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let store = Arc::new(store);
+        const USERS: u64 = 64;
+        for u in 1..=USERS {
+            store
+                .create_user(Id(u), &format!("u{u}"), "x", 0)
+                .await
+                .unwrap();
+        }
+        // Eight senders back to back for 1.5 s: several checkpoints, each after more than
+        // the bound was written.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+        let senders = (0..8u64).map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while std::time::Instant::now() < until {
+                    let from = 1 + (t * 8 + i) % USERS;
+                    let to = 1 + (from + 1 + i % 7) % USERS;
+                    let id = (t << 40) | i;
+                    let m = NewMessage {
+                        id: Id(id),
+                        from: Id(from),
+                        to: Id(to),
+                        client_id: format!("{t}-{i}"),
+                        body: "x".repeat(500),
+                        ts: 0,
+                    };
+                    store.append(m).await.unwrap();
+                    i += 1;
+                }
+                i
+            })
+        });
+        let sent: u64 = futures::future::join_all(senders)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .sum();
+        assert!(
+            restarts.get() >= 1,
+            "no restart after {sent} messages (WAL file {} bytes)",
+            std::fs::metadata(dir.path().join("confab.db-wal"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        );
+        store.close().await;
+    }
+
     /// Opens a store in `dir` off the async threads (opening migrates, which blocks).
     async fn open_store(dir: &Path) -> SqliteStore {
         let path = dir.to_owned();
-        tokio::task::spawn_blocking(move || SqliteStore::open(&path, 16, histogram()))
-            .await
-            .unwrap()
-            .unwrap()
+        let wal = crate::config::Config::default().wal_restart_bytes;
+        tokio::task::spawn_blocking(move || {
+            SqliteStore::open(&path, 16, wal, histogram(), counter())
+        })
+        .await
+        .unwrap()
+        .unwrap()
     }
 
     fn histogram() -> Histogram {
         Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap()
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("c", "c").unwrap()
     }
 
     /// A store written by schema 2 (heads and last seqs kept in columns) carries on from the
