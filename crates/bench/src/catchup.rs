@@ -155,6 +155,13 @@ impl fmt::Display for CatchupReport {
 /// `confab bench catchup`: sets up the target, runs, prints.
 pub async fn main(args: CatchupArgs) -> anyhow::Result<bool> {
     let usage = |e: String| anyhow::Error::new(UsageError(e));
+    if args.target.relay {
+        return Err(usage(
+            "the relay stores nothing, so there is nothing to catch up from: catchup needs \
+             `confab serve`"
+                .to_owned(),
+        ));
+    }
     if args.messages == 0 || args.messages > MAX_MESSAGES {
         return Err(usage(format!("--messages must be 1 to {MAX_MESSAGES}")));
     }

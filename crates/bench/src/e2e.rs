@@ -34,9 +34,8 @@ async fn server(users: usize) -> (Server, Target, tempfile::TempDir) {
     (server, target, dir)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pairs_delivers_every_acked_message() {
-    let (server, target, _dir) = server(4).await;
+/// 4 users, 200 msgs/s for 1 s, acking every 200 ms, on two workers.
+fn four_users_for_a_second() -> crate::pairs::PairsConfig {
     let load = LoadArgs {
         users: 4,
         duration: 1.0,
@@ -46,7 +45,13 @@ async fn pairs_delivers_every_acked_message() {
         ack_interval: 200,
         connect_concurrency: 4,
     };
-    let cfg = load.config(200.0).unwrap();
+    load.config(200.0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_delivers_every_acked_message() {
+    let (server, target, _dir) = server(4).await;
+    let cfg = four_users_for_a_second();
     let r = crate::pairs::run_pairs(&target, &cfg, false).await.unwrap();
     assert_eq!(r.scheduled, 200);
     assert_eq!(r.sent, 200, "{r:#?}");
@@ -136,4 +141,39 @@ async fn idle_sockets_connect_from_several_source_addresses() {
     assert_eq!(r.source_addresses, 3);
     assert_eq!(r.source_range, "127.0.0.1-127.0.0.3");
     server.shutdown().await.unwrap();
+}
+
+/// A relay on a free loopback port, with `users` accounts.
+async fn relay(users: usize) -> Target {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::relay::Relay::new(users).serve(listener));
+    Target::in_process(addr, crate::relay::accounts(users))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_against_the_relay_delivers_every_message() {
+    let target = relay(4).await;
+    let cfg = four_users_for_a_second();
+    let r = crate::pairs::run_pairs(&target, &cfg, false).await.unwrap();
+    assert_eq!(r.sent, 200, "{r:#?}");
+    assert_eq!(r.acked, 200, "{r:#?}");
+    assert_eq!(r.delivered, 200, "{r:#?}");
+    assert_eq!(r.duplicates, 0);
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+}
+
+#[tokio::test]
+async fn the_relay_refuses_an_unknown_token() {
+    let target = relay(2).await;
+    let err = crate::connect::connect_synced(&target.ws_url, "relay-3", None)
+        .await
+        .err()
+        .expect("user 3 does not exist on a relay of 2");
+    assert!(format!("{err:?}").contains("nauthorized"), "{err:?}");
+    assert!(
+        crate::connect::connect_synced(&target.ws_url, "relay-2", None)
+            .await
+            .is_ok()
+    );
 }

@@ -6,6 +6,7 @@
 //! - `sweep`: `pairs` at rising rates until throughput stops growing; an SVG plot.
 //! - `idle`: many authenticated idle sockets; connect rate and server memory per socket.
 //! - `catchup`: one device offline while messages pile up; time from reconnect to `synced`.
+//! - `relay`: a store-less stand-in server, the floor under any server's `pairs` numbers.
 //!
 //! The `confab` binary mounts [`BenchArgs`] as `confab bench …` and calls [`run`].
 
@@ -16,6 +17,7 @@ mod connect;
 mod e2e;
 mod idle;
 mod pairs;
+mod relay;
 mod report;
 mod schedule;
 mod stats;
@@ -28,6 +30,7 @@ use std::process::ExitCode;
 pub use catchup::{CatchupArgs, CatchupReport};
 pub use idle::{IdleArgs, IdleReport, IdleWorkerArgs};
 pub use pairs::{LoadArgs, PairsArgs, PairsConfig, PairsReport, run_pairs};
+pub use relay::RelayArgs;
 pub use report::OutputArgs;
 pub use stats::{LatencySummary, ProcessStats};
 pub use sweep::{SweepArgs, SweepReport};
@@ -55,6 +58,10 @@ pub enum BenchCommand {
     /// One device offline while M messages arrive for it; reports the time from reconnect to
     /// `synced` and checks that all M arrive.
     Catchup(CatchupArgs),
+    /// A yardstick, not a chat server: answers the frames `pairs` sends with confab's frames
+    /// over the same WebSocket stack, with no store, presence or limits (what `pairs --spawn
+    /// --relay` starts).
+    Relay(RelayArgs),
     /// Internal: holds a share of `idle`'s sockets in a child process.
     #[command(hide = true)]
     IdleWorker(IdleWorkerArgs),
@@ -72,6 +79,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         BenchCommand::Sweep(a) => sweep::main(a).await,
         BenchCommand::Idle(a) => idle::main(a).await,
         BenchCommand::Catchup(a) => catchup::main(a).await,
+        BenchCommand::Relay(a) => relay::main(a).await,
         BenchCommand::IdleWorker(a) => idle::worker_main(a).await,
     };
     match outcome {

@@ -561,7 +561,7 @@ pub async fn run_pairs(
     let secs = cfg.duration_s;
     Ok(PairsReport {
         config: cfg.clone(),
-        server: target.ws_url.clone(),
+        server: target.describe(),
         spawned: target.server.is_some(),
         run_id: ctx.run,
         connect_s,

@@ -59,6 +59,11 @@ pub struct TargetArgs {
     /// temporary dir that is deleted afterwards.
     #[arg(long, value_name = "DIR")]
     pub spawn_dir: Option<PathBuf>,
+    /// With --spawn: start `confab bench relay` instead of `confab serve`, a yardstick that
+    /// answers the same frames over the same WebSocket stack with no store, presence or limits:
+    /// what this machine and the load generator allow any server.
+    #[arg(long, requires = "spawn")]
+    pub relay: bool,
     /// With --spawn: the confab binary to run [default: this program].
     #[arg(long, env = "CONFAB_BIN", hide = true)]
     pub confab_bin: Option<PathBuf>,
@@ -76,6 +81,8 @@ pub struct Target {
     pub accounts_file: Option<PathBuf>,
     /// The server process, when this tool started it.
     pub server: Option<SpawnedServer>,
+    /// The server is `confab bench relay`, not confab.
+    pub relay: bool,
 }
 
 impl Target {
@@ -115,6 +122,7 @@ impl Target {
             accounts,
             accounts_file: Some(file.clone()),
             server: None,
+            relay: false,
         })
     }
 
@@ -126,6 +134,16 @@ impl Target {
             accounts,
             accounts_file: None,
             server: None,
+            relay: false,
+        }
+    }
+
+    /// The server's WebSocket URL as reports name it.
+    pub fn describe(&self) -> String {
+        if self.relay {
+            format!("{} (confab bench relay: no store)", self.ws_url)
+        } else {
+            self.ws_url.clone()
         }
     }
 
@@ -198,7 +216,7 @@ pub async fn loopback_addr(base: &str) -> anyhow::Result<SocketAddr> {
     Ok(*addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]))
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {
@@ -264,9 +282,9 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
     let accounts_file = dir.join("accounts.json");
 
     // Seed before the server starts: SQLite is opened by one process at a time, and one shared
-    // Argon2 hash makes even 100,000 accounts take seconds.
+    // Argon2 hash makes even 100,000 accounts take seconds. The relay makes up its own.
     let mut accounts = Vec::new();
-    if users > 0 {
+    if users > 0 && !args.relay {
         let status = Command::new(&bin)
             .args([
                 "admin",
@@ -304,22 +322,18 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
     let log_path = dir.join("server.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut child = Command::new(&bin)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--send-rate")
-        .arg(args.server_send_rate.to_string())
-        .arg("--send-burst")
-        .arg(args.server_send_burst.to_string())
-        // The per-socket frame limit is a flood guard; a benchmark sender is a legitimate flood.
-        .arg("--frame-rate")
-        .arg(args.server_send_rate.to_string())
-        .arg("--frame-burst")
-        .arg(args.server_send_burst.to_string())
-        .arg("--max-connections")
-        .arg(max_connections.to_string())
-        .args(&args.serve_args)
+    let mut command = Command::new(&bin);
+    if args.relay {
+        command
+            .args(["bench", "relay", "--listen", "127.0.0.1:0"])
+            .arg("--count")
+            .arg(users.to_string())
+            .arg("--out")
+            .arg(&accounts_file);
+    } else {
+        serve_args(&mut command, args, &data_dir, max_connections);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
@@ -353,6 +367,10 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
     if !is_loopback(addr.ip()) {
         bail!("the spawned server listens on {addr}, not on loopback");
     }
+    if args.relay {
+        // The relay writes its accounts before it listens.
+        accounts = read_accounts(&accounts_file)?;
+    }
     Ok(Target {
         ws_url: format!("ws://{addr}/v1/ws"),
         addr,
@@ -363,7 +381,28 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
             child,
             _dir: temp,
         }),
+        relay: args.relay,
     })
+}
+
+/// `confab serve` with a fresh data dir and limits out of the benchmark's way.
+fn serve_args(command: &mut Command, args: &TargetArgs, data_dir: &Path, max_connections: usize) {
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--send-rate")
+        .arg(args.server_send_rate.to_string())
+        .arg("--send-burst")
+        .arg(args.server_send_burst.to_string())
+        // The per-socket frame limit is a flood guard; a benchmark sender is a legitimate flood.
+        .arg("--frame-rate")
+        .arg(args.server_send_rate.to_string())
+        .arg("--frame-burst")
+        .arg(args.server_send_burst.to_string())
+        .arg("--max-connections")
+        .arg(max_connections.to_string())
+        .args(&args.serve_args);
 }
 
 /// The address in the server's first line, `confab listening on http://ADDR`.

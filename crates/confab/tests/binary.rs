@@ -295,3 +295,42 @@ fn refuses_out_of_range(flag: &str) {
         assert!(!dir.path().join("data").exists(), "no store was created");
     }
 }
+
+/// `bench pairs --spawn --relay` starts the store-less relay instead of `confab serve` and
+/// measures against it: every message is answered and delivered.
+#[test]
+fn bench_pairs_runs_against_the_relay() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "bench", "pairs", "--spawn", "--relay", "-n", "4", "-r", "200",
+        ])
+        .args(["-d", "1", "-b", "64", "--grace", "3", "--json", "-q"])
+        .output()
+        .expect("confab runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert!(
+        report["server"].as_str().unwrap().contains("relay"),
+        "{report}"
+    );
+    assert_eq!(report["sent"], 200, "{report}");
+    assert_eq!(report["delivered"], 200, "{report}");
+    assert_eq!(report["undelivered"], 0, "{report}");
+    assert!(
+        report["server_process"].is_object(),
+        "the spawned relay is measured: {report}"
+    );
+}
+
+/// The relay stores nothing, so `catchup` refuses it as a usage error.
+#[test]
+fn bench_catchup_refuses_the_relay() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["bench", "catchup", "--spawn", "--relay", "-m", "10", "-q"])
+        .output()
+        .expect("confab runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("relay stores nothing"), "{stderr}");
+}
