@@ -594,7 +594,7 @@ pub(crate) async fn run_idle(
             _ => (None, None, None, None),
         };
     Ok(IdleReport {
-        server: target.ws_url.clone(),
+        server: target.describe(),
         spawned: target.server.is_some(),
         requested: n as u64,
         connected,

@@ -126,9 +126,7 @@ impl Relay {
 
     fn user(&self, token: &str) -> Option<u64> {
         let user: u64 = token.strip_prefix("relay-")?.parse().ok()?;
-        (1..self.sockets.len() as u64)
-            .contains(&user)
-            .then_some(user)
+        self.is_user(user).then_some(user)
     }
 
     fn cursor(&self, user: u64) -> u64 {
@@ -241,7 +239,7 @@ impl Relay {
                 body,
             } => {
                 let to = to.0;
-                if self.peer_slot_missing(to) {
+                if !self.is_user(to) {
                     let err =
                         ServerFrame::error(ErrorCode::NotFound, "no such user", Some(client_id));
                     return ws.send(Message::text(err.to_json())).await.is_ok();
@@ -302,8 +300,8 @@ impl Relay {
         }
     }
 
-    fn peer_slot_missing(&self, user: u64) -> bool {
-        user == 0 || user as usize >= self.sockets.len()
+    fn is_user(&self, user: u64) -> bool {
+        (1..self.sockets.len() as u64).contains(&user)
     }
 }
 

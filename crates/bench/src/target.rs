@@ -62,7 +62,7 @@ pub struct TargetArgs {
     /// With --spawn: start `confab bench relay` instead of `confab serve`, a yardstick that
     /// answers the same frames over the same WebSocket stack with no store, presence or limits:
     /// what this machine and the load generator allow any server.
-    #[arg(long, requires = "spawn")]
+    #[arg(long, requires = "spawn", conflicts_with = "serve_args")]
     pub relay: bool,
     /// With --spawn: the confab binary to run [default: this program].
     #[arg(long, env = "CONFAB_BIN", hide = true)]

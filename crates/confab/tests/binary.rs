@@ -334,3 +334,26 @@ fn bench_catchup_refuses_the_relay() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("relay stores nothing"), "{stderr}");
 }
+
+/// `--relay` only means something with `--spawn`, and the relay takes no `serve` flags.
+#[test]
+fn bench_refuses_relay_without_spawn_or_with_serve_args() {
+    for args in [
+        &["bench", "pairs", "--relay"][..],
+        &[
+            "bench",
+            "pairs",
+            "--spawn",
+            "--relay",
+            "--serve-arg=--commit-batch=8",
+        ][..],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(args)
+            .output()
+            .expect("confab runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--relay"), "{stderr}");
+    }
+}
