@@ -97,7 +97,7 @@ pub struct Relay {
     sockets: Vec<Mutex<Option<mpsc::UnboundedSender<String>>>>,
     /// Each user's next stream position (its cursors).
     streams: Vec<AtomicU64>,
-    /// Each conversation's last `seq`.
+    /// Each conversation's last `seq`, by its users' [`pair`].
     seqs: Mutex<HashMap<(u64, u64), u64>>,
     next_id: AtomicU64,
 }
@@ -245,16 +245,15 @@ impl Relay {
                     return ws.send(Message::text(err.to_json())).await.is_ok();
                 }
                 *last_peer = Some(to);
-                let key = (me.min(to), me.max(to));
                 let seq = {
                     let mut seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
-                    let s = seqs.entry(key).or_default();
+                    let s = seqs.entry(pair(me, to)).or_default();
                     *s += 1;
                     *s
                 };
                 let message = ChatMessage {
                     id: Id(self.next_id.fetch_add(1, Ordering::Relaxed)),
-                    conversation: format!("{}:{}", key.0, key.1),
+                    conversation: conversation(me, to),
                     seq,
                     from: Id(me),
                     to: Id(to),
@@ -278,15 +277,21 @@ impl Relay {
                         .await
                         .is_ok()
             }
-            ClientFrame::Ack { cursor } => {
+            ClientFrame::Ack { .. } => {
+                // Confab tells the peer the highest `seq` acked; the relay, which keeps no
+                // streams, the conversation's last one.
                 if let Some(peer) = *last_peer
                     && let Some(socket) = self.peer_socket(peer)
                 {
+                    let seq = {
+                        let seqs = self.seqs.lock().unwrap_or_else(|e| e.into_inner());
+                        seqs.get(&pair(me, peer)).copied().unwrap_or(0)
+                    };
                     let receipt = ServerFrame::Receipt {
-                        conversation: format!("{}:{}", me.min(peer), me.max(peer)),
+                        conversation: conversation(me, peer),
                         user_id: Id(me),
                         kind: ReceiptKind::Delivered,
-                        seq: cursor.parse().unwrap_or(0),
+                        seq,
                     };
                     let _ = socket.send(receipt.to_json());
                 }
@@ -303,6 +308,18 @@ impl Relay {
     fn is_user(&self, user: u64) -> bool {
         (1..self.sockets.len() as u64).contains(&user)
     }
+}
+
+/// The two users of a conversation, lower id first.
+fn pair(a: u64, b: u64) -> (u64, u64) {
+    (a.min(b), a.max(b))
+}
+
+/// A conversation's id as confab writes it (`confab_server::store::conversation_id`:
+/// `<lower id>-<higher id>`), so the relay's frames are as long as confab's.
+fn conversation(a: u64, b: u64) -> String {
+    let (lo, hi) = pair(a, b);
+    format!("{lo}-{hi}")
 }
 
 fn now_ms() -> i64 {

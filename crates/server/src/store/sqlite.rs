@@ -1696,16 +1696,8 @@ mod tests {
     async fn the_wal_starts_over_past_its_bound() {
         const BOUND: u64 = 256 * 1024;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_owned();
         let restarts = counter();
-        let counted = restarts.clone();
-        let store = tokio::task::spawn_blocking(move || {
-            SqliteStore::open(&path, 64, BOUND, histogram(), counted)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        let store = Arc::new(store);
+        let store = Arc::new(open_store_with(dir.path(), 64, BOUND, restarts.clone()).await);
         const USERS: u64 = 64;
         for u in 1..=USERS {
             store
@@ -1753,12 +1745,22 @@ mod tests {
         store.close().await;
     }
 
-    /// Opens a store in `dir` off the async threads (opening migrates, which blocks).
+    /// Opens a store in `dir` with the default WAL bound.
     async fn open_store(dir: &Path) -> SqliteStore {
-        let path = dir.to_owned();
         let wal = crate::config::Config::default().wal_restart_bytes;
+        open_store_with(dir, 16, wal, counter()).await
+    }
+
+    /// Opens a store in `dir` off the async threads (opening migrates, which blocks).
+    async fn open_store_with(
+        dir: &Path,
+        max_batch: usize,
+        wal_restart_bytes: u64,
+        restarts: IntCounter,
+    ) -> SqliteStore {
+        let path = dir.to_owned();
         tokio::task::spawn_blocking(move || {
-            SqliteStore::open(&path, 16, wal, histogram(), counter())
+            SqliteStore::open(&path, max_batch, wal_restart_bytes, histogram(), restarts)
         })
         .await
         .unwrap()
