@@ -268,6 +268,36 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     assert!(again.is_empty(), "acked events repeated: {}", again.len());
 }
 
+/// One process owns an embedded store: a second `serve` and an `admin seed` on the data dir
+/// of a running node fail with an error that says so, and the running node is unharmed.
+#[tokio::test]
+async fn a_second_process_cannot_open_a_running_nodes_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let (alice, _) = user(node.addr, "alice").await;
+    for args in [
+        vec!["serve", "--listen", "127.0.0.1:0"],
+        vec!["admin", "seed", "--count", "1", "--password", "password1"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .expect("confab runs");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("in use by another process"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The node still serves its users.
+    let mut ws = connect(node.addr, &alice).await;
+    send(&mut ws, json!({"type": "ping"})).await;
+    while next(&mut ws).await.unwrap()["type"] != "pong" {}
+}
+
 #[test]
 fn serve_refuses_an_out_of_range_commit_batch() {
     refuses_out_of_range("--commit-batch");

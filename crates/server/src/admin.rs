@@ -34,13 +34,29 @@ pub async fn seed(
     prefix: &str,
     count: usize,
     password: &str,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<Vec<SeededAccount>> {
     validate_password(password)?;
     validate_username(&format!("{prefix}{}", count.saturating_sub(1)))?;
     let app = App::open(config.clone())
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
+    let seeded = seed_into(&app, prefix, count, password, progress).await;
+    app.store.close().await;
+    seeded
+}
+
+/// [`seed`] through an app that is already open (for instance a running node's, whose
+/// embedded store no second process may open).
+pub async fn seed_into(
+    app: &App,
+    prefix: &str,
+    count: usize,
+    password: &str,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<SeededAccount>> {
+    validate_password(password)?;
+    validate_username(&format!("{prefix}{}", count.saturating_sub(1)))?;
     let hash = app.auth.hash(password).await?;
     let mut out = Vec::with_capacity(count);
     let now = now_ms();
@@ -70,6 +86,5 @@ pub async fn seed(
         start = end;
         progress(start);
     }
-    app.store.close().await;
     Ok(out)
 }

@@ -261,7 +261,9 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let served = axum::serve(listener, router)
+    // `serve(listener, router)` would rebuild the router for every connection (a deep copy
+    // of every route, a few percent of a login's CPU); the make-service shares one.
+    let served = axum::serve(listener, router.into_make_service())
         .with_graceful_shutdown(signal)
         .await;
     // axum stops tracking a connection once it is upgraded; wait for the sockets ourselves.

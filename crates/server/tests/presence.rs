@@ -435,12 +435,8 @@ async fn presence_fan_out_to_a_thousand_friends() {
     let app = s.server.as_ref().unwrap().app.clone();
     let star = s.user("star").await;
     let star_id: confab_protocol::Id = star.id.parse().unwrap();
-    // 1,000 friends, seeded directly (no Argon2 per account).
-    // Written through a second handle on the same SQLite file (WAL allows it), with a node
-    // id of its own so its ids cannot collide with the running server's.
-    let mut seed_config = s.config.clone();
-    seed_config.node_id = 1;
-    let seeded = confab_server::admin::seed(&seed_config, "fan", 1000, "password1", |_| {})
+    // 1,000 friends, seeded through the running node's store (no Argon2 per account).
+    let seeded = confab_server::admin::seed_into(&app, "fan", 1000, "password1", |_| {})
         .await
         .expect("seeding");
     for acc in &seeded {

@@ -140,6 +140,35 @@ pub struct SqliteStore {
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: ReadPool,
     stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
+    /// `<data dir>/confab.lock`, locked while the store is open (see [`lock_data_dir`]).
+    lock: Mutex<Option<std::fs::File>>,
+}
+
+/// Locks `<dir>/confab.lock` for this process, or says who holds it. The writer keeps stream
+/// heads and conversation `seq`s in memory, so two processes writing one database would hand
+/// out the same positions: one process at a time owns an embedded store. The lock is the
+/// kernel's (`flock`), so a killed process leaves nothing to clean up. SQLite's own locks
+/// still let tools such as `sqlite3 .backup` read the database while it is held.
+fn lock_data_dir(dir: &Path) -> StoreResult<std::fs::File> {
+    let path = dir.join("confab.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Unavailable(format!(
+            "{} is in use by another process (a running `confab serve`?): one process at a \
+             time owns an embedded store",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
 }
 
 fn internal(e: rusqlite::Error) -> StoreError {
@@ -175,6 +204,7 @@ impl SqliteStore {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
+        let lock = lock_data_dir(dir)?;
         let path = dir.join("confab.db");
         let mut conn = Connection::open(&path)
             .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
@@ -227,6 +257,7 @@ impl SqliteStore {
             writer: Mutex::new(Some(writer)),
             readers: ReadPool::new(path),
             stop_checkpoints,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -1505,6 +1536,8 @@ impl MessageStore for SqliteStore {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         self.readers.close();
+        // The writer is gone: another process (or a store reopened here) may write now.
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
