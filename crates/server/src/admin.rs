@@ -36,6 +36,7 @@ pub async fn seed(
     password: &str,
     progress: impl FnMut(usize),
 ) -> Result<Vec<SeededAccount>> {
+    // Checked here too so that bad input is refused before a store is opened (or created).
     validate_password(password)?;
     validate_username(&format!("{prefix}{}", count.saturating_sub(1)))?;
     let app = App::open(config.clone())

@@ -1779,6 +1779,25 @@ mod tests {
     }
 
     /// Opens a store in `dir` with the default WAL bound.
+    /// While a store is open its data dir is locked: another open fails and says why, and
+    /// closing the store frees the dir.
+    #[tokio::test]
+    async fn an_open_store_holds_its_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_store(dir.path()).await;
+        let second = SqliteStore::open(dir.path(), 16, 1 << 20, histogram(), counter());
+        match second {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("in use by another process"), "{m}")
+            }
+            Err(e) => panic!("unexpected error: {e:?}"),
+            Ok(_) => panic!("a second store opened a locked data dir"),
+        }
+        first.close().await;
+        let again = open_store(dir.path()).await;
+        again.close().await;
+    }
+
     async fn open_store(dir: &Path) -> SqliteStore {
         let wal = crate::config::Config::default().wal_restart_bytes;
         open_store_with(dir, 16, wal, counter()).await
