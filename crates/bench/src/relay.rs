@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use confab_client::Id;
 use confab_protocol::{
     ClientFrame, ErrorCode, MAX_FRAME_BYTES, Message as ChatMessage, MessageFrame, ReceiptKind,
-    ServerFrame,
+    ServerFrame, conversation_id,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -315,11 +315,9 @@ fn pair(a: u64, b: u64) -> (u64, u64) {
     (a.min(b), a.max(b))
 }
 
-/// A conversation's id as confab writes it (`confab_server::store::conversation_id`:
-/// `<lower id>-<higher id>`), so the relay's frames are as long as confab's.
+/// A conversation's id as confab writes it, so the relay's frames are as long as confab's.
 fn conversation(a: u64, b: u64) -> String {
-    let (lo, hi) = pair(a, b);
-    format!("{lo}-{hi}")
+    conversation_id(Id(a), Id(b))
 }
 
 fn now_ms() -> i64 {

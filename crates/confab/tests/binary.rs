@@ -279,14 +279,29 @@ async fn a_second_process_cannot_open_a_running_nodes_store() {
         vec!["serve", "--listen", "127.0.0.1:0"],
         vec!["admin", "seed", "--count", "1", "--password", "password1"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
             .args(&args)
             .arg("--data-dir")
             .arg(dir.path())
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("confab runs");
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        // A `serve` let in would run until stopped: give it 20 s, then fail instead of hanging.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} opened the running node's store and kept running");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!status.success(), "{args:?} succeeded");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(
             stderr.contains("in use by another process"),
             "{args:?}: {stderr}"

@@ -36,6 +36,20 @@ impl FromStr for Id {
     }
 }
 
+/// The id of the conversation between two users, `<lower id>-<higher id>`: the same whoever
+/// sends, and what every frame and endpoint that names a conversation carries.
+pub fn conversation_id(a: Id, b: Id) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}-{hi}")
+}
+
+/// The two participants of a conversation id, lower id first, if it is well formed.
+pub fn conversation_members(conversation: &str) -> Option<(Id, Id)> {
+    let (lo, hi) = conversation.split_once('-')?;
+    let (lo, hi): (Id, Id) = (lo.parse().ok()?, hi.parse().ok()?);
+    (lo < hi && conversation_id(lo, hi) == conversation).then_some((lo, hi))
+}
+
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut buf = itoa_buf(self.0);
@@ -540,6 +554,16 @@ pub struct ErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conversation_ids_are_symmetric_and_parse_back() {
+        let c = conversation_id(Id(9), Id(3));
+        assert_eq!(c, conversation_id(Id(3), Id(9)));
+        assert_eq!(conversation_members(&c), Some((Id(3), Id(9))));
+        for bad in ["", "3", "9-3", "3-3", "03-9", "a-b", "3-9-1", "-3-9"] {
+            assert_eq!(conversation_members(bad), None, "{bad}");
+        }
+    }
 
     /// The hand-written readers of the common frames agree with the derived reading on every
     /// input: same frame when both read it, and never a frame where it refuses one.

@@ -36,9 +36,8 @@ pub async fn seed(
     password: &str,
     progress: impl FnMut(usize),
 ) -> Result<Vec<SeededAccount>> {
-    // Checked here too so that bad input is refused before a store is opened (or created).
-    validate_password(password)?;
-    validate_username(&format!("{prefix}{}", count.saturating_sub(1)))?;
+    // Before the store is opened (or created), so that bad input touches nothing.
+    validate_seed(prefix, count, password)?;
     let app = App::open(config.clone())
         .await
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -56,8 +55,7 @@ pub async fn seed_into(
     password: &str,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<SeededAccount>> {
-    validate_password(password)?;
-    validate_username(&format!("{prefix}{}", count.saturating_sub(1)))?;
+    validate_seed(prefix, count, password)?;
     let hash = app.auth.hash(password).await?;
     let mut out = Vec::with_capacity(count);
     let now = now_ms();
@@ -88,4 +86,10 @@ pub async fn seed_into(
         progress(start);
     }
     Ok(out)
+}
+
+/// The shared password is a valid one, and so is the longest username the run makes.
+fn validate_seed(prefix: &str, count: usize, password: &str) -> Result<()> {
+    validate_password(password)?;
+    validate_username(&format!("{prefix}{}", count.saturating_sub(1)))
 }

@@ -166,18 +166,8 @@ pub struct ReadAdvance {
     pub seq: u64,
 }
 
-/// The conversation id of two users: the same whoever sends.
-pub fn conversation_id(a: Id, b: Id) -> String {
-    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-    format!("{lo}-{hi}")
-}
-
-/// The two participants of a conversation id, if it is well formed.
-pub fn conversation_members(conversation: &str) -> Option<(Id, Id)> {
-    let (lo, hi) = conversation.split_once('-')?;
-    let (lo, hi): (Id, Id) = (lo.parse().ok()?, hi.parse().ok()?);
-    (lo < hi && conversation_id(lo, hi) == conversation).then_some((lo, hi))
-}
+/// Conversation ids are part of the protocol; the store names its rows by them.
+pub use confab_protocol::{conversation_id, conversation_members};
 
 /// `user`'s place in a conversation it takes part in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,15 +331,5 @@ mod tests {
         );
         assert_eq!(side_of(&c, Id(4)), None);
         assert_eq!(side_of("garbage", Id(3)), None);
-    }
-
-    #[test]
-    fn conversation_ids_are_symmetric_and_parse_back() {
-        let c = conversation_id(Id(9), Id(3));
-        assert_eq!(c, conversation_id(Id(3), Id(9)));
-        assert_eq!(conversation_members(&c), Some((Id(3), Id(9))));
-        for bad in ["", "3", "9-3", "3-3", "03-9", "a-b", "3-9-1", "-3-9"] {
-            assert_eq!(conversation_members(bad), None, "{bad}");
-        }
     }
 }

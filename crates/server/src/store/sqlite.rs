@@ -1778,7 +1778,6 @@ mod tests {
         store.close().await;
     }
 
-    /// Opens a store in `dir` with the default WAL bound.
     /// While a store is open its data dir is locked: another open fails and says why, and
     /// closing the store frees the dir.
     #[tokio::test]
@@ -1798,6 +1797,7 @@ mod tests {
         again.close().await;
     }
 
+    /// Opens a store in `dir` with the default WAL bound.
     async fn open_store(dir: &Path) -> SqliteStore {
         let wal = crate::config::Config::default().wal_restart_bytes;
         open_store_with(dir, 16, wal, counter()).await
