@@ -1414,6 +1414,54 @@ mod tests {
         db.drop_db().await;
     }
 
+    #[tokio::test]
+    async fn a_version_1_database_is_upgraded_in_place() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let url = db.url(None, "");
+        let store = PostgresStore::connect(&url, 2).await.unwrap();
+        user(&store, 1).await;
+        user(&store, 2).await;
+        let first = store.append(msg(10, "a")).await.unwrap();
+        // Back to version 1 with its data: what a database of the previous release holds.
+        let c = store.pool.get().await.unwrap();
+        c.batch_execute(
+            "DROP FUNCTION confab_append; DROP FUNCTION confab_set_cursor;
+             DELETE FROM schema_migrations WHERE version = 2",
+        )
+        .await
+        .unwrap();
+        drop(c);
+        store.close().await;
+
+        let store = PostgresStore::connect(&url, 2).await.unwrap();
+        let second = store.append(msg(11, "b")).await.unwrap();
+        assert_eq!(second.message.seq, first.message.seq + 1);
+        assert_eq!(second.sender_pos, first.sender_pos + 1);
+        assert_eq!(second.recipient_pos, first.recipient_pos + 1);
+        let again = store.append(msg(12, "a")).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.message.id, first.message.id);
+        let device = Id(20);
+        store
+            .create_device(NewDevice {
+                id: device,
+                user_id: Id(2),
+                name: None,
+                token_hash: [7; 32],
+                now: 1,
+            })
+            .await
+            .unwrap();
+        let advanced = store.set_cursor(device, 99).await.unwrap();
+        assert_eq!(advanced.len(), 1);
+        assert_eq!(advanced[0].seq, second.message.seq);
+        assert_eq!(advanced[0].peer, Id(1));
+        store.close().await;
+        db.drop_db().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn recovers_when_the_server_ends_its_sessions() {
         let Some(db) = TestDb::create().await else {
