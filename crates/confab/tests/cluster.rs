@@ -153,10 +153,17 @@ impl Cluster {
             "8",
             "--resync-interval",
             "1",
+            // The tests' senders keep several sends in flight as fast as the cluster answers
+            // them; the per-socket limits are tested elsewhere, and would only make how fast
+            // the store is decide whether a test passes.
             "--send-rate",
-            "1000",
+            "100000",
             "--send-burst",
-            "1000",
+            "100000",
+            "--frame-rate",
+            "100000",
+            "--frame-burst",
+            "100000",
         ])
     }
 
