@@ -222,6 +222,11 @@ impl NatsQueue {
                 match event {
                     async_nats::Event::Connected => tracing::info!("nats connected"),
                     async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                    // Only this process ends the connection (it reconnects forever otherwise):
+                    // a clean shutdown or the end of `confab admin seed`, nothing to warn of.
+                    async_nats::Event::Draining | async_nats::Event::Closed => {
+                        tracing::info!(event = %event, "nats connection ending")
+                    }
                     other => tracing::warn!(event = %other, "nats event"),
                 }
             });
