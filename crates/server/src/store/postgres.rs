@@ -251,6 +251,20 @@ const MIGRATIONS: &[&str] = &[
     END
     $fn$;
     "#,
+    // 3: a message's conversation update stays in place. With `last_ts` in the two per-user
+    // indexes every message wrote a new entry into each of them and left the old row version
+    // for VACUUM; without it the update is HOT (heap-only: no index entry, and the page
+    // prunes the old version itself) whenever the page has room, which the fill factors
+    // leave. The conversation list is one user's few rows, sorted after the lookup anyway.
+    r#"
+    DROP INDEX conversations_lo;
+    DROP INDEX conversations_hi;
+    CREATE INDEX conversations_lo ON conversations(user_lo);
+    CREATE INDEX conversations_hi ON conversations(user_hi);
+    ALTER TABLE conversations SET (fillfactor = 50);
+    ALTER TABLE users SET (fillfactor = 50);
+    ALTER TABLE devices SET (fillfactor = 50);
+    "#,
 ];
 
 const MESSAGE_COLUMNS: &str = "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts";
@@ -1428,7 +1442,13 @@ mod tests {
         let c = store.pool.get().await.unwrap();
         c.batch_execute(
             "DROP FUNCTION confab_append; DROP FUNCTION confab_set_cursor;
-             DELETE FROM schema_migrations WHERE version = 2",
+             DROP INDEX conversations_lo; DROP INDEX conversations_hi;
+             CREATE INDEX conversations_lo ON conversations(user_lo, last_ts);
+             CREATE INDEX conversations_hi ON conversations(user_hi, last_ts);
+             ALTER TABLE conversations RESET (fillfactor);
+             ALTER TABLE users RESET (fillfactor);
+             ALTER TABLE devices RESET (fillfactor);
+             DELETE FROM schema_migrations WHERE version >= 2",
         )
         .await
         .unwrap();
@@ -1459,6 +1479,49 @@ mod tests {
         assert_eq!(advanced[0].seq, second.message.seq);
         assert_eq!(advanced[0].peer, Id(1));
         store.close().await;
+        db.drop_db().await;
+    }
+
+    #[tokio::test]
+    async fn a_message_updates_its_conversation_in_place() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let url = db.url(None, "");
+        let store = PostgresStore::connect(&url, 1).await.unwrap();
+        user(&store, 1).await;
+        user(&store, 2).await;
+        for i in 0..20u64 {
+            // A later `ts` each time, so that an index on it would have to change.
+            let m = NewMessage {
+                ts: i as i64 + 1,
+                ..msg(100 + i, &format!("c{i}"))
+            };
+            store.append(m).await.unwrap();
+        }
+        // A backend reports its table statistics when it ends.
+        store.close().await;
+        let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let mut counts = (0, 0);
+        for _ in 0..50 {
+            let row = c
+                .query_one(
+                    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                     WHERE relname = 'conversations'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            counts = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+            if counts.0 >= 19 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The first message made the row; each later one updated it, all without index entries.
+        assert_eq!(counts, (19, 19), "(updates, heap-only updates)");
+        drop(c);
         db.drop_db().await;
     }
 
