@@ -1526,6 +1526,66 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_append_whose_session_ends_mid_call_is_retried_and_stored_once() {
+        let Some(db) = TestDb::create().await else {
+            return;
+        };
+        let url = db.url(None, "");
+        let store = Arc::new(PostgresStore::connect(&url, 2).await.unwrap());
+        user(&store, 1).await;
+        user(&store, 2).await;
+        // Hold user 1's row, so that the append waits inside `confab_append`.
+        let (mut blocker, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let tx = blocker.transaction().await.unwrap();
+        tx.execute("SELECT 1 FROM users WHERE id = 1 FOR UPDATE", &[])
+            .await
+            .unwrap();
+        let appending = tokio::spawn({
+            let store = store.clone();
+            async move { store.append(msg(10, "a")).await }
+        });
+        // End the waiting call's session, as a failover would, then let the row go.
+        let mut ended = 0;
+        for _ in 0..100 {
+            ended = db
+                .admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = $1 AND wait_event_type = 'Lock'
+                       AND query LIKE '%confab_append%'",
+                    &[&db.name],
+                )
+                .await
+                .unwrap();
+            if ended > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(ended, 1, "the append never waited on the lock");
+        tx.rollback().await.unwrap();
+        let appended = appending
+            .await
+            .unwrap()
+            .expect("retried on a fresh connection");
+        assert!(
+            !appended.duplicate,
+            "the ended call rolled back: this is the first store"
+        );
+        assert_eq!(appended.message.seq, 1);
+        let stored: i64 = blocker
+            .query_one("SELECT count(*) FROM messages", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 1);
+        drop(blocker);
+        store.close().await;
+        db.drop_db().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn recovers_when_the_server_ends_its_sessions() {
         let Some(db) = TestDb::create().await else {
             return;
