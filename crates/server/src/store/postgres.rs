@@ -1361,11 +1361,16 @@ mod tests {
         }
     }
 
-    async fn user(store: &PostgresStore, id: u64) {
+    /// A store on `url` (a pool of `pool`) holding users 1 and 2, between whom [`msg`] sends.
+    async fn two_users(url: &str, pool: usize) -> PostgresStore {
+        let store = PostgresStore::connect(url, pool).await.unwrap();
+        for id in [1, 2] {
+            store
+                .create_user(Id(id), &format!("user{id}"), "h", 1)
+                .await
+                .unwrap();
+        }
         store
-            .create_user(Id(id), &format!("user{id}"), "h", 1)
-            .await
-            .unwrap();
     }
 
     fn msg(id: u64, client_id: &str) -> NewMessage {
@@ -1434,9 +1439,7 @@ mod tests {
             return;
         };
         let url = db.url(None, "");
-        let store = PostgresStore::connect(&url, 2).await.unwrap();
-        user(&store, 1).await;
-        user(&store, 2).await;
+        let store = two_users(&url, 2).await;
         let first = store.append(msg(10, "a")).await.unwrap();
         // Back to version 1 with its data: what a database of the previous release holds.
         let c = store.pool.get().await.unwrap();
@@ -1488,9 +1491,7 @@ mod tests {
             return;
         };
         let url = db.url(None, "");
-        let store = PostgresStore::connect(&url, 1).await.unwrap();
-        user(&store, 1).await;
-        user(&store, 2).await;
+        let store = two_users(&url, 1).await;
         for i in 0..20u64 {
             // A later `ts` each time, so that an index on it would have to change.
             let m = NewMessage {
@@ -1531,9 +1532,7 @@ mod tests {
             return;
         };
         let url = db.url(None, "");
-        let store = Arc::new(PostgresStore::connect(&url, 2).await.unwrap());
-        user(&store, 1).await;
-        user(&store, 2).await;
+        let store = Arc::new(two_users(&url, 2).await);
         // Hold user 1's row, so that the append waits inside `confab_append`.
         let (mut blocker, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
         tokio::spawn(conn);
@@ -1590,9 +1589,7 @@ mod tests {
         let Some(db) = TestDb::create().await else {
             return;
         };
-        let store = PostgresStore::connect(&db.url(None, ""), 4).await.unwrap();
-        user(&store, 1).await;
-        user(&store, 2).await;
+        let store = two_users(&db.url(None, ""), 4).await;
         // Fill the pool, then end every session as a server restart would.
         let held = futures::future::try_join_all((0..4).map(|_| store.pool.get()))
             .await
@@ -1678,11 +1675,7 @@ mod tests {
             return db.drop_db().await;
         };
         let proxy = Proxy::start(target).await;
-        let store = PostgresStore::connect(&db.url(Some(proxy.port), ""), 4)
-            .await
-            .unwrap();
-        user(&store, 1).await;
-        user(&store, 2).await;
+        let store = two_users(&db.url(Some(proxy.port), ""), 4).await;
         store.append(msg(100, "a")).await.unwrap();
 
         proxy.down();
