@@ -258,10 +258,11 @@ pub trait MessageStore: Send + Sync + 'static {
         seq: u64,
     ) -> StoreResult<Option<ReadAdvance>>;
 
-    /// Whether an `append`'s transaction runs elsewhere (a writer thread), so that a future
-    /// left unpolled for a while pauses no transaction. Only then may a socket poll its sends
-    /// itself instead of giving each a task: a transaction paused mid-way along with a busy
-    /// socket's task would hold its locks meanwhile.
+    /// Whether an `append` runs elsewhere (a writer thread) and holds nothing of the store's
+    /// while its future waits to be polled. Only then may a socket poll its sends itself
+    /// instead of giving each a task: a send left unpolled along with a busy socket's task
+    /// would hold what it has taken meanwhile (in PostgreSQL a pooled connection, checked out
+    /// until the future finishes).
     fn appends_run_unpolled(&self) -> bool {
         false
     }
