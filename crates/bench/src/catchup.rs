@@ -188,6 +188,7 @@ pub async fn main(args: CatchupArgs) -> anyhow::Result<bool> {
              --send-rate/--send-burst",
         );
     }
+    args.target.one_server("catchup")?;
     let target = Target::prepare(&args.target, 1 + senders, 1_000).await?;
     let result = tokio::time::timeout(
         timeout,

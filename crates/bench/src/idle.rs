@@ -388,6 +388,7 @@ pub async fn main(args: IdleArgs) -> anyhow::Result<bool> {
         ));
     }
 
+    args.target.one_server("idle")?;
     let target = Target::prepare(&args.target, n, n + 1_000).await?;
     let result = run_idle(&target, &args, plan, processes, hold, timeout).await;
     target.shutdown().await;

@@ -454,18 +454,19 @@ pub async fn run_pairs(
         "connecting {bar:40} {pos}/{len} sockets ({per_sec})",
     );
     let t0 = Instant::now();
-    let results: Vec<anyhow::Result<crate::connect::Synced>> = stream::iter(accounts)
-        .map(|a| {
-            let bar = connect_bar.clone();
-            async move {
-                let r = connect_synced(&target.ws_url, &a.token, None).await;
-                bar.inc(1);
-                r
-            }
-        })
-        .buffered(cfg.connect_concurrency)
-        .collect()
-        .await;
+    let results: Vec<anyhow::Result<crate::connect::Synced>> =
+        stream::iter(accounts.iter().enumerate())
+            .map(|(i, a)| {
+                let bar = connect_bar.clone();
+                async move {
+                    let r = connect_synced(target.ws_url_for(i), &a.token, None).await;
+                    bar.inc(1);
+                    r
+                }
+            })
+            .buffered(cfg.connect_concurrency)
+            .collect()
+            .await;
     connect_bar.finish_and_clear();
     let connect_s = t0.elapsed().as_secs_f64();
     let mut failures = BTreeMap::new();

@@ -39,8 +39,11 @@ pub struct TargetArgs {
     #[arg(long, conflicts_with_all = ["server", "accounts"])]
     pub spawn: bool,
     /// Base URL of a running server (loopback addresses only) [default: http://127.0.0.1:8080].
-    #[arg(long, env = "CONFAB_BENCH_SERVER")]
-    pub server: Option<String>,
+    /// `pairs` and `sweep` take it more than once, for the nodes of one cluster: user i then
+    /// connects to the (i mod count)-th URL, so that partners sit on different nodes and every
+    /// message crosses the sync queue.
+    #[arg(long, env = "CONFAB_BENCH_SERVER", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// That server's accounts: the JSON file `confab admin seed --out FILE` wrote.
     #[arg(long, env = "CONFAB_BENCH_ACCOUNTS")]
     pub accounts: Option<PathBuf>,
@@ -69,11 +72,28 @@ pub struct TargetArgs {
     pub confab_bin: Option<PathBuf>,
 }
 
+impl TargetArgs {
+    /// Refuses more than one `--server` for a subcommand that loads one server.
+    pub fn one_server(&self, command: &str) -> anyhow::Result<()> {
+        if self.server.len() > 1 {
+            bail!(
+                "`{command}` loads one server; only `pairs` and `sweep` spread their users over \
+                 several (got {} --server URLs)",
+                self.server.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A server ready to be loaded, and accounts on it.
 pub struct Target {
-    /// `ws://…/v1/ws`.
+    /// `ws://…/v1/ws` of the (first) server.
     pub ws_url: String,
-    /// The server's socket address (always loopback).
+    /// Every server's `ws://…/v1/ws`, the first being `ws_url`: the nodes of one cluster
+    /// when there are several (see [`Target::ws_url_for`]).
+    pub ws_urls: Vec<String>,
+    /// The (first) server's socket address (always loopback).
     pub addr: SocketAddr,
     /// At least as many accounts as the run asked for, in the seed file's order.
     pub accounts: Vec<SeededAccount>,
@@ -96,11 +116,15 @@ impl Target {
         if args.spawn {
             return spawn(args, users, max_connections).await;
         }
-        let base = args
-            .server
-            .clone()
-            .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned());
-        let addr = loopback_addr(&base).await?;
+        let bases = if args.server.is_empty() {
+            vec!["http://127.0.0.1:8080".to_owned()]
+        } else {
+            args.server.clone()
+        };
+        let addr = loopback_addr(&bases[0]).await?;
+        for base in &bases[1..] {
+            loopback_addr(base).await?;
+        }
         let Some(file) = &args.accounts else {
             bail!(
                 "name the server's accounts with --accounts FILE (the output of `confab admin seed \
@@ -116,8 +140,10 @@ impl Target {
             );
         }
         accounts.truncate(users);
+        let ws_urls: Vec<String> = bases.iter().map(|b| Api::new(b).ws_url()).collect();
         Ok(Target {
-            ws_url: Api::new(&base).ws_url(),
+            ws_url: ws_urls[0].clone(),
+            ws_urls,
             addr,
             accounts,
             accounts_file: Some(file.clone()),
@@ -128,8 +154,10 @@ impl Target {
 
     /// A target for an in-process server (tests): its address and already seeded accounts.
     pub fn in_process(addr: SocketAddr, accounts: Vec<SeededAccount>) -> Target {
+        let ws_url = format!("ws://{addr}/v1/ws");
         Target {
-            ws_url: format!("ws://{addr}/v1/ws"),
+            ws_urls: vec![ws_url.clone()],
+            ws_url,
             addr,
             accounts,
             accounts_file: None,
@@ -138,12 +166,19 @@ impl Target {
         }
     }
 
-    /// The server's WebSocket URL as reports name it.
+    /// The WebSocket URL user `i` (its index among the run's users) connects to: the servers
+    /// in turn, so that users `2j` and `2j + 1`, partners in `pairs`, are on different nodes
+    /// whenever there are several.
+    pub fn ws_url_for(&self, i: usize) -> &str {
+        &self.ws_urls[i % self.ws_urls.len()]
+    }
+
+    /// The server's WebSocket URL (or URLs) as reports name it.
     pub fn describe(&self) -> String {
         if self.relay {
             format!("{} (confab bench relay: no store)", self.ws_url)
         } else {
-            self.ws_url.clone()
+            self.ws_urls.join(", ")
         }
     }
 
@@ -371,8 +406,10 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
         // The relay writes its accounts before it listens.
         accounts = read_accounts(&accounts_file)?;
     }
+    let ws_url = format!("ws://{addr}/v1/ws");
     Ok(Target {
-        ws_url: format!("ws://{addr}/v1/ws"),
+        ws_urls: vec![ws_url.clone()],
+        ws_url,
         addr,
         accounts,
         accounts_file: Some(accounts_file),
@@ -442,6 +479,37 @@ pub fn raise_nofile_limit() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_take_the_servers_in_turn_so_partners_are_on_different_nodes() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut target = Target::in_process(addr, Vec::new());
+        assert_eq!(target.ws_url_for(7), "ws://127.0.0.1:1/v1/ws");
+        target.ws_urls.push("ws://127.0.0.1:2/v1/ws".into());
+        let nodes: Vec<&str> = (0..4).map(|i| target.ws_url_for(i)).collect();
+        assert_eq!(
+            nodes,
+            [
+                "ws://127.0.0.1:1/v1/ws",
+                "ws://127.0.0.1:2/v1/ws",
+                "ws://127.0.0.1:1/v1/ws",
+                "ws://127.0.0.1:2/v1/ws"
+            ]
+        );
+        assert_eq!(
+            target.describe(),
+            "ws://127.0.0.1:1/v1/ws, ws://127.0.0.1:2/v1/ws"
+        );
+    }
+
+    #[test]
+    fn only_pairs_and_sweep_take_several_servers() {
+        let mut args = TargetArgs::default();
+        args.one_server("idle").unwrap();
+        args.server = vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()];
+        let err = args.one_server("idle").unwrap_err().to_string();
+        assert!(err.contains("`idle` loads one server"), "{err}");
+    }
 
     #[test]
     fn listening_line_parses() {

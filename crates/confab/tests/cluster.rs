@@ -816,3 +816,93 @@ async fn a_lost_node_id_lease_is_replaced_and_sends_resume() {
         .unwrap();
     cluster.finish().await;
 }
+
+/// `confab_messages_stored_total` on one node.
+async fn stored_total(addr: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("confab_messages_stored_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no confab_messages_stored_total in:\n{text}"))
+}
+
+/// `confab bench pairs` given two nodes puts the two users of each pair on different nodes,
+/// so every message crosses the sync queue: each node stores its own users' half, and every
+/// message reaches the partner on the other node.
+#[tokio::test]
+async fn bench_pairs_over_two_nodes_delivers_every_message_across_them() {
+    let Some(engines) = engines("bench_pairs_over_two_nodes_delivers_every_message_across_them")
+    else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start(engines, 0).await;
+    let accounts = cluster.dir.path().join("accounts.json");
+    let store = with_database(&cluster.engines.postgres, &cluster.database);
+    let seeded = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "admin",
+            "seed",
+            "--count",
+            "20",
+            "--password",
+            "bench-password",
+        ])
+        .arg("--out")
+        .arg(&accounts)
+        .args(["--store", &store, "--queue", &cluster.engines.nats])
+        .args([
+            "--presence",
+            &cluster.engines.redis,
+            "--cluster",
+            &cluster.name,
+        ])
+        .env("RUST_LOG", "warn")
+        .status()
+        .unwrap();
+    assert!(seeded.success(), "confab admin seed failed");
+    for _ in 0..2 {
+        let node = cluster.spawn(&[]);
+        cluster.nodes.push(Some(node));
+    }
+    let (n0, n1) = (cluster.addr(0), cluster.addr(1));
+
+    // 20 users at 200 msgs/s for 2 s: 10 senders per node, 20 messages each.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["bench", "pairs", "--quiet", "--json"])
+        .args([
+            "--server",
+            &format!("http://{n0}"),
+            "--server",
+            &format!("http://{n1}"),
+        ])
+        .arg("--accounts")
+        .arg(&accounts)
+        .args(["-n", "20", "-r", "200", "-d", "2", "-b", "64"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not a JSON report ({e}): {stderr}"));
+    assert_eq!(report["sent"], 400, "{report:#}");
+    assert_eq!(report["acked"], 400, "{report:#}");
+    assert_eq!(report["delivered"], 400, "{report:#}");
+    assert_eq!(report["undelivered"], 0, "{report:#}");
+    assert_eq!(report["duplicates"], 0, "{report:#}");
+    assert_eq!(report["errors"], json!({}), "{report:#}");
+    let server = report["server"].as_str().unwrap();
+    assert!(
+        server.contains(&n0.to_string()) && server.contains(&n1.to_string()),
+        "{server}"
+    );
+    // A message is stored by its sender's node: each node stored its own senders' half.
+    assert_eq!((stored_total(n0).await, stored_total(n1).await), (200, 200));
+    cluster.finish().await;
+}
