@@ -214,7 +214,7 @@ impl PairsConfig {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PairsReport {
     pub config: PairsConfig,
-    /// The WebSocket URL loaded.
+    /// The WebSocket URL loaded (several, comma-separated, for the nodes of a cluster).
     pub server: String,
     pub spawned: bool,
     /// Random id of this run, in every `client_id` and body.
