@@ -242,7 +242,7 @@ pub async fn run_catchup(
     let partners = &partners[..senders];
     let run: u32 = rand::random();
     let mut report = CatchupReport {
-        server: target.ws_url.clone(),
+        server: target.ws_url().to_owned(),
         spawned: target.server.is_some(),
         run_id: run,
         messages: messages as u64,
@@ -252,7 +252,7 @@ pub async fn run_catchup(
     };
 
     // 1. The reader's device comes online once, learns where its stream ends, and goes away.
-    let first = connect_synced(&target.ws_url, &reader.token, None)
+    let first = connect_synced(target.ws_url(), &reader.token, None)
         .await
         .context("first connect of the offline device")?;
     let resume_at = first.cursor.clone();
@@ -270,7 +270,7 @@ pub async fn run_catchup(
         let seqs = (k * messages / senders) as u32..((k + 1) * messages / senders) as u32;
         let bar = fill_bar.clone();
         async move {
-            let partner = connect_synced(&target.ws_url, &p.token, None)
+            let partner = connect_synced(target.ws_url(), &p.token, None)
                 .await
                 .context("connect of a sending partner")?;
             fill(
@@ -307,7 +307,7 @@ pub async fn run_catchup(
     // 3. The reader reconnects where it left off; everything acked must be in the catch-up.
     let server_before = target.server_sample();
     let t0 = Instant::now();
-    let (mut conn, _) = Connection::connect(&target.ws_url, &reader.token, Some(&resume_at))
+    let (mut conn, _) = Connection::connect(target.ws_url(), &reader.token, Some(&resume_at))
         .await
         .map_err(|e| anyhow!("reconnect of the offline device: {}", sdk_reason(&e)))?;
     let t_welcome = Instant::now();

@@ -465,7 +465,7 @@ pub(crate) async fn run_idle(
         });
         let errors = open_share(
             target.addr,
-            &target.ws_url,
+            target.ws_url(),
             &target.accounts[..n],
             0,
             plan,
@@ -629,7 +629,7 @@ fn spawn_worker(
     args: &IdleArgs,
 ) -> anyhow::Result<Share> {
     let mut cmd = Command::new(exe);
-    cmd.args(["bench", "idle-worker", "--ws-url", &target.ws_url])
+    cmd.args(["bench", "idle-worker", "--ws-url", target.ws_url()])
         .arg("--server-addr")
         .arg(target.addr.to_string())
         .arg("--accounts")

@@ -88,10 +88,8 @@ impl TargetArgs {
 
 /// A server ready to be loaded, and accounts on it.
 pub struct Target {
-    /// `ws://…/v1/ws` of the (first) server.
-    pub ws_url: String,
-    /// Every server's `ws://…/v1/ws`, the first being `ws_url`: the nodes of one cluster
-    /// when there are several (see [`Target::ws_url_for`]).
+    /// Every server's `ws://…/v1/ws` (never empty): the nodes of one cluster when there are
+    /// several (see [`Target::ws_url_for`]).
     pub ws_urls: Vec<String>,
     /// The (first) server's socket address (always loopback).
     pub addr: SocketAddr,
@@ -122,6 +120,7 @@ impl Target {
             args.server.clone()
         };
         let addr = loopback_addr(&bases[0]).await?;
+        // Load goes to loopback only, on every node.
         for base in &bases[1..] {
             loopback_addr(base).await?;
         }
@@ -140,10 +139,8 @@ impl Target {
             );
         }
         accounts.truncate(users);
-        let ws_urls: Vec<String> = bases.iter().map(|b| Api::new(b).ws_url()).collect();
         Ok(Target {
-            ws_url: ws_urls[0].clone(),
-            ws_urls,
+            ws_urls: bases.iter().map(|b| Api::new(b).ws_url()).collect(),
             addr,
             accounts,
             accounts_file: Some(file.clone()),
@@ -154,16 +151,19 @@ impl Target {
 
     /// A target for an in-process server (tests): its address and already seeded accounts.
     pub fn in_process(addr: SocketAddr, accounts: Vec<SeededAccount>) -> Target {
-        let ws_url = format!("ws://{addr}/v1/ws");
         Target {
-            ws_urls: vec![ws_url.clone()],
-            ws_url,
+            ws_urls: vec![format!("ws://{addr}/v1/ws")],
             addr,
             accounts,
             accounts_file: None,
             server: None,
             relay: false,
         }
+    }
+
+    /// The (first) server's `ws://…/v1/ws`.
+    pub fn ws_url(&self) -> &str {
+        &self.ws_urls[0]
     }
 
     /// The WebSocket URL user `i` (its index among the run's users) connects to: the servers
@@ -176,7 +176,7 @@ impl Target {
     /// The server's WebSocket URL (or URLs) as reports name it.
     pub fn describe(&self) -> String {
         if self.relay {
-            format!("{} (confab bench relay: no store)", self.ws_url)
+            format!("{} (confab bench relay: no store)", self.ws_url())
         } else {
             self.ws_urls.join(", ")
         }
@@ -406,10 +406,8 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
         // The relay writes its accounts before it listens.
         accounts = read_accounts(&accounts_file)?;
     }
-    let ws_url = format!("ws://{addr}/v1/ws");
     Ok(Target {
-        ws_urls: vec![ws_url.clone()],
-        ws_url,
+        ws_urls: vec![format!("ws://{addr}/v1/ws")],
         addr,
         accounts,
         accounts_file: Some(accounts_file),
