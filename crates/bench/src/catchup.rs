@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use confab_client::{ClientFrame, Connection, ErrorCode, Id, ServerFrame};
+use confab_client::{ClientFrame, Connection, DEFAULT_READ_BUFFER, ErrorCode, Id, ServerFrame};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -252,7 +252,7 @@ pub async fn run_catchup(
     };
 
     // 1. The reader's device comes online once, learns where its stream ends, and goes away.
-    let first = connect_synced(target.ws_url(), &reader.token, None)
+    let first = connect_synced(target.ws_url(), &reader.token, None, DEFAULT_READ_BUFFER)
         .await
         .context("first connect of the offline device")?;
     let resume_at = first.cursor.clone();
@@ -270,7 +270,7 @@ pub async fn run_catchup(
         let seqs = (k * messages / senders) as u32..((k + 1) * messages / senders) as u32;
         let bar = fill_bar.clone();
         async move {
-            let partner = connect_synced(target.ws_url(), &p.token, None)
+            let partner = connect_synced(target.ws_url(), &p.token, None, DEFAULT_READ_BUFFER)
                 .await
                 .context("connect of a sending partner")?;
             fill(

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use confab_client::{ClientFrame, Connection, Error as SdkError, ErrorKind, ServerFrame, Welcome};
+use confab_client::{
+    ClientFrame, ConnectOptions, Connection, Error as SdkError, ErrorKind, ServerFrame, Welcome,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -27,15 +29,21 @@ pub struct Synced {
     pub replayed: usize,
 }
 
-/// Connects with the SDK, sends `hello` and reads up to `synced`. Replayed history is acked,
-/// so the next run on these accounts does not replay it again.
+/// Connects with the SDK, reading `read_buffer` bytes at a time, sends `hello` and reads up to
+/// `synced`. Replayed history is acked, so the next run on these accounts does not replay it
+/// again.
 pub async fn connect_synced(
     ws_url: &str,
     token: &str,
     cursor: Option<&str>,
+    read_buffer: usize,
 ) -> anyhow::Result<Synced> {
+    let options = ConnectOptions {
+        read_buffer,
+        ..ConnectOptions::default()
+    };
     let work = async {
-        let (mut conn, welcome) = Connection::connect(ws_url, token, cursor)
+        let (mut conn, welcome) = Connection::connect_with(ws_url, token, cursor, options)
             .await
             .map_err(|e| anyhow!(sdk_reason(&e)).context("connect"))?;
         let mut replayed = 0;

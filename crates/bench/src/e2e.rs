@@ -166,13 +166,13 @@ async fn pairs_against_the_relay_delivers_every_message() {
 #[tokio::test]
 async fn the_relay_refuses_an_unknown_token() {
     let target = relay(2).await;
-    let err = crate::connect::connect_synced(target.ws_url(), "relay-3", None)
+    let err = crate::connect::connect_synced(target.ws_url(), "relay-3", None, 1024)
         .await
         .err()
         .expect("user 3 does not exist on a relay of 2");
     assert!(format!("{err:?}").contains("nauthorized"), "{err:?}");
     assert!(
-        crate::connect::connect_synced(target.ws_url(), "relay-2", None)
+        crate::connect::connect_synced(target.ws_url(), "relay-2", None, 1024)
             .await
             .is_ok()
     );

@@ -453,13 +453,14 @@ pub async fn run_pairs(
         cfg.users as u64,
         "connecting {bar:40} {pos}/{len} sockets ({per_sec})",
     );
+    let read_buffer = read_buffer_for(cfg.body_bytes);
     let t0 = Instant::now();
     let results: Vec<anyhow::Result<crate::connect::Synced>> =
         stream::iter(accounts.iter().enumerate())
             .map(|(i, a)| {
                 let bar = connect_bar.clone();
                 async move {
-                    let r = connect_synced(target.ws_url_for(i), &a.token, None).await;
+                    let r = connect_synced(target.ws_url_for(i), &a.token, None, read_buffer).await;
                     bar.inc(1);
                     r
                 }
@@ -1013,6 +1014,17 @@ where
     r
 }
 
+/// What a `message` frame adds to its body: ids, conversation, seq, ts, cursor, keys.
+const MESSAGE_FRAME_OVERHEAD: usize = 512;
+
+/// Bytes each socket reads at a time: room for one of this run's `message` frames. tungstenite
+/// zeroes the whole buffer before every read, and the generator's 10,000 sockets mostly get
+/// one frame per read, so the SDK's 8 KiB (sized for catch-up bursts) cost the generator ~5 %
+/// of its CPU in `memset` alone.
+fn read_buffer_for(body_bytes: usize) -> usize {
+    (body_bytes + MESSAGE_FRAME_OVERHEAD).next_power_of_two()
+}
+
 /// Ack phases per ack interval: one per millisecond of it (at least one). Connection `i`
 /// acks in phase `i % phases`.
 fn ack_phases(interval: Option<Duration>) -> usize {
@@ -1066,6 +1078,14 @@ mod tests {
         assert!(!rest.contains(&3) && !rest.contains(&(3 + PHASES)));
         request_acks(&cursor, &mut acked, &tx, None);
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_socket_reads_one_message_frame_at_a_time() {
+        assert_eq!(read_buffer_for(100), 1024);
+        assert_eq!(read_buffer_for(4096), 8192);
+        // The largest body the protocol allows still fits, frame and all.
+        assert!(read_buffer_for(4096) >= 4096 + MESSAGE_FRAME_OVERHEAD);
     }
 
     #[test]

@@ -17,8 +17,35 @@ type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long [`Connection::connect`] waits for the upgrade and the `welcome`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a [`Connection`] asks its socket for per read unless told otherwise
+/// ([`ConnectOptions::read_buffer`]). tungstenite's default reserves 128 KiB for reading
+/// (and as much for writing); chat frames are small, and a process with thousands of
+/// connections (a load test, a bridge) would spend gigabytes on them. Big enough that a
+/// catch-up burst takes few reads; a bigger frame grows the buffer for itself.
+pub const DEFAULT_READ_BUFFER: usize = 8 * 1024;
 /// How long a clean close waits for the server's side of the closing handshake.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How [`Connection::connect_with`] connects.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOptions {
+    /// Time for the upgrade and the `welcome` together.
+    pub timeout: Duration,
+    /// Bytes asked of the socket per read. tungstenite zeroes this much before every read, so
+    /// a process holding thousands of sockets that each get a frame at a time (a load
+    /// generator) spends less with a buffer near its frames' size; a bigger frame still
+    /// arrives whole, over more reads.
+    pub read_buffer: usize,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: CONNECT_TIMEOUT,
+            read_buffer: DEFAULT_READ_BUFFER,
+        }
+    }
+}
 
 /// The server's `welcome`: who this socket is authenticated as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,12 +94,26 @@ impl Connection {
         cursor: Option<&str>,
         limit: Duration,
     ) -> Result<(Connection, Welcome), Error> {
+        let options = ConnectOptions {
+            timeout: limit,
+            ..ConnectOptions::default()
+        };
+        Self::connect_with(ws_url, token, cursor, options).await
+    }
+
+    /// [`Connection::connect`] with every option of the caller's choosing.
+    pub async fn connect_with(
+        ws_url: &str,
+        token: &str,
+        cursor: Option<&str>,
+        options: ConnectOptions,
+    ) -> Result<(Connection, Welcome), Error> {
         let handshake = async {
-            let mut conn = Connection::open(ws_url).await?;
+            let mut conn = Connection::open_with(ws_url, options.read_buffer).await?;
             let welcome = conn.hello(token, cursor).await?;
             Ok((conn, welcome))
         };
-        tokio::time::timeout(limit, handshake)
+        tokio::time::timeout(options.timeout, handshake)
             .await
             .map_err(|_| Error::new(ErrorKind::Timeout))?
     }
@@ -80,11 +121,13 @@ impl Connection {
     /// Only the WebSocket upgrade, no `hello`: for tests of what the server does before or
     /// instead of a proper `hello`. No time limit.
     pub async fn open(ws_url: &str) -> Result<Connection, Error> {
-        // tungstenite's defaults reserve 128 KiB for reading and writing each; chat frames are
-        // small (the buffer grows for a big one), and a process with thousands of connections
-        // (a load test, a bridge) would spend gigabytes on them.
+        Self::open_with(ws_url, DEFAULT_READ_BUFFER).await
+    }
+
+    /// [`Connection::open`] reading `read_buffer` bytes at a time.
+    async fn open_with(ws_url: &str, read_buffer: usize) -> Result<Connection, Error> {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
+            .read_buffer_size(read_buffer)
             .write_buffer_size(0);
         // Nagle would hold small frames back for up to 40 ms; chat frames are all small.
         let (ws, _response) =

@@ -14,7 +14,10 @@ mod error;
 
 pub use api::Api;
 pub use client::{Client, ClientConfig, Event, Sent};
-pub use connection::{CONNECT_TIMEOUT, Connection, ConnectionReceiver, ConnectionSender, Welcome};
+pub use connection::{
+    CONNECT_TIMEOUT, ConnectOptions, Connection, ConnectionReceiver, ConnectionSender,
+    DEFAULT_READ_BUFFER, Welcome,
+};
 pub use error::{BoxError, Error, ErrorKind};
 
 pub use confab_protocol as protocol;

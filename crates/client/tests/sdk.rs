@@ -6,8 +6,8 @@ mod fake;
 use std::time::Duration;
 
 use confab_client::{
-    Api, Client, ClientConfig, ClientFrame, Connection, ErrorCode, ErrorKind, Event, Id, Message,
-    ServerFrame,
+    Api, Client, ClientConfig, ClientFrame, ConnectOptions, Connection, ErrorCode, ErrorKind,
+    Event, Id, Message, ServerFrame,
 };
 use fake::{FakeServer, STEP, http_server};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -100,6 +100,33 @@ async fn connection_hello_welcome_and_close_code() {
     assert_eq!(conn.close_code(), Some(1001));
     assert_eq!(conn.close_reason(), Some("going away"));
     closing.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_small_read_buffer_still_reads_frames_bigger_than_itself() {
+    let mut server = FakeServer::start().await;
+    let url = Api::new(&server.base_url).ws_url();
+    let options = ConnectOptions {
+        read_buffer: 64,
+        ..ConnectOptions::default()
+    };
+    let (conn, (mut fake, _)) = tokio::join!(
+        Connection::connect_with(&url, TOKEN, None, options),
+        server.accept_hello(TOKEN)
+    );
+    let (mut conn, _) = conn.unwrap();
+    // 4,096 bytes of body: the frame takes dozens of 64-byte reads.
+    let mut big = message(7, 1, "c10");
+    if let ServerFrame::Message { message, .. } = &mut big {
+        message.body = "é".repeat(2048);
+    }
+    fake.send(&big).await;
+    fake.send(&message(8, 2, "c11")).await;
+    assert_eq!(conn.next().await.unwrap(), Some(big));
+    let Some(ServerFrame::Message { message, .. }) = conn.next().await.unwrap() else {
+        panic!("expected the second message");
+    };
+    assert_eq!(message.id, Id(8));
 }
 
 #[tokio::test]
