@@ -91,6 +91,9 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak resident set (VmHWM), KiB.
     pub hwm_kib: u64,
+    /// Bytes the process has sent toward storage (`write_bytes` of `/proc/PID/io`), where
+    /// that file is readable.
+    pub write_bytes: Option<u64>,
     pub at: Instant,
 }
 
@@ -108,6 +111,9 @@ impl ProcSample {
             cpu_ticks: parse_stat_cpu_ticks(&stat)?,
             rss_kib: parse_status_kib(&status, "VmRSS").unwrap_or(0),
             hwm_kib: parse_status_kib(&status, "VmHWM").unwrap_or(0),
+            write_bytes: std::fs::read_to_string(format!("{dir}/io"))
+                .ok()
+                .and_then(|io| parse_io_field(&io, "write_bytes")),
             at: Instant::now(),
         })
     }
@@ -146,6 +152,14 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// A `key: 1234` line of `/proc/PID/io`.
+pub fn parse_io_field(io: &str, key: &str) -> Option<u64> {
+    io.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// CPU and memory of the spawned server over a run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessStats {
@@ -157,6 +171,10 @@ pub struct ProcessStats {
     pub rss_mib: f64,
     /// Peak resident memory since the process started (VmHWM), MiB.
     pub peak_rss_mib: f64,
+    /// What the process wrote toward storage over the run (page cache pages it dirtied,
+    /// counted when dirtied), MiB; `None` where `/proc/PID/io` cannot be read.
+    #[serde(default)]
+    pub disk_written_mib: Option<f64>,
 }
 
 impl ProcessStats {
@@ -168,6 +186,10 @@ impl ProcessStats {
             cpu_secs: after.cpu_secs_since(before),
             rss_mib: after.rss_kib as f64 / 1024.0,
             peak_rss_mib: after.hwm_kib as f64 / 1024.0,
+            disk_written_mib: match (before.write_bytes, after.write_bytes) {
+                (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / (1024.0 * 1024.0)),
+                _ => None,
+            },
         }
     }
 }
@@ -238,6 +260,10 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(10240));
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(20480));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
+        let io = "rchar: 10\nwchar: 20\nsyscw: 3\nread_bytes: 4096\nwrite_bytes: 8192\ncancelled_write_bytes: 0\n";
+        assert_eq!(parse_io_field(io, "write_bytes"), Some(8192));
+        assert_eq!(parse_io_field(io, "read_bytes"), Some(4096));
+        assert_eq!(parse_io_field(io, "syscr"), None);
         // This process has a /proc entry on Linux.
         if let Some(s) = ProcSample::read(None) {
             assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
@@ -251,12 +277,14 @@ mod tests {
             cpu_ticks: 100,
             rss_kib: 0,
             hwm_kib: 0,
+            write_bytes: Some(1 << 20),
             at: t0,
         };
         let after = ProcSample {
             cpu_ticks: 400,
             rss_kib: 2048,
             hwm_kib: 4096,
+            write_bytes: Some(5 << 19),
             at: t0 + std::time::Duration::from_secs(2),
         };
         let s = ProcessStats::between(7, &before, &after);
@@ -264,5 +292,15 @@ mod tests {
         assert_eq!(s.cpu_pct, 150.0);
         assert_eq!(s.rss_mib, 2.0);
         assert_eq!(s.peak_rss_mib, 4.0);
+        assert_eq!(s.disk_written_mib, Some(1.5));
+        // Without /proc/PID/io at either end there is no figure.
+        let unread = ProcSample {
+            write_bytes: None,
+            ..after
+        };
+        assert_eq!(
+            ProcessStats::between(7, &before, &unread).disk_written_mib,
+            None
+        );
     }
 }
