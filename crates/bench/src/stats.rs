@@ -160,7 +160,7 @@ pub fn parse_io_field(io: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// CPU and memory of the spawned server over a run.
+/// CPU, memory and disk writes of a process (the spawned server, the load generator) over a run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProcessStats {
     pub pid: u32,
