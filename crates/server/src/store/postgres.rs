@@ -529,18 +529,12 @@ impl PostgresStore {
         T: Send,
         F: for<'c> Fn(&'c Object) -> BoxFuture<'c, Result<T, Failure>> + Send + Sync,
     {
-        let mut attempt = 1;
-        loop {
-            let result = match self.client().await {
-                Ok(client) => op(&client).await,
-                Err(e) => Err(Failure::Final(e)),
-            };
-            match result {
-                Ok(v) => return Ok(v),
-                Err(Failure::Retry(e)) if attempt < MAX_ATTEMPTS => backoff(&mut attempt, &e).await,
-                Err(Failure::Retry(e) | Failure::Final(e)) => return Err(e),
-            }
-        }
+        let op = &op;
+        retrying(move || async move {
+            let client = self.client().await.map_err(Failure::Final)?;
+            op(&client).await
+        })
+        .await
     }
 
     /// Runs `op` in a transaction and commits it; retries the whole transaction on deadlock,
@@ -550,21 +544,30 @@ impl PostgresStore {
         T: Send,
         F: for<'t> Fn(&'t Transaction<'t>) -> BoxFuture<'t, Result<T, Failure>> + Send + Sync,
     {
-        let mut attempt = 1;
-        loop {
-            let result = async {
-                let mut client = self.client().await?;
-                let tx = client.transaction().await?;
-                let value = op(&tx).await?;
-                tx.commit().await.map_err(at_commit)?;
-                Ok(value)
-            }
-            .await;
-            match result {
-                Ok(v) => return Ok(v),
-                Err(Failure::Retry(e)) if attempt < MAX_ATTEMPTS => backoff(&mut attempt, &e).await,
-                Err(Failure::Retry(e) | Failure::Final(e)) => return Err(e),
-            }
+        let op = &op;
+        retrying(move || async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let value = op(&tx).await?;
+            tx.commit().await.map_err(at_commit)?;
+            Ok(value)
+        })
+        .await
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good (`Failure::Final`) or has failed
+/// [`MAX_ATTEMPTS`] times, backing off between tries.
+async fn retrying<T, Fut>(mut attempt: impl FnMut() -> Fut) -> StoreResult<T>
+where
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Retry(e)) if tries < MAX_ATTEMPTS => backoff(&mut tries, &e).await,
+            Err(Failure::Retry(e) | Failure::Final(e)) => return Err(e),
         }
     }
 }
