@@ -212,6 +212,7 @@ pub async fn connect_from(
             .write_buffer_size(0);
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(ws_url, stream, Some(config))
             .await
+            .map_err(refusal)
             .context("upgrade")?;
         let hello = ClientFrame::Hello {
             token: Some(token.to_owned()),
@@ -245,6 +246,23 @@ pub async fn connect_from(
     tokio::time::timeout(SYNC_TIMEOUT, work)
         .await
         .map_err(|_| anyhow!("timeout"))?
+}
+
+/// An upgrade the server answered with an HTTP error, said with the server's own words (its
+/// JSON `error.message`: "server is at its limit of N connections"), so a run's failures
+/// say why.
+fn refusal(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
+    if let tokio_tungstenite::tungstenite::Error::Http(resp) = &e {
+        let message = resp
+            .body()
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
+        if let Some(message) = message {
+            return anyhow!("HTTP {}: {message}", resp.status().as_u16());
+        }
+    }
+    anyhow::Error::new(e)
 }
 
 /// Connects from `src`; if its port is taken (by another program, or by a socket of an
@@ -312,6 +330,30 @@ pub fn failure_reason(e: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_tungstenite::tungstenite::{Error as WsError, http};
+
+    #[test]
+    fn a_refused_upgrade_says_the_servers_reason() {
+        let refused = |status: u16, body: Option<&str>| {
+            let resp = http::Response::builder()
+                .status(status)
+                .body(body.map(|b| b.as_bytes().to_vec()))
+                .unwrap();
+            refusal(WsError::Http(Box::new(resp))).to_string()
+        };
+        assert_eq!(
+            refused(
+                503,
+                Some(
+                    r#"{"error":{"code":"unavailable","message":"server is at its limit of 44 connections"}}"#
+                )
+            ),
+            "HTTP 503: server is at its limit of 44 connections"
+        );
+        // Without the server's JSON, tungstenite's own words.
+        assert!(refused(502, Some("bad gateway")).contains("502"));
+        assert!(refused(503, None).contains("503"));
+    }
 
     #[test]
     fn connections_spread_over_source_addresses() {

@@ -1,6 +1,6 @@
 //! The `confab` binary: `confab serve` runs the whole chat service.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,9 +117,11 @@ struct ServeArgs {
     /// Seconds after which a dead node's sockets expire from Redis presence.
     #[arg(long, env = "CONFAB_PRESENCE_TTL", default_value_t = 30.0)]
     presence_ttl: f64,
-    /// Most open WebSockets; more are refused with 503.
-    #[arg(long, env = "CONFAB_MAX_CONNECTIONS", default_value_t = 100_000)]
-    max_connections: usize,
+    /// Most open WebSockets; more are refused with 503. Default: as many as the open-file
+    /// limit leaves room for (it is raised to the hard limit at start; 256 descriptors are
+    /// kept for files and backends). A larger value is lowered to that.
+    #[arg(long, env = "CONFAB_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Embedded store: most writes committed together (one fsync). Larger batches write each
     /// hot page once for more messages; a commit then takes longer.
     #[arg(long, env = "CONFAB_COMMIT_BATCH", default_value_t = 16_384,
@@ -156,7 +158,7 @@ impl ServeArgs {
             send_burst: self.send_burst,
             frame_rate_per_sec: self.frame_rate,
             frame_burst: self.frame_burst,
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.unwrap_or(usize::MAX),
             max_commit_batch: self.commit_batch as usize,
             wal_restart_bytes: u64::from(self.wal_restart_mib) * 1024 * 1024,
             presence_ttl,
@@ -176,6 +178,12 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a terminal (and not there either under NO_COLOR): a log redirected
+        // to a file or a journal stays plain text.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -167,6 +167,98 @@ fn the_server_runs_without_transparent_huge_pages() {
     }
 }
 
+/// Every WebSocket holds a file descriptor. Started with a soft open-file limit of 100 under a
+/// hard one of 320, the server raises the soft one, says it can hold 320 - 256 = 64 sockets,
+/// holds that many, and refuses the next with a 503 that says why, instead of failing its
+/// `accept`s and leaving the client to time out.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_open_file_limit_caps_connections_with_a_clear_refusal() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 320 && ulimit -Sn 100 && exec "$0" serve --listen 127.0.0.1:0 --data-dir "$1""#)
+        .arg(env!("CARGO_BIN_EXE_confab"))
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("confab listening on http://")
+        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    let node = Node { child, addr };
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", node.child.id())).unwrap_or_default();
+    if let Some(open_files) = limits.lines().find(|l| l.starts_with("Max open files")) {
+        let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(numbers, ["320", "320"], "soft and hard limit: {open_files}");
+    }
+
+    let (token, _) = user(addr, "alice").await;
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(connect(addr, &token).await);
+    }
+    let refused = |err| match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status(), 503);
+            String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap()
+        }
+        other => panic!("expected an HTTP 503, got {other}"),
+    };
+    let body = refused(
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+            .await
+            .unwrap_err(),
+    );
+    assert!(body.contains("limit of 64 connections"), "{body}");
+
+    // A socket that closes gives its place to the next.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")).await {
+            Ok((ws, _)) => {
+                held.push(ws);
+                break;
+            }
+            Err(e) => {
+                refused(e);
+                assert!(std::time::Instant::now() < deadline, "no place freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(held);
+    drop(node);
+    let log = log.join().unwrap();
+    assert!(
+        log.contains("up to 64 WebSocket connections (open-file limit 320, 256 kept"),
+        "{log}"
+    );
+    assert!(
+        log.contains("connection refused: at the connection limit"),
+        "{log}"
+    );
+}
+
 #[tokio::test]
 async fn sigkill_under_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();

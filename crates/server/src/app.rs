@@ -51,6 +51,9 @@ pub struct App {
     /// Tracks WebSocket tasks so shutdown can wait for them.
     pub sockets: TaskTracker,
     pub open_sockets: AtomicUsize,
+    /// When (`now_ms`) a refusal at the connection limit was last logged: at most one line a
+    /// second, so a crowd of clients retrying cannot flood the log (the metric counts them all).
+    pub refusal_logged_ms: std::sync::atomic::AtomicI64,
     /// False while this node may not make ids (its node-id lease was lost and no new one is
     /// leased yet).
     pub ids_ok: std::sync::atomic::AtomicBool,
@@ -71,6 +74,11 @@ pub enum StartError {
     },
     #[error("{0}")]
     Backend(String),
+    #[error(
+        "the open-file limit ({open_files}) leaves no room for connections after the {reserved} \
+         kept for files and backends: raise it (`ulimit -n`, `LimitNOFILE=` under systemd)"
+    )]
+    OpenFiles { open_files: u64, reserved: u64 },
 }
 
 impl App {
@@ -183,6 +191,7 @@ impl App {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             open_sockets: AtomicUsize::new(0),
+            refusal_logged_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             ids_ok: std::sync::atomic::AtomicBool::new(true),
             lease: tokio::sync::Mutex::new(lease),
             pending_acks: Default::default(),
@@ -200,7 +209,8 @@ pub struct Server {
 
 impl Server {
     /// Binds `config.listen`, opens the backends and starts serving in a background task.
-    pub async fn start(config: Config) -> Result<Server, StartError> {
+    pub async fn start(mut config: Config) -> Result<Server, StartError> {
+        fit_connections_to_open_files(&mut config)?;
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -230,6 +240,42 @@ impl Server {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
     }
+}
+
+/// Raises the open-file limit and lowers `max_connections` to the sockets it leaves room for
+/// (see [`crate::files`]), so that the connection past it is refused with a clear 503, and
+/// says how many the node can hold.
+fn fit_connections_to_open_files(config: &mut Config) -> Result<(), StartError> {
+    let open_files = match crate::files::raise_open_file_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; connections are capped by max_connections alone");
+            return Ok(());
+        }
+    };
+    let pool = matches!(config.store, StoreConfig::Postgres(_)).then_some(config.postgres_pool);
+    let reserved = crate::files::reserved_files(pool);
+    let capacity = crate::files::socket_capacity(open_files, reserved);
+    if capacity == 0 {
+        return Err(StartError::OpenFiles {
+            open_files,
+            reserved,
+        });
+    }
+    if config.max_connections > capacity {
+        if config.max_connections != usize::MAX {
+            tracing::warn!(
+                "max_connections {} is more than the open-file limit allows; lowered to {capacity}",
+                config.max_connections
+            );
+        }
+        config.max_connections = capacity;
+    }
+    tracing::info!(
+        "up to {} WebSocket connections (open-file limit {open_files}, {reserved} kept for files and backends)",
+        config.max_connections
+    );
+    Ok(())
 }
 
 /// Serves until `stop` is cancelled, then shuts down gracefully.

@@ -102,7 +102,9 @@ pub struct Config {
     pub outbound_queue: usize,
     /// `send`s of one socket awaiting their durable ack at once; past this the socket is not read.
     pub max_inflight_sends: usize,
-    /// Most open WebSockets; more are refused with 503 `unavailable`.
+    /// Most open WebSockets; more are refused with 503 `unavailable`. `usize::MAX` (the
+    /// default) sets no cap of its own: [`crate::Server::start`] lowers any value to what the
+    /// process's open-file limit leaves room for (see [`crate::files`]).
     pub max_connections: usize,
     /// Most writes the store commits in one transaction (one fsync).
     pub max_commit_batch: usize,
@@ -145,7 +147,7 @@ impl Default for Config {
             frame_burst: 400,
             outbound_queue: 4096,
             max_inflight_sends: 256,
-            max_connections: 100_000,
+            max_connections: usize::MAX,
             max_commit_batch: 16 * 1024,
             wal_restart_bytes: 256 * 1024 * 1024,
             postgres_pool: 16,

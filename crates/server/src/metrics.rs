@@ -8,6 +8,7 @@ use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Regist
 pub struct Metrics {
     registry: Registry,
     pub connections: IntGauge,
+    pub connections_refused: IntCounter,
     pub messages_stored: IntCounter,
     pub send_latency: Histogram,
     pub commit_batch_size: Histogram,
@@ -21,6 +22,11 @@ impl Metrics {
             Registry::new_custom(Some("confab".into()), None).expect("a valid static prefix");
         let connections =
             IntGauge::new("connections", "Open WebSockets past welcome").expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "connections_refused_total",
+            "WebSocket upgrades refused (HTTP 503) at the connection limit",
+        )
+        .expect("valid metric");
         let messages_stored = IntCounter::new("messages_stored_total", "Messages durably stored")
             .expect("valid metric");
         let send_latency = Histogram::with_opts(
@@ -55,6 +61,7 @@ impl Metrics {
         .expect("valid metric");
         for m in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()),
             Box::new(messages_stored.clone()),
             Box::new(send_latency.clone()),
             Box::new(commit_batch_size.clone()),
@@ -66,6 +73,7 @@ impl Metrics {
         Metrics {
             registry,
             connections,
+            connections_refused,
             messages_stored,
             send_latency,
             commit_batch_size,

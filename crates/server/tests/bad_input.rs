@@ -285,15 +285,7 @@ async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
         }
     }
     assert_eq!(b.closed().await, Some(1013), "the slow reader is cut off");
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("confab_slow_consumers_disconnected_total 1"),
         "{metrics}"
@@ -326,4 +318,13 @@ async fn connection_limit_refuses_with_a_clear_error() {
         }
         other => panic!("expected an HTTP 503, got {other}"),
     }
+    // Each refusal is counted, though only the first a second is logged.
+    let _ = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
+        .await
+        .unwrap_err();
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains("confab_connections_refused_total 2"),
+        "{metrics}"
+    );
 }

@@ -480,17 +480,10 @@ async fn metrics_and_health() {
     assert_eq!(r.status(), 200);
     let r = s.http.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let text = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics().await;
     for needle in [
         "confab_connections 1",
+        "confab_connections_refused_total 0",
         "confab_messages_stored_total 1",
         "confab_send_latency_seconds_count 1",
         "confab_store_commit_batch_size_count",

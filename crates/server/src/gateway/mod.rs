@@ -101,10 +101,21 @@ pub async fn upgrade(
     let open = app.open_sockets.fetch_add(1, Ordering::Relaxed);
     let slot = Slot(app.clone());
     if open >= app.config.max_connections {
-        tracing::warn!(
-            open,
-            "connection refused: at the configured connection limit"
-        );
+        app.metrics.connections_refused.inc();
+        let now = now_ms();
+        let logged = app.refusal_logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(logged) >= 1000
+            && app
+                .refusal_logged_ms
+                .compare_exchange(logged, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                limit = app.config.max_connections,
+                refused_total = app.metrics.connections_refused.get(),
+                "connection refused: at the connection limit (logged at most once a second)"
+            );
+        }
         return Error::Client {
             code: ErrorCode::Unavailable,
             message: format!(
