@@ -189,7 +189,7 @@ pub async fn main(args: CatchupArgs) -> anyhow::Result<bool> {
         );
     }
     args.target.one_server("catchup")?;
-    let target = Target::prepare(&args.target, 1 + senders, 1_000).await?;
+    let target = Target::prepare(&args.target, 1 + senders).await?;
     let result = tokio::time::timeout(
         timeout,
         run_catchup(

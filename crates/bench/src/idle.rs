@@ -40,6 +40,8 @@ use crate::target::{SeededAccount, Target, TargetArgs, raise_nofile_limit, read_
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// Open files a process keeps for itself (stdio, the runtime, pipes to children).
 const FD_RESERVE: u64 = 200;
+/// Open files a server keeps back from its sockets (`confab_server::files::RESERVED_FILES`).
+const SERVER_FD_RESERVE: u64 = 256;
 
 /// `confab bench idle`.
 #[derive(clap::Args, Clone, Debug)]
@@ -380,16 +382,17 @@ pub async fn main(args: IdleArgs) -> anyhow::Result<bool> {
         None => per_process_limit(),
     };
     let processes = n.div_ceil(per_process);
-    if args.target.spawn && n as u64 + FD_RESERVE > raise_nofile_limit() {
+    if args.target.spawn && n as u64 + SERVER_FD_RESERVE > raise_nofile_limit() {
         report::note(format!(
-            "the spawned server inherits an open-file limit of {}: it cannot hold {n} sockets \
-             (raise the hard limit, `ulimit -Hn`, as root to go further)",
-            raise_nofile_limit()
+            "the spawned server inherits an open-file limit of {}: it holds at most {} sockets \
+             and refuses the rest (raise the hard limit, `ulimit -Hn`, as root to go further)",
+            raise_nofile_limit(),
+            raise_nofile_limit().saturating_sub(SERVER_FD_RESERVE)
         ));
     }
 
     args.target.one_server("idle")?;
-    let target = Target::prepare(&args.target, n, n + 1_000).await?;
+    let target = Target::prepare(&args.target, n).await?;
     let result = run_idle(&target, &args, plan, processes, hold, timeout).await;
     target.shutdown().await;
     let report = result?;
@@ -779,6 +782,11 @@ pub async fn worker_main(args: IdleWorkerArgs) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_reserve_is_the_servers() {
+        assert_eq!(SERVER_FD_RESERVE, confab_server::files::RESERVED_FILES);
+    }
 
     #[test]
     fn worker_lines_round_trip() {

@@ -394,7 +394,7 @@ pub async fn main(args: PairsArgs) -> anyhow::Result<bool> {
         report::note(n);
     }
     crate::target::ensure_fd_budget(cfg.users)?;
-    let target = Target::prepare(&args.target, cfg.users, cfg.users + 1_000).await?;
+    let target = Target::prepare(&args.target, cfg.users).await?;
     let result = run_pairs(&target, &cfg, args.output.bars()).await;
     target.shutdown().await;
     let report = result?;

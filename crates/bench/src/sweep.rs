@@ -229,7 +229,7 @@ pub async fn main(args: SweepArgs) -> anyhow::Result<bool> {
     }
     let users = configs[0].users;
     crate::target::ensure_fd_budget(users)?;
-    let target = Target::prepare(&args.target, users, users + 1_000).await?;
+    let target = Target::prepare(&args.target, users).await?;
     let result = sweep(&target, &configs, &args, pause).await;
     target.shutdown().await;
     let report = result?;

@@ -104,15 +104,11 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts or finds the server and `users` accounts on it. `max_connections` is passed to a
-    /// spawned server.
-    pub async fn prepare(
-        args: &TargetArgs,
-        users: usize,
-        max_connections: usize,
-    ) -> anyhow::Result<Target> {
+    /// Starts or finds the server and `users` accounts on it. A spawned server holds as many
+    /// sockets as its open-file limit allows (its default `max_connections`).
+    pub async fn prepare(args: &TargetArgs, users: usize) -> anyhow::Result<Target> {
         if args.spawn {
-            return spawn(args, users, max_connections).await;
+            return spawn(args, users).await;
         }
         let bases = if args.server.is_empty() {
             vec!["http://127.0.0.1:8080".to_owned()]
@@ -298,7 +294,7 @@ fn confab_bin(args: &TargetArgs) -> anyhow::Result<PathBuf> {
     }
 }
 
-async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyhow::Result<Target> {
+async fn spawn(args: &TargetArgs, users: usize) -> anyhow::Result<Target> {
     let bin = confab_bin(args)?;
     let (dir, temp) = match &args.spawn_dir {
         Some(d) => {
@@ -366,7 +362,7 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
             .arg("--out")
             .arg(&accounts_file);
     } else {
-        serve_args(&mut command, args, &data_dir, max_connections);
+        serve_args(&mut command, args, &data_dir);
     }
     let mut child = command
         .stdin(Stdio::null())
@@ -421,7 +417,7 @@ async fn spawn(args: &TargetArgs, users: usize, max_connections: usize) -> anyho
 }
 
 /// `confab serve` with a fresh data dir and limits out of the benchmark's way.
-fn serve_args(command: &mut Command, args: &TargetArgs, data_dir: &Path, max_connections: usize) {
+fn serve_args(command: &mut Command, args: &TargetArgs, data_dir: &Path) {
     command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -435,8 +431,6 @@ fn serve_args(command: &mut Command, args: &TargetArgs, data_dir: &Path, max_con
         .arg(args.server_send_rate.to_string())
         .arg("--frame-burst")
         .arg(args.server_send_burst.to_string())
-        .arg("--max-connections")
-        .arg(max_connections.to_string())
         .args(&args.serve_args);
 }
 

@@ -107,7 +107,7 @@ struct ServeArgs {
     /// Burst of frames allowed above that rate.
     #[arg(long, env = "CONFAB_FRAME_BURST", default_value_t = 400)]
     frame_burst: u32,
-    /// Connections in the PostgreSQL pool (keep pool × nodes under the server's max_connections).
+    /// Connections in the PostgreSQL pool (keep pool × nodes under PostgreSQL's max_connections).
     #[arg(long, env = "CONFAB_POSTGRES_POOL", default_value_t = 16)]
     postgres_pool: usize,
     /// Cluster mode: seconds between each socket's re-read of its stream from the store,
