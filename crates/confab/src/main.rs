@@ -89,7 +89,8 @@ struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     backend: BackendArgs,
-    /// Seconds a new socket has to send `hello`.
+    /// Seconds a new socket has to send `hello`, and an HTTP connection each request's head
+    /// (idle keep-alive connections are closed after as long).
     #[arg(long, env = "CONFAB_HELLO_TIMEOUT", default_value_t = 10.0)]
     hello_timeout: f64,
     /// Seconds of silence after which a socket counts as dead (WebSocket pings keep live ones busy).

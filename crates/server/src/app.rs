@@ -292,29 +292,21 @@ pub async fn serve(
     };
     let resyncer = (app.config.queue != QueueConfig::Memory)
         .then(|| tokio::spawn(resync_sockets(app.clone())));
-    let signal = {
-        let (stop, app) = (stop.clone(), app.clone());
-        async move {
-            stop.cancelled().await;
-            app.shutdown.cancel();
-            app.hub.close_all(CloseReason::ShuttingDown);
-        }
-    };
-    use axum::serve::ListenerExt;
-    // Frames are small and latency matters: no Nagle delay on any socket.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    // `serve(listener, router)` would rebuild the router for every connection (a deep copy
-    // of every route, a few percent of a login's CPU); the make-service shares one.
-    let served = axum::serve(listener, router.into_make_service())
-        .with_graceful_shutdown(signal)
-        .await;
-    // axum stops tracking a connection once it is upgraded; wait for the sockets ourselves.
+    let connections = TaskTracker::new();
+    accept(
+        listener,
+        router,
+        app.config.hello_timeout,
+        &connections,
+        &stop,
+    )
+    .await;
     app.shutdown.cancel();
     app.hub.close_all(CloseReason::ShuttingDown);
+    // Requests in progress finish and idle connections close (see `accept`). A connection
+    // stops being tracked once it is upgraded: its socket is waited for below.
+    connections.close();
+    connections.wait().await;
     app.sockets.close();
     app.sockets.wait().await;
     sweeper.abort();
@@ -328,7 +320,60 @@ pub async fn serve(
         tracing::warn!(error = %e, "could not release the node-id lease; it expires by itself");
     }
     tracing::info!("shut down cleanly");
-    served
+    Ok(())
+}
+
+/// Accepts connections until `stop` and serves each over HTTP/1.1 with upgrades.
+///
+/// Not `axum::serve`: it gives hyper no timer, so a connection that never sends a request, or
+/// a keep-alive connection left idle, would hold its file descriptor for ever, and enough of
+/// them would exhaust the open-file limit for everyone. Here a connection has `head_timeout`
+/// to send each request's head (idle keep-alive time included), as a WebSocket has to send
+/// `hello`, and is then closed.
+async fn accept(
+    listener: TcpListener,
+    router: axum::Router,
+    head_timeout: std::time::Duration,
+    connections: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    use axum::serve::{Listener, ListenerExt};
+    // Frames are small and latency matters: no Nagle delay on any socket.
+    let mut listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    loop {
+        // axum's `Listener` retries failed accepts itself (once a second on `EMFILE`).
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        // One router for all connections (a clone shares it): building one per connection
+        // cost a few percent of a login's CPU.
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_timeout);
+            let conn = http
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            let served = tokio::select! {
+                served = conn.as_mut() => served,
+                () = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
 }
 
 /// Every `sweep_interval`, expires the presence of sockets whose node died and tells their

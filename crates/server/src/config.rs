@@ -84,7 +84,9 @@ pub struct Config {
     /// Name of the cluster: prefixes Redis keys, NATS subjects and JetStream streams, so
     /// several clusters (or test runs) can share the same engines.
     pub cluster: String,
-    /// A socket that has not sent `hello` by then is closed with 1008.
+    /// A socket that has not sent `hello` by then is closed with 1008. An HTTP connection has
+    /// as long to send each request's head (counted from its connect, or from the end of the
+    /// last response on a keep-alive connection) and is closed otherwise.
     pub hello_timeout: Duration,
     /// How often the server sends a WebSocket ping to each socket.
     pub ping_interval: Duration,

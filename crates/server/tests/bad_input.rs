@@ -328,3 +328,62 @@ async fn connection_limit_refuses_with_a_clear_error() {
         "{metrics}"
     );
 }
+
+/// Reads until the server closes the connection; returns what it sent and after how long.
+/// Panics if it is still open after `limit`.
+async fn read_until_closed(
+    tcp: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Duration) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(limit.saturating_sub(started.elapsed()), tcp.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("still open after {limit:?}; got {got:?}"));
+        match n {
+            Ok(0) | Err(_) => return (got, started.elapsed()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A connection that sends no request, or only part of one, or sits idle between requests,
+/// is closed after `hello_timeout`: silent connections cannot pile up and hold the file
+/// descriptors every socket needs.
+#[tokio::test]
+async fn silent_http_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start_with(|c| c.hello_timeout = Duration::from_millis(500)).await;
+    let limit = Duration::from_secs(5);
+
+    // Nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let (_, after) = read_until_closed(&mut silent, limit).await;
+    assert!(
+        after >= Duration::from_millis(400),
+        "closed too soon: {after:?}"
+    );
+
+    // Half a request head.
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    read_until_closed(&mut slow, limit).await;
+
+    // One whole request, answered; then idle on keep-alive.
+    let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut idle, limit).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The server still serves everyone else, over sockets too.
+    let carol = s.user("carol").await;
+    s.connect(&carol).await;
+}
