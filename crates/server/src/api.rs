@@ -92,15 +92,24 @@ impl FromRequestParts<Arc<App>> for Caller {
     }
 }
 
-/// A JSON body, parsed whatever its `Content-Type`, with errors in the protocol's shape.
+/// A JSON body, parsed whatever its `Content-Type`, with errors in the protocol's shape. The
+/// whole body must arrive within `hello_timeout`, as the request's head must (`app::accept`):
+/// a client that trickles it, or stops halfway, cannot hold the connection.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, app: &Arc<App>) -> Result<Self> {
-        let bytes = Bytes::from_request(req, app)
+        let deadline = app.config.hello_timeout;
+        let bytes = tokio::time::timeout(deadline, Bytes::from_request(req, app))
             .await
+            .map_err(|_| {
+                Error::bad_request(format!(
+                    "request body not received within {} s",
+                    deadline.as_secs_f64()
+                ))
+            })?
             .map_err(|e: BytesRejection| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     Error::too_large(format!("request body over {MAX_HTTP_BODY_BYTES} bytes"))

@@ -86,7 +86,8 @@ pub struct Config {
     pub cluster: String,
     /// A socket that has not sent `hello` by then is closed with 1008. An HTTP connection has
     /// as long to send each request's head (counted from its connect, or from the end of the
-    /// last response on a keep-alive connection) and is closed otherwise.
+    /// last response on a keep-alive connection), and then as long for its body, and is
+    /// closed otherwise.
     pub hello_timeout: Duration,
     /// How often the server sends a WebSocket ping to each socket.
     pub ping_interval: Duration,

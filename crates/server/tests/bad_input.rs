@@ -350,9 +350,9 @@ async fn read_until_closed(
     }
 }
 
-/// A connection that sends no request, or only part of one, or sits idle between requests,
-/// is closed after `hello_timeout`: silent connections cannot pile up and hold the file
-/// descriptors every socket needs.
+/// A connection that sends no request, or only part of one (head or body), or sits idle
+/// between requests, is closed after `hello_timeout`: silent connections cannot pile up and
+/// hold the file descriptors every socket needs.
 #[tokio::test]
 async fn silent_http_connections_are_closed() {
     use tokio::io::AsyncWriteExt;
@@ -373,6 +373,24 @@ async fn silent_http_connections_are_closed() {
         .await
         .unwrap();
     read_until_closed(&mut slow, limit).await;
+
+    // A whole head, then half a body: answered with `bad_request` and closed.
+    let mut trickle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    trickle
+        .write_all(b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user")
+        .await
+        .unwrap();
+    let (answer, after) = read_until_closed(&mut trickle, limit).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("request body not received within 0.5 s"),
+        "{answer}"
+    );
+    assert!(
+        after >= Duration::from_millis(400),
+        "answered too soon: {after:?}"
+    );
 
     // One whole request, answered; then idle on keep-alive.
     let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
