@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -323,6 +323,25 @@ pub async fn serve(
     Ok(())
 }
 
+/// How often a closing connection checks whether it still has a request in hand.
+const SHUTDOWN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// One request being handled on a connection, from its head to its response.
+struct Handling(Arc<AtomicUsize>);
+
+impl Handling {
+    fn start(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Handling(busy.clone())
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts connections until `stop` and serves each over HTTP/1.1 with upgrades.
 ///
 /// Not `axum::serve`: it gives hyper no timer, so a connection that never sends a request, or
@@ -352,7 +371,21 @@ async fn accept(
         };
         // One router for all connections (a clone shares it): building one per connection
         // cost a few percent of a login's CPU.
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let router = hyper_util::service::TowerToHyperService::new(router.clone());
+        // Requests of this connection being handled, so that shutdown waits for them only.
+        let busy = Arc::new(AtomicUsize::new(0));
+        let service = {
+            let busy = busy.clone();
+            hyper::service::service_fn(move |request| {
+                let handling = Handling::start(&busy);
+                let response = hyper::service::Service::call(&router, request);
+                async move {
+                    let response = response.await;
+                    drop(handling);
+                    response
+                }
+            })
+        };
         let stop = stop.clone();
         connections.spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -365,8 +398,21 @@ async fn accept(
             let served = tokio::select! {
                 served = conn.as_mut() => served,
                 () = stop.cancelled() => {
+                    // An idle keep-alive connection closes at once; one with a request in
+                    // hand answers it first. hyper would wait for a connection that has
+                    // not finished sending its first request head until `head_timeout`:
+                    // that one is dropped as soon as nothing is being handled.
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    loop {
+                        tokio::select! {
+                            served = conn.as_mut() => break served,
+                            () = tokio::time::sleep(SHUTDOWN_POLL) => {
+                                if busy.load(Ordering::Acquire) == 0 {
+                                    break Ok(());
+                                }
+                            }
+                        }
+                    }
                 }
             };
             if let Err(e) = served {

@@ -405,3 +405,51 @@ async fn silent_http_connections_are_closed() {
     let carol = s.user("carol").await;
     s.connect(&carol).await;
 }
+
+/// Shutdown answers the requests in hand and does not wait for connections that are silent
+/// or still sending their first request head (hyper alone would wait out `hello_timeout`).
+#[tokio::test]
+async fn shutdown_answers_requests_in_hand_and_drops_silent_connections() {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TestServer::start_with(|c| c.hello_timeout = Duration::from_secs(30)).await;
+    let _silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    // A request whose head is in and whose body is not: it is being handled.
+    let body = br#"{"username":"dora","password":"password1"}"#;
+    let mut in_hand = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    in_hand
+        .write_all(
+            format!(
+                "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let server = s.server.take().unwrap();
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown did not wait for the request in hand"
+    );
+    in_hand.write_all(body).await.unwrap();
+    let (answer, _) = read_until_closed(&mut in_hand, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
