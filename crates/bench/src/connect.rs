@@ -253,13 +253,12 @@ pub async fn connect_from(
 /// say why.
 fn refusal(e: tokio_tungstenite::tungstenite::Error) -> anyhow::Error {
     if let tokio_tungstenite::tungstenite::Error::Http(resp) = &e {
-        let message = resp
+        let body = resp
             .body()
             .as_deref()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned));
-        if let Some(message) = message {
-            return anyhow!("HTTP {}: {message}", resp.status().as_u16());
+            .and_then(|b| serde_json::from_slice::<confab_protocol::ErrorBody>(b).ok());
+        if let Some(body) = body {
+            return anyhow!("HTTP {}: {}", resp.status().as_u16(), body.error.message);
         }
     }
     anyhow::Error::new(e)

@@ -84,7 +84,7 @@ impl Connection {
         token: &str,
         cursor: Option<&str>,
     ) -> Result<(Connection, Welcome), Error> {
-        Self::connect_within(ws_url, token, cursor, CONNECT_TIMEOUT).await
+        Self::connect_with(ws_url, token, cursor, ConnectOptions::default()).await
     }
 
     /// [`Connection::connect`] with a time limit of the caller's choosing.

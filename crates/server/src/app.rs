@@ -371,54 +371,68 @@ async fn accept(
         };
         // One router for all connections (a clone shares it): building one per connection
         // cost a few percent of a login's CPU.
-        let router = hyper_util::service::TowerToHyperService::new(router.clone());
-        // Requests of this connection being handled, so that shutdown waits for them only.
-        let busy = Arc::new(AtomicUsize::new(0));
-        let service = {
-            let busy = busy.clone();
-            hyper::service::service_fn(move |request| {
-                let handling = Handling::start(&busy);
-                let response = hyper::service::Service::call(&router, request);
-                async move {
-                    let response = response.await;
-                    drop(handling);
-                    response
-                }
-            })
-        };
-        let stop = stop.clone();
-        connections.spawn(async move {
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(head_timeout);
-            let conn = http
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            let served = tokio::select! {
-                served = conn.as_mut() => served,
-                () = stop.cancelled() => {
-                    // An idle keep-alive connection closes at once; one with a request in
-                    // hand answers it first. hyper would wait for a connection that has
-                    // not finished sending its first request head until `head_timeout`:
-                    // that one is dropped as soon as nothing is being handled.
-                    conn.as_mut().graceful_shutdown();
-                    loop {
-                        tokio::select! {
-                            served = conn.as_mut() => break served,
-                            () = tokio::time::sleep(SHUTDOWN_POLL) => {
-                                if busy.load(Ordering::Acquire) == 0 {
-                                    break Ok(());
-                                }
-                            }
+        connections.spawn(serve_connection(
+            io,
+            router.clone(),
+            head_timeout,
+            stop.clone(),
+        ));
+    }
+}
+
+/// One HTTP/1.1 connection, with upgrades, until it ends or `stop`.
+async fn serve_connection<Io>(
+    io: Io,
+    router: axum::Router,
+    head_timeout: std::time::Duration,
+    stop: CancellationToken,
+) where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let router = hyper_util::service::TowerToHyperService::new(router);
+    // Requests of this connection being handled, so that shutdown waits for them only.
+    let busy = Arc::new(AtomicUsize::new(0));
+    let service = {
+        let busy = busy.clone();
+        hyper::service::service_fn(move |request| {
+            let handling = Handling::start(&busy);
+            let response = hyper::service::Service::call(&router, request);
+            async move {
+                let response = response.await;
+                drop(handling);
+                response
+            }
+        })
+    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let conn = http
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = stop.cancelled() => {
+            // An idle keep-alive connection closes at once; one with a request in hand
+            // answers it first. hyper would wait for a connection that has not finished
+            // sending its first request head until `head_timeout`: that one is dropped as
+            // soon as nothing is being handled.
+            conn.as_mut().graceful_shutdown();
+            loop {
+                tokio::select! {
+                    served = conn.as_mut() => break served,
+                    () = tokio::time::sleep(SHUTDOWN_POLL) => {
+                        if busy.load(Ordering::Acquire) == 0 {
+                            break Ok(());
                         }
                     }
                 }
-            };
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "connection ended with an error");
             }
-        });
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 

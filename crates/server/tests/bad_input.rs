@@ -329,6 +329,14 @@ async fn connection_limit_refuses_with_a_clear_error() {
     );
 }
 
+/// A bare TCP connection to the server that has sent `bytes` (possibly none).
+async fn raw(s: &TestServer, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    tcp
+}
+
 /// Reads until the server closes the connection; returns what it sent and after how long.
 /// Panics if it is still open after `limit`.
 async fn read_until_closed(
@@ -355,12 +363,11 @@ async fn read_until_closed(
 /// hold the file descriptors every socket needs.
 #[tokio::test]
 async fn silent_http_connections_are_closed() {
-    use tokio::io::AsyncWriteExt;
     let s = TestServer::start_with(|c| c.hello_timeout = Duration::from_millis(500)).await;
     let limit = Duration::from_secs(5);
 
     // Nothing at all.
-    let mut silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut silent = raw(&s, b"").await;
     let (_, after) = read_until_closed(&mut silent, limit).await;
     assert!(
         after >= Duration::from_millis(400),
@@ -368,18 +375,15 @@ async fn silent_http_connections_are_closed() {
     );
 
     // Half a request head.
-    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let mut slow = raw(&s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
     read_until_closed(&mut slow, limit).await;
 
     // A whole head, then half a body: answered with `bad_request` and closed.
-    let mut trickle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    trickle
-        .write_all(b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user")
-        .await
-        .unwrap();
+    let mut trickle = raw(
+        &s,
+        b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user",
+    )
+    .await;
     let (answer, after) = read_until_closed(&mut trickle, limit).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
@@ -393,10 +397,7 @@ async fn silent_http_connections_are_closed() {
     );
 
     // One whole request, answered; then idle on keep-alive.
-    let mut idle = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut idle = raw(&s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (answer, _) = read_until_closed(&mut idle, limit).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -412,22 +413,15 @@ async fn silent_http_connections_are_closed() {
 async fn shutdown_answers_requests_in_hand_and_drops_silent_connections() {
     use tokio::io::AsyncWriteExt;
     let mut s = TestServer::start_with(|c| c.hello_timeout = Duration::from_secs(30)).await;
-    let _silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    let mut half = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let _silent = raw(&s, b"").await;
+    let _half = raw(&s, b"GET /healthz HTTP/1.1\r\n").await;
     // A request whose head is in and whose body is not: it is being handled.
     let body = br#"{"username":"dora","password":"password1"}"#;
-    let mut in_hand = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    in_hand
-        .write_all(
-            format!(
-                "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let head = format!(
+        "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut in_hand = raw(&s, head.as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let server = s.server.take().unwrap();
