@@ -93,8 +93,9 @@ impl FromRequestParts<Arc<App>> for Caller {
 }
 
 /// A JSON body, parsed whatever its `Content-Type`, with errors in the protocol's shape. The
-/// whole body must arrive within `hello_timeout`, as the request's head must (`app::accept`):
-/// a client that trickles it, or stops halfway, cannot hold the connection.
+/// whole body must arrive within `hello_timeout`, as the request's head must
+/// (`app::serve_connection`): a client that trickles it, or stops halfway, cannot hold the
+/// connection.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
