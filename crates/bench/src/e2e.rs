@@ -14,15 +14,15 @@ use crate::target::{SeededAccount, Target, TargetArgs};
 /// A server with `users` seeded accounts and limits high enough not to get in the way.
 async fn server(users: usize) -> (Server, Target, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_owned(),
-        send_rate_per_sec: 1e6,
-        send_burst: 1_000_000,
-        frame_rate_per_sec: 1e6,
-        frame_burst: 1_000_000,
         ..Config::default()
     };
+    config.gateway.send_rate_per_sec = 1e6;
+    config.gateway.send_burst = 1_000_000;
+    config.gateway.frame_rate_per_sec = 1e6;
+    config.gateway.frame_burst = 1_000_000;
     // Seed first: the store is opened by one owner at a time.
     let seeded = confab_server::admin::seed(&config, "e2e", users, "e2e-password", |_| {})
         .await

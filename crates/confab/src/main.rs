@@ -18,6 +18,7 @@ mod chat;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig};
+use confab_server::sequencer::MAX_NODE;
 use confab_server::{Config, Server};
 
 #[derive(Parser)]
@@ -44,26 +45,32 @@ enum Command {
     Bench(confab_bench::BenchArgs),
 }
 
+/// The server's defaults, which the flags show and fall back to.
+fn defaults() -> Config {
+    Config::default()
+}
+
 /// Where the data lives: shared by `serve` and the admin commands.
 #[derive(Args, Clone)]
 pub struct BackendArgs {
     /// Where the embedded store lives.
-    #[arg(long, env = "CONFAB_DATA_DIR", default_value = "./confab-data")]
+    #[arg(long, env = "CONFAB_DATA_DIR", default_value_os_t = defaults().data_dir)]
     data_dir: PathBuf,
     /// Message store: `sqlite` (in the data dir) or a postgres:// URL.
-    #[arg(long, env = "CONFAB_STORE", default_value = "sqlite", value_parser = StoreConfig::parse, hide_default_value = false)]
+    #[arg(long, env = "CONFAB_STORE", default_value_t = defaults().store, value_parser = StoreConfig::parse)]
     store: StoreConfig,
     /// Message sync queue between nodes: `memory` or a nats:// URL.
-    #[arg(long, env = "CONFAB_QUEUE", default_value = "memory", value_parser = QueueConfig::parse)]
+    #[arg(long, env = "CONFAB_QUEUE", default_value_t = defaults().queue, value_parser = QueueConfig::parse)]
     queue: QueueConfig,
     /// Presence backend: `memory` or a redis:// URL.
-    #[arg(long, env = "CONFAB_PRESENCE", default_value = "memory", value_parser = PresenceConfig::parse)]
+    #[arg(long, env = "CONFAB_PRESENCE", default_value_t = defaults().presence, value_parser = PresenceConfig::parse)]
     presence: PresenceConfig,
     /// Sequencer node id, 0-1023, unique per running node.
-    #[arg(long, env = "CONFAB_NODE_ID", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1023))]
+    #[arg(long, env = "CONFAB_NODE_ID", default_value_t = defaults().node_id,
+          value_parser = clap::value_parser!(u16).range(0..=i64::from(MAX_NODE)))]
     node_id: u16,
     /// Cluster name: prefixes Redis keys, NATS subjects and streams, so clusters can share engines.
-    #[arg(long, env = "CONFAB_CLUSTER", default_value = "confab")]
+    #[arg(long, env = "CONFAB_CLUSTER", default_value_t = defaults().cluster)]
     cluster: String,
 }
 
@@ -77,7 +84,7 @@ impl BackendArgs {
             presence: self.presence.clone(),
             node_id: self.node_id,
             cluster: self.cluster.clone(),
-            ..Config::default()
+            ..defaults()
         }
     }
 }
@@ -85,38 +92,38 @@ impl BackendArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// HTTP + WebSocket address (port 0 picks a free port).
-    #[arg(long, env = "CONFAB_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "CONFAB_LISTEN", default_value_t = defaults().listen)]
     listen: SocketAddr,
     #[command(flatten)]
     backend: BackendArgs,
     /// Seconds a new socket has to send `hello`, and an HTTP connection each request's head
     /// (idle keep-alive connections are closed after as long).
-    #[arg(long, env = "CONFAB_HELLO_TIMEOUT", default_value_t = 10.0)]
+    #[arg(long, env = "CONFAB_HELLO_TIMEOUT", default_value_t = defaults().gateway.hello_timeout.as_secs_f64())]
     hello_timeout: f64,
     /// Seconds of silence after which a socket counts as dead (WebSocket pings keep live ones busy).
-    #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = 40.0)]
+    #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = defaults().gateway.idle_timeout.as_secs_f64())]
     idle_timeout: f64,
     /// Sustained `send` frames per second allowed per socket.
-    #[arg(long, env = "CONFAB_SEND_RATE", default_value_t = 20.0)]
+    #[arg(long, env = "CONFAB_SEND_RATE", default_value_t = defaults().gateway.send_rate_per_sec)]
     send_rate: f64,
     /// Burst of `send` frames allowed above the rate.
-    #[arg(long, env = "CONFAB_SEND_BURST", default_value_t = 100)]
+    #[arg(long, env = "CONFAB_SEND_BURST", default_value_t = defaults().gateway.send_burst)]
     send_burst: u32,
     /// Frames of any kind per second allowed per socket (floods get `rate_limited`).
-    #[arg(long, env = "CONFAB_FRAME_RATE", default_value_t = 200.0)]
+    #[arg(long, env = "CONFAB_FRAME_RATE", default_value_t = defaults().gateway.frame_rate_per_sec)]
     frame_rate: f64,
     /// Burst of frames allowed above that rate.
-    #[arg(long, env = "CONFAB_FRAME_BURST", default_value_t = 400)]
+    #[arg(long, env = "CONFAB_FRAME_BURST", default_value_t = defaults().gateway.frame_burst)]
     frame_burst: u32,
     /// Connections in the PostgreSQL pool (keep pool × nodes under PostgreSQL's max_connections).
-    #[arg(long, env = "CONFAB_POSTGRES_POOL", default_value_t = 16)]
+    #[arg(long, env = "CONFAB_POSTGRES_POOL", default_value_t = defaults().postgres.pool)]
     postgres_pool: usize,
     /// Cluster mode: seconds between each socket's re-read of its stream from the store,
     /// which makes good any event the sync queue lost.
-    #[arg(long, env = "CONFAB_RESYNC_INTERVAL", default_value_t = 10.0)]
+    #[arg(long, env = "CONFAB_RESYNC_INTERVAL", default_value_t = defaults().gateway.resync_interval.as_secs_f64())]
     resync_interval: f64,
     /// Seconds after which a dead node's sockets expire from Redis presence.
-    #[arg(long, env = "CONFAB_PRESENCE_TTL", default_value_t = 30.0)]
+    #[arg(long, env = "CONFAB_PRESENCE_TTL", default_value_t = defaults().redis.presence_ttl.as_secs_f64())]
     presence_ttl: f64,
     /// Most open WebSockets; more are refused with 503. Default: as many as the open-file
     /// limit leaves room for (it is raised to the hard limit at start; 256 descriptors are
@@ -125,13 +132,15 @@ struct ServeArgs {
     max_connections: Option<usize>,
     /// Embedded store: most writes committed together (one fsync). Larger batches write each
     /// hot page once for more messages; a commit then takes longer.
-    #[arg(long, env = "CONFAB_COMMIT_BATCH", default_value_t = 16_384,
+    #[arg(long, env = "CONFAB_COMMIT_BATCH",
+          default_value_t = u32::try_from(defaults().sqlite.max_commit_batch).unwrap_or(u32::MAX),
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     commit_batch: u32,
     /// Embedded store: MiB of WAL frames after which the WAL starts over (the WAL file stays
     /// near this size). Each restart holds writes for a few ms; a smaller bound restarts more
     /// often.
-    #[arg(long, env = "CONFAB_WAL_RESTART_MIB", default_value_t = 256,
+    #[arg(long, env = "CONFAB_WAL_RESTART_MIB",
+          default_value_t = u32::try_from(defaults().sqlite.wal_restart_bytes >> 20).unwrap_or(u32::MAX),
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     wal_restart_mib: u32,
 }
@@ -145,29 +154,26 @@ impl ServeArgs {
                 Err(format!("{name} must be a positive number of seconds"))
             }
         };
-        let defaults = self.backend.config();
-        let idle_timeout = secs("--idle-timeout", self.idle_timeout)?;
-        let presence_ttl = secs("--presence-ttl", self.presence_ttl)?;
-        Ok(Config {
-            listen: self.listen,
-            hello_timeout: secs("--hello-timeout", self.hello_timeout)?,
-            // Ping often enough that a live but quiet client is never taken for dead, and so
-            // that silence is noticed within idle_timeout + ping_interval.
-            ping_interval: defaults.ping_interval.min(idle_timeout / 3),
-            idle_timeout,
-            send_rate_per_sec: self.send_rate,
-            send_burst: self.send_burst,
-            frame_rate_per_sec: self.frame_rate,
-            frame_burst: self.frame_burst,
-            max_connections: self.max_connections.unwrap_or(usize::MAX),
-            max_commit_batch: self.commit_batch as usize,
-            wal_restart_bytes: u64::from(self.wal_restart_mib) * 1024 * 1024,
-            presence_ttl,
-            postgres_pool: self.postgres_pool.max(1),
-            resync_interval: secs("--resync-interval", self.resync_interval)?,
-            sweep_interval: defaults.sweep_interval.min(presence_ttl / 3),
-            ..defaults
-        })
+        let mut config = self.backend.config();
+        config.listen = self.listen;
+        let gateway = &mut config.gateway;
+        gateway.hello_timeout = secs("--hello-timeout", self.hello_timeout)?;
+        gateway.idle_timeout = secs("--idle-timeout", self.idle_timeout)?;
+        gateway.fit_ping_to_idle_timeout();
+        gateway.send_rate_per_sec = self.send_rate;
+        gateway.send_burst = self.send_burst;
+        gateway.frame_rate_per_sec = self.frame_rate;
+        gateway.frame_burst = self.frame_burst;
+        if let Some(max) = self.max_connections {
+            gateway.max_connections = max;
+        }
+        gateway.resync_interval = secs("--resync-interval", self.resync_interval)?;
+        config.sqlite.max_commit_batch = self.commit_batch as usize;
+        config.sqlite.wal_restart_bytes = u64::from(self.wal_restart_mib) * 1024 * 1024;
+        config.postgres.pool = self.postgres_pool.max(1);
+        config.redis.presence_ttl = secs("--presence-ttl", self.presence_ttl)?;
+        config.redis.fit_sweep_to_ttl();
+        Ok(config)
     }
 }
 

@@ -3,7 +3,8 @@
 use confab_protocol::Id;
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, now_ms};
+use crate::state::App;
+use crate::time::now_ms;
 use crate::auth::{new_token, validate_password, validate_username};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -38,9 +39,10 @@ pub async fn seed(
 ) -> Result<Vec<SeededAccount>> {
     // Before the store is opened (or created), so that bad input touches nothing.
     validate_seed(prefix, count, password)?;
-    let app = App::open(config.clone())
+    let app = crate::wiring::open(config.clone())
         .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .app;
     let seeded = seed_into(&app, prefix, count, password, progress).await;
     app.store.close().await;
     seeded
@@ -67,8 +69,8 @@ pub async fn seed_into(
             let (token, token_hash) = new_token();
             let account = SeededAccount {
                 username: format!("{prefix}{i}"),
-                user_id: Id(app.sequencer.next_id()),
-                device_id: Id(app.sequencer.next_id()),
+                user_id: app.ids.next_id()?,
+                device_id: app.ids.next_id()?,
                 token,
             };
             chunk.push(SeedAccount {

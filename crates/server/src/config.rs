@@ -1,4 +1,9 @@
-//! The server's typed configuration. Defaults here; the binary layers flags and env vars on top.
+//! The server's typed configuration: every default is here, once. The binary layers flags and
+//! environment variables on top and takes its defaults from [`Config::default`].
+//!
+//! Settings that belong to one backend sit in that backend's group ([`SqliteConfig`],
+//! [`PostgresConfig`], [`RedisConfig`]) and are ignored while another backend is chosen; the
+//! chat service's own settings are in [`GatewayConfig`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,14 +33,27 @@ impl StoreConfig {
     }
 }
 
+impl std::fmt::Display for StoreConfig {
+    /// As `--store` takes it. (A URL's password shows: print it only where the URL would.)
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite => f.write_str("sqlite"),
+            StoreConfig::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
 /// Which message sync queue to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueueConfig {
+    /// In this process: a single node.
     Memory,
+    /// A NATS URL (cluster mode).
     Nats(String),
 }
 
 impl QueueConfig {
+    /// Parses `--queue`: `memory` or a `nats://` URL.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.eq_ignore_ascii_case("memory") || s.is_empty() {
             Ok(QueueConfig::Memory)
@@ -49,14 +67,27 @@ impl QueueConfig {
     }
 }
 
+impl std::fmt::Display for QueueConfig {
+    /// As `--queue` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueConfig::Memory => f.write_str("memory"),
+            QueueConfig::Nats(url) => f.write_str(url),
+        }
+    }
+}
+
 /// Which presence backend to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PresenceConfig {
+    /// In this process: a single node.
     Memory,
+    /// A Redis URL (cluster mode); it also leases the sequencer's node id.
     Redis(String),
 }
 
 impl PresenceConfig {
+    /// Parses `--presence`: `memory` or a `redis://` URL.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.eq_ignore_ascii_case("memory") || s.is_empty() {
             Ok(PresenceConfig::Memory)
@@ -70,10 +101,22 @@ impl PresenceConfig {
     }
 }
 
+impl std::fmt::Display for PresenceConfig {
+    /// As `--presence` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PresenceConfig::Memory => f.write_str("memory"),
+            PresenceConfig::Redis(url) => f.write_str(url),
+        }
+    }
+}
+
 /// Everything the server needs to run.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// HTTP and WebSocket address (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Where the embedded store lives (and its lock file).
     pub data_dir: PathBuf,
     pub store: StoreConfig,
     pub queue: QueueConfig,
@@ -84,6 +127,19 @@ pub struct Config {
     /// Name of the cluster: prefixes Redis keys, NATS subjects and JetStream streams, so
     /// several clusters (or test runs) can share the same engines.
     pub cluster: String,
+    /// The chat service: sockets, their timeouts and limits.
+    pub gateway: GatewayConfig,
+    /// The embedded store's settings.
+    pub sqlite: SqliteConfig,
+    /// The PostgreSQL store's settings.
+    pub postgres: PostgresConfig,
+    /// Redis presence's settings.
+    pub redis: RedisConfig,
+}
+
+/// The chat service's settings: per-socket timeouts, limits and queues.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
     /// A socket that has not sent `hello` by then is closed with 1008. An HTTP connection has
     /// as long to send each request's head (counted from its connect, or from the end of the
     /// last response on a keep-alive connection), and then as long for its body, and is
@@ -109,24 +165,36 @@ pub struct Config {
     /// default) sets no cap of its own: [`crate::Server::start`] lowers any value to what the
     /// process's open-file limit leaves room for (see [`crate::files`]).
     pub max_connections: usize,
-    /// Most writes the store commits in one transaction (one fsync).
-    pub max_commit_batch: usize,
-    /// Embedded store: WAL frames (bytes) since the WAL last started over past which the
-    /// checkpointer holds the writer for a moment and starts it over; the WAL file on disk
-    /// stays near this size. Each restart holds the writer (1-13 ms with 10,000 users at
-    /// 10,000 msgs/s, 8-64 ms at 25,000); at 25,000 msgs/s (~10 KB of WAL per message) 64 MiB
-    /// restarted four times a second, and 256 MiB took the p90 from 23-48 to 10-22 ms
-    /// (BENCHMARKS.md).
-    pub wal_restart_bytes: u64,
-    /// Connections in the PostgreSQL pool.
-    pub postgres_pool: usize,
-    /// Redis presence: a socket not renewed for this long (its node died) expires.
-    pub presence_ttl: Duration,
-    /// How often expired presence is swept and announced.
-    pub sweep_interval: Duration,
     /// Cluster mode: how often each socket re-reads its stream from the store and re-checks
     /// its token, making good any event the sync queue lost.
     pub resync_interval: Duration,
+}
+
+/// The embedded store's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// Most writes committed in one transaction (one fsync).
+    pub max_commit_batch: usize,
+    /// WAL frames (bytes) since the WAL last started over past which the checkpointer holds
+    /// the writer for a moment and starts it over; the WAL file on disk stays near this size.
+    /// A smaller bound restarts more often (the operations guide has the trade-off).
+    pub wal_restart_bytes: u64,
+}
+
+/// The PostgreSQL store's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// Connections in the pool (keep pool × nodes under the server's `max_connections`).
+    pub pool: usize,
+}
+
+/// Redis presence's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// A socket not renewed for this long (its node died) expires.
+    pub presence_ttl: Duration,
+    /// How often expired presence is swept and announced.
+    pub sweep_interval: Duration,
 }
 
 impl Default for Config {
@@ -139,6 +207,17 @@ impl Default for Config {
             presence: PresenceConfig::Memory,
             node_id: 0,
             cluster: "confab".into(),
+            gateway: GatewayConfig::default(),
+            sqlite: SqliteConfig::default(),
+            postgres: PostgresConfig::default(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
             hello_timeout: Duration::from_secs(10),
             // Silence is checked at each ping, so a vanished device is detected within
             // idle_timeout + ping_interval = 55 s: under the 60 s PROTOCOL.md promises.
@@ -151,13 +230,49 @@ impl Default for Config {
             outbound_queue: 4096,
             max_inflight_sends: 256,
             max_connections: usize::MAX,
+            resync_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Ping often enough that a live but quiet client is never taken for dead (at most a
+    /// third of `idle_timeout`), so that silence is noticed within
+    /// `idle_timeout + ping_interval`.
+    pub fn fit_ping_to_idle_timeout(&mut self) {
+        self.ping_interval = self.ping_interval.min(self.idle_timeout / 3);
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
             max_commit_batch: 16 * 1024,
             wal_restart_bytes: 256 * 1024 * 1024,
-            postgres_pool: 16,
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { pool: 16 }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
             // A dead node's users turn offline within ttl + sweep interval: 35 s < 60 s.
             presence_ttl: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
-            resync_interval: Duration::from_secs(10),
         }
+    }
+}
+
+impl RedisConfig {
+    /// Sweep at least three times per ttl, so a dead node's users turn offline soon after
+    /// their sockets expire.
+    pub fn fit_sweep_to_ttl(&mut self) {
+        self.sweep_interval = self.sweep_interval.min(self.presence_ttl / 3);
     }
 }

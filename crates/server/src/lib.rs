@@ -1,26 +1,35 @@
 //! confab's server: every box of the chat design as a module.
 //!
 //! - [`gateway`]: the chat service holding WebSockets (login step 1, messaging 1-2, 7-8)
+//! - [`chat`]: the design's flows (send, read, ack, typing, online/offline) over the backends
 //! - [`presence`]: who is online (login steps 2-4)
-//! - [`sequencer`]: unique message ids (messaging step 3)
+//! - [`sequencer`]: unique ids (messaging step 3)
 //! - [`store`]: the message store (messaging step 4)
 //! - [`sync`]: the message sync queue (messaging step 5)
-//! - [`api`]: the HTTP API; [`auth`]: passwords and tokens; [`app`]: wiring and lifecycle.
+//! - [`api`]: the HTTP API; [`auth`]: passwords and tokens
+//! - [`wiring`]: the backends the configuration names; [`server`]: serving and shutdown;
+//!   [`jobs`]: background work; [`state`]: the shared handles
 
 pub mod admin;
 pub mod api;
-pub mod app;
 pub mod auth;
+pub mod chat;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod gateway;
-pub mod lease;
+pub mod jobs;
 pub mod metrics;
 pub mod presence;
 pub mod sequencer;
+pub mod server;
+pub mod state;
 pub mod store;
 pub mod sync;
+pub mod time;
+pub mod wiring;
 
-pub use app::{App, Server, StartError};
 pub use config::Config;
+pub use server::Server;
+pub use state::App;
+pub use wiring::StartError;

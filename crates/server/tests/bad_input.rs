@@ -124,8 +124,8 @@ async fn oversized_frame_before_hello_closes_with_1009() {
 #[tokio::test]
 async fn the_frame_limit_echoes_the_client_id() {
     let s = TestServer::start_with(|c| {
-        c.frame_rate_per_sec = 1.0;
-        c.frame_burst = 2;
+        c.gateway.frame_rate_per_sec = 1.0;
+        c.gateway.frame_burst = 2;
     })
     .await;
     let alice = s.user("alice").await;
@@ -142,7 +142,7 @@ async fn the_frame_limit_echoes_the_client_id() {
 
 #[tokio::test]
 async fn hello_rules() {
-    let s = TestServer::start_with(|c| c.hello_timeout = Duration::from_millis(300)).await;
+    let s = TestServer::start_with(|c| c.gateway.hello_timeout = Duration::from_millis(300)).await;
     let alice = s.user("alice").await;
 
     // No hello in time.
@@ -258,7 +258,7 @@ async fn send_flood_is_rate_limited_by_default() {
 #[tokio::test]
 async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
     let s = TestServer::start_with(|c| {
-        c.outbound_queue = 32;
+        c.gateway.outbound_queue = 32;
         without_rate_limits(c);
     })
     .await;
@@ -300,7 +300,7 @@ async fn a_client_that_cannot_keep_up_is_disconnected_and_catches_up() {
 
 #[tokio::test]
 async fn connection_limit_refuses_with_a_clear_error() {
-    let s = TestServer::start_with(|c| c.max_connections = 2).await;
+    let s = TestServer::start_with(|c| c.gateway.max_connections = 2).await;
     let alice = s.user("alice").await;
     let (_a1, _) = s.connect(&alice).await;
     let (_a2, _) = s.connect(&alice).await;
@@ -363,7 +363,7 @@ async fn read_until_closed(
 /// hold the file descriptors every socket needs.
 #[tokio::test]
 async fn silent_http_connections_are_closed() {
-    let s = TestServer::start_with(|c| c.hello_timeout = Duration::from_millis(500)).await;
+    let s = TestServer::start_with(|c| c.gateway.hello_timeout = Duration::from_millis(500)).await;
     let limit = Duration::from_secs(5);
 
     // Nothing at all.
@@ -412,7 +412,7 @@ async fn silent_http_connections_are_closed() {
 #[tokio::test]
 async fn shutdown_answers_requests_in_hand_and_drops_silent_connections() {
     use tokio::io::AsyncWriteExt;
-    let mut s = TestServer::start_with(|c| c.hello_timeout = Duration::from_secs(30)).await;
+    let mut s = TestServer::start_with(|c| c.gateway.hello_timeout = Duration::from_secs(30)).await;
     let _silent = raw(&s, b"").await;
     let _half = raw(&s, b"GET /healthz HTTP/1.1\r\n").await;
     // A request whose head is in and whose body is not: it is being handled.

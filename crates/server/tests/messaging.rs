@@ -568,7 +568,7 @@ async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
         without_rate_limits(c);
         // Room for every event: the server's writes to Alice stall instead of her socket
         // being dropped as too slow.
-        c.outbound_queue = 100_000;
+        c.gateway.outbound_queue = 100_000;
     })
     .await;
     let alice = s.user("alice").await;

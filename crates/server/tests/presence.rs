@@ -259,8 +259,8 @@ async fn befriending_starts_and_unfriending_stops_the_flow_at_once() {
 #[tokio::test]
 async fn a_vanished_device_is_reported_offline_by_heartbeat() {
     let s = TestServer::start_with(|c| {
-        c.ping_interval = Duration::from_millis(100);
-        c.idle_timeout = Duration::from_millis(400);
+        c.gateway.ping_interval = Duration::from_millis(100);
+        c.gateway.idle_timeout = Duration::from_millis(400);
     })
     .await;
     let alice = s.user("alice").await;

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::queue::{QueueReceiver, QueueSender, SendError, queue};
 
+use crate::chat::LocalSockets;
 use crate::sync::SyncEvent;
 
 /// Why the hub asks a socket to close.
@@ -43,7 +44,7 @@ pub enum Outbound {
 struct Socket {
     id: u64,
     device: Id,
-    tx: QueueSender,
+    tx: QueueSender<Outbound>,
     /// Taken by the first reason to close: a socket is told once. (A oneshot costs an idle
     /// socket far less than a watch channel.)
     close: Option<oneshot::Sender<CloseReason>>,
@@ -64,7 +65,7 @@ pub struct Hub {
 /// A socket's place in the hub and its queues.
 pub struct Registration {
     pub membership: Membership,
-    pub events: QueueReceiver,
+    pub events: QueueReceiver<Outbound>,
     pub close: oneshot::Receiver<CloseReason>,
 }
 
@@ -221,5 +222,15 @@ impl Hub {
                 let _ = close.send(CloseReason::TooSlow);
             }
         }
+    }
+}
+
+impl LocalSockets for Hub {
+    fn deliver(&self, event: SyncEvent) {
+        Hub::deliver(self, event);
+    }
+
+    fn holds(&self, user: Id) -> bool {
+        self.sockets_of(user) > 0
     }
 }

@@ -1,4 +1,5 @@
-//! A socket's bounded queue of hub events, which holds memory only while events wait.
+//! A socket's bounded queue of events (the hub's [`super::hub::Outbound`]), which holds
+//! memory only while events wait.
 //!
 //! tokio's bounded `mpsc` allocates its channel state and a first block of 32 slots when it
 //! is made: about 1.3 KiB per socket, a sixth of an idle socket's memory. Most sockets are
@@ -11,25 +12,23 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use super::hub::Outbound;
-
 /// Slots a drained queue may keep; a bigger one is released so a burst does not stay.
 const KEEP: usize = 8;
 
-struct Shared {
-    state: Mutex<State>,
+struct Shared<T> {
+    state: Mutex<State<T>>,
 }
 
-struct State {
-    items: VecDeque<Outbound>,
+struct State<T> {
+    items: VecDeque<T>,
     /// The receiver's task while it waits for an event.
     waiting: Option<Waker>,
     sender_gone: bool,
     receiver_gone: bool,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -53,7 +52,7 @@ pub enum TryRecvError {
 }
 
 /// A queue of at most `capacity` events.
-pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
+pub fn queue<T>(capacity: usize) -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -71,14 +70,15 @@ pub fn queue(capacity: usize) -> (QueueSender, QueueReceiver) {
     )
 }
 
-pub struct QueueSender {
-    shared: Arc<Shared>,
+/// The sending side (the hub's entry for the socket).
+pub struct QueueSender<T> {
+    shared: Arc<Shared<T>>,
     capacity: usize,
 }
 
-impl QueueSender {
+impl<T> QueueSender<T> {
     /// Queues `item` unless the queue is full or its receiver is gone.
-    pub fn try_send(&self, item: Outbound) -> Result<(), SendError> {
+    pub fn try_send(&self, item: T) -> Result<(), SendError> {
         let mut state = self.shared.lock();
         if state.receiver_gone {
             return Err(SendError::Closed);
@@ -102,7 +102,7 @@ impl QueueSender {
     }
 }
 
-impl Drop for QueueSender {
+impl<T> Drop for QueueSender<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.sender_gone = true;
@@ -114,18 +114,19 @@ impl Drop for QueueSender {
     }
 }
 
-pub struct QueueReceiver {
-    shared: Arc<Shared>,
+/// The receiving side (the socket's task).
+pub struct QueueReceiver<T> {
+    shared: Arc<Shared<T>>,
 }
 
-impl QueueReceiver {
+impl<T> QueueReceiver<T> {
     /// The next event; `None` once the queue is empty and the sender is gone.
     /// Cancel-safe: an event is only taken when this returns it.
-    pub async fn recv(&mut self) -> Option<Outbound> {
+    pub async fn recv(&mut self) -> Option<T> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         let mut state = self.shared.lock();
         if let Some(item) = take(&mut state) {
             return Poll::Ready(Some(item));
@@ -142,7 +143,7 @@ impl QueueReceiver {
     }
 
     /// The next event if one is waiting.
-    pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         let mut state = self.shared.lock();
         match take(&mut state) {
             Some(item) => Ok(item),
@@ -153,7 +154,7 @@ impl QueueReceiver {
 }
 
 /// The oldest event; a drained queue gives back a big buffer.
-fn take(state: &mut State) -> Option<Outbound> {
+fn take<T>(state: &mut State<T>) -> Option<T> {
     let item = state.items.pop_front()?;
     if state.items.is_empty() && state.items.capacity() > KEEP {
         state.items = VecDeque::new();
@@ -161,7 +162,7 @@ fn take(state: &mut State) -> Option<Outbound> {
     Some(item)
 }
 
-impl Drop for QueueReceiver {
+impl<T> Drop for QueueReceiver<T> {
     fn drop(&mut self) {
         let mut state = self.shared.lock();
         state.receiver_gone = true;
@@ -175,8 +176,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn resync() -> Outbound {
-        Outbound::Resync
+    /// An event of a kind the tests need not tell apart.
+    fn resync() -> &'static str {
+        "resync"
     }
 
     #[test]
@@ -184,24 +186,20 @@ mod tests {
         let (tx, mut rx) = queue(3);
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
         for pos in 1..=3 {
-            tx.try_send(Outbound::Frame(Box::new(pos.to_string().into())))
-                .unwrap();
+            tx.try_send(["1", "2", "3"][pos - 1]).unwrap();
         }
         assert_eq!(tx.try_send(resync()).unwrap_err(), SendError::Full);
         for want in ["1", "2", "3"] {
-            match rx.try_recv().unwrap() {
-                Outbound::Frame(text) => assert_eq!(text.as_str(), want),
-                other => panic!("unexpected {other:?}"),
-            }
+            assert_eq!(rx.try_recv().unwrap(), want);
         }
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
         tx.try_send(resync()).unwrap();
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Resync)));
+        assert_eq!(rx.try_recv(), Ok("resync"));
     }
 
     #[test]
     fn a_big_drained_queue_gives_its_memory_back() {
-        let (tx, mut rx) = queue(1000);
+        let (tx, mut rx) = queue::<&str>(1000);
         for _ in 0..100 {
             tx.try_send(resync()).unwrap();
         }
@@ -239,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_ends_when_the_sender_goes() {
-        let (tx, mut rx) = queue(4);
+        let (tx, mut rx) = queue::<&str>(4);
         let waiter = tokio::spawn(async move { rx.recv().await.is_none() });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(tx);

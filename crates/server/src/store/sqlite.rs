@@ -1799,7 +1799,7 @@ mod tests {
 
     /// Opens a store in `dir` with the default WAL bound.
     async fn open_store(dir: &Path) -> SqliteStore {
-        let wal = crate::config::Config::default().wal_restart_bytes;
+        let wal = crate::config::Config::default().sqlite.wal_restart_bytes;
         open_store_with(dir, 16, wal, counter()).await
     }
 

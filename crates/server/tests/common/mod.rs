@@ -36,10 +36,10 @@ pub fn test_config(dir: PathBuf) -> Config {
 /// Raises the per-socket send and frame limits out of the way, for tests that send floods
 /// on purpose (and test something other than the limits).
 pub fn without_rate_limits(c: &mut Config) {
-    c.send_rate_per_sec = 1e6;
-    c.send_burst = 1_000_000;
-    c.frame_rate_per_sec = 1e6;
-    c.frame_burst = 1_000_000;
+    c.gateway.send_rate_per_sec = 1e6;
+    c.gateway.send_burst = 1_000_000;
+    c.gateway.frame_rate_per_sec = 1e6;
+    c.gateway.frame_burst = 1_000_000;
 }
 
 impl TestServer {

@@ -1,12 +1,9 @@
-//! The sequencing service (design step 3): unique, roughly time-ordered 64-bit ids.
+//! Snowflake ids: unique, roughly time-ordered 64-bit ids for one node id.
 //!
-//! Layout, Snowflake-style, most significant first:
+//! Layout, most significant first:
 //! 41 bits of milliseconds since [`EPOCH_MS`] (good until 2094), 10 bits of node id, 12 bits of
 //! a per-millisecond counter. Two nodes never share a node id (the configuration, or in a
 //! cluster a lease, guarantees it), so ids are unique across the cluster.
-//!
-//! The per-conversation `seq` is *not* made here: it must be gapless, so the message store
-//! assigns it in the same transaction that stores the message.
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};

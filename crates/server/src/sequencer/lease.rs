@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::presence::redis::connect_manager;
-use crate::sequencer::MAX_NODE;
+use super::snowflake::MAX_NODE;
 
 /// Claims the lowest free id. ARGV: key prefix, token, ttl ms, highest id. Returns the id or -1.
 const CLAIM: &str = r"
@@ -123,7 +123,7 @@ impl NodeLease {
         Ok(lease)
     }
 
-    /// The leased id, for [`crate::sequencer::Sequencer::new`].
+    /// The leased id, for [`super::Sequencer::new`].
     pub fn node_id(&self) -> u16 {
         self.node_id
     }

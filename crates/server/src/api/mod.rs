@@ -1,0 +1,50 @@
+//! The HTTP API of PROTOCOL.md: accounts and sessions, contacts and blocks, history, and the
+//! operational endpoints. Handlers parse and answer; the flows they start are in
+//! [`crate::chat`].
+
+mod accounts;
+mod contacts;
+mod extract;
+mod history;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post, put};
+use confab_protocol::MAX_HTTP_BODY_BYTES;
+
+use crate::error::Error;
+use crate::state::App;
+
+pub use extract::{Caller, JsonBody, OtherUser};
+
+/// The API's routes (the WebSocket route is the gateway's: `gateway::routes`).
+pub fn routes(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v1/users", post(accounts::create_user))
+        .route("/v1/users/{username}", get(accounts::get_user))
+        .route("/v1/sessions", post(accounts::create_session))
+        .route("/v1/sessions/current", delete(accounts::delete_session))
+        .route("/v1/contacts", get(contacts::list_contacts))
+        .route(
+            "/v1/contacts/{user_id}",
+            put(contacts::add_contact).delete(contacts::remove_contact),
+        )
+        .route(
+            "/v1/blocks/{user_id}",
+            put(contacts::block).delete(contacts::unblock),
+        )
+        .route("/v1/conversations", get(history::list_conversations))
+        .route(
+            "/v1/conversations/{conversation}/messages",
+            get(history::list_messages),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { Error::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .with_state(app)
+}

@@ -1,0 +1,186 @@
+//! A socket's client frames: checked, rate-limited, and handed to the design's flows
+//! ([`crate::chat`]); their replies come back through the socket's pending work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab_protocol::{ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Gateway;
+use super::handshake::parse_cursor;
+use super::limits::TokenBucket;
+use super::socket::{Conn, Replies, detached};
+use crate::error::Error;
+use crate::store::DeviceSession;
+
+/// Typing relays allowed per peer per socket.
+const TYPING_EVERY: Duration = Duration::from_secs(1);
+/// Peers a socket remembers typing to before it forgets the ones past [`TYPING_EVERY`].
+const TYPING_PEERS: usize = 1024;
+
+impl Conn {
+    /// Handles one client text frame; returns an immediate reply, if any.
+    pub(super) fn handle(
+        &mut self,
+        text: &str,
+        sends: &mut TokenBucket,
+        inflight: &mut Replies,
+    ) -> Option<ServerFrame> {
+        let frame = match ClientFrame::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                return Some(ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    e.message,
+                    e.reference,
+                ));
+            }
+        };
+        match frame {
+            ClientFrame::Ping => Some(ServerFrame::Pong),
+            ClientFrame::Hello { .. } => Some(ServerFrame::error(
+                ErrorCode::BadRequest,
+                "hello was already received on this socket",
+                None,
+            )),
+            ClientFrame::Send {
+                to,
+                client_id,
+                body,
+            } => {
+                let reference = Some(client_id.clone());
+                if let Err(e) = self.check_send(to, &client_id, &body) {
+                    return Some(e.to_frame(reference));
+                }
+                if !sends.take() {
+                    return Some(
+                        Error::rate_limited(
+                            "send rate exceeded; retry later with the same client_id",
+                        )
+                        .to_frame(reference),
+                    );
+                }
+                self.start_send(inflight, to, client_id, body);
+                None
+            }
+            ClientFrame::Read { conversation, seq } => {
+                let (chat, reader) = (self.gateway.chat.clone(), self.session);
+                inflight.push(detached(async move {
+                    let read = chat.mark_read(reader, conversation, seq).await;
+                    read.err().map(|e| e.to_frame(None))
+                }));
+                None
+            }
+            ClientFrame::Typing { to } => {
+                self.typing(to, inflight);
+                None
+            }
+            ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
+                Some(pos) => {
+                    self.ack(pos);
+                    None
+                }
+                None => Some(ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    "malformed cursor",
+                    None,
+                )),
+            },
+        }
+    }
+
+    fn check_send(&self, to: Id, client_id: &str, body: &str) -> Result<(), Error> {
+        let n = client_id.chars().count();
+        if n == 0 || n > MAX_CLIENT_ID_CHARS {
+            return Err(Error::bad_request("client_id must be 1-64 characters"));
+        }
+        if body.is_empty() {
+            return Err(Error::bad_request("body must not be empty"));
+        }
+        if body.len() > MAX_BODY_BYTES {
+            return Err(Error::too_large(format!(
+                "body is {} bytes; the limit is {MAX_BODY_BYTES}",
+                body.len()
+            )));
+        }
+        if to == self.session.user_id {
+            return Err(Error::bad_request("cannot send a message to yourself"));
+        }
+        Ok(())
+    }
+
+    /// Starts a `send`. Where the store's appends need no polling to go on (the wiring says
+    /// so: SQLite runs them on its writer thread) the socket polls the send itself; elsewhere
+    /// it gets its own task. A task per message (spawn, join handle, two wake-ups) cost the
+    /// embedded server a sixth of its peak rate (BENCHMARKS.md).
+    fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
+        let (chat, from) = (self.gateway.chat.clone(), self.session.user_id);
+        let work = async move {
+            let reference = client_id.clone();
+            let sent = chat.send_message(from, to, client_id, body).await;
+            Some(sent.unwrap_or_else(|e| e.to_frame(Some(reference))))
+        };
+        if self.gateway.sends_polled_by_socket {
+            inflight.push(Box::pin(work));
+        } else {
+            inflight.push(detached(work));
+        }
+    }
+
+    /// A `typing` to `to`: relayed at most once per [`TYPING_EVERY`] per peer.
+    fn typing(&mut self, to: Id, inflight: &mut Replies) {
+        let now = Instant::now();
+        let typing = self.typing.get_or_insert_default();
+        let due = typing
+            .get(&to)
+            .is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
+        if due && to != self.session.user_id {
+            if typing.len() > TYPING_PEERS {
+                typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+            }
+            typing.insert(to, now);
+            let (chat, from) = (self.gateway.chat.clone(), self.session.user_id);
+            inflight.push(detached(async move {
+                chat.relay_typing(from, to).await;
+                None
+            }));
+        }
+    }
+
+    /// An `ack` of `pos`: counted at once (for a reconnect to this node), and written by
+    /// the socket's ack task, started at the first ack that moves the cursor.
+    fn ack(&mut self, pos: u64) {
+        // A socket can only acknowledge what it was sent.
+        let pos = pos.min(self.order.last());
+        self.gateway.ack_received(self.session.device_id, pos);
+        if pos > self.acked {
+            self.acked = pos;
+            match &self.acks {
+                Some((sender, _)) => {
+                    sender.send_replace(pos);
+                }
+                None => {
+                    let (sender, receiver) = watch::channel(pos);
+                    let task = tokio::spawn(ack_writer(self.gateway.clone(), self.session, receiver));
+                    self.acks = Some((sender, task));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a socket's acknowledged cursor (starting with the channel's first value),
+/// coalescing acks that arrive during a write (`chat::record_ack` also sends the `delivered`
+/// receipts). Ends when the sender is dropped, after writing the last value.
+async fn ack_writer(gateway: Arc<Gateway>, device: DeviceSession, mut acks: watch::Receiver<u64>) {
+    let mut first = true;
+    while std::mem::take(&mut first) || acks.changed().await.is_ok() {
+        let pos = *acks.borrow_and_update();
+        match gateway.chat.record_ack(device, pos).await {
+            Ok(()) => gateway.ack_stored(device.device_id, pos),
+            Err(e) => tracing::warn!(error = %e, "storing a cursor failed"),
+        }
+    }
+}

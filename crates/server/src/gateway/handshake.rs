@@ -1,0 +1,177 @@
+//! The handshake: `hello` (authenticate), the resume position, the hub registration and the
+//! login state read, in the order that makes catch-up meet live delivery exactly.
+
+use std::sync::Arc;
+
+use axum::extract::ws::Message as WsMessage;
+use confab_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use futures::StreamExt;
+use tokio::time::Instant;
+
+use super::order::Order;
+use super::socket::{CATCH_UP_PAGE, Conn, End, Io, Live, Stop, transport_error};
+use super::{Gateway, close};
+use crate::auth::token_hash;
+use crate::error::Error;
+use crate::store::DeviceSession;
+
+/// Reads `hello` and authenticates. `Err` ends the socket with the given close.
+async fn hello(
+    gateway: &Gateway,
+    io: &mut Io,
+    header_token: Option<Box<str>>,
+) -> Result<(DeviceSession, Option<String>, [u8; 32]), End> {
+    let deadline = Instant::now() + gateway.config.hello_timeout;
+    let text = loop {
+        match tokio::time::timeout_at(deadline, io.ws.next()).await {
+            Err(_) => return Err(Some((close::POLICY, "no hello within the timeout"))),
+            Ok(None) => return Err(None),
+            Ok(Some(Err(e))) => {
+                return Err(match transport_error(e) {
+                    Stop::Close(code, reason) => Some((code, reason)),
+                    Stop::Gone => None,
+                });
+            }
+            Ok(Some(Ok(WsMessage::Text(t)))) => break t,
+            Ok(Some(Ok(WsMessage::Close(_)))) => return Err(None),
+            Ok(Some(Ok(WsMessage::Binary(_)))) => {
+                let _ = io
+                    .send(&ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported; send JSON text",
+                        None,
+                    ))
+                    .await;
+                return Err(Some((close::POLICY, "expected hello")));
+            }
+            Ok(Some(Ok(_))) => continue,
+        }
+    };
+    let refuse = async |io: &mut Io, code: ErrorCode, message: &str, reason: &'static str| {
+        let _ = io.send(&ServerFrame::error(code, message, None)).await;
+        Err(Some((close::POLICY, reason)))
+    };
+    let (token, cursor) = match ClientFrame::parse(&text) {
+        Ok(ClientFrame::Hello { token, cursor }) => {
+            (token.or(header_token.map(String::from)), cursor)
+        }
+        Ok(_) => {
+            return refuse(
+                io,
+                ErrorCode::BadRequest,
+                "the first frame must be hello",
+                "expected hello",
+            )
+            .await;
+        }
+        Err(e) => return refuse(io, ErrorCode::BadRequest, &e.message, "expected hello").await,
+    };
+    let Some(token) = token else {
+        return refuse(
+            io,
+            ErrorCode::Unauthorized,
+            "hello needs a token",
+            "unauthorized",
+        )
+        .await;
+    };
+    let hash = token_hash(&token);
+    match gateway.store.device_by_token(hash).await {
+        Ok(Some(session)) => Ok((session, cursor, hash)),
+        Ok(None) => {
+            refuse(
+                io,
+                ErrorCode::Unauthorized,
+                "invalid or revoked token",
+                "unauthorized",
+            )
+            .await
+        }
+        Err(e) => {
+            let _ = io.send(&Error::from(e).to_frame(None)).await;
+            Err(Some((close::INTERNAL, "store unavailable")))
+        }
+    }
+}
+
+/// `hello`, the cursor, the hub registration and the login state read.
+pub(super) async fn login(
+    gateway: &Arc<Gateway>,
+    io: &mut Io,
+    header_token: Option<Box<str>>,
+) -> Result<Live, End> {
+    let (session, cursor, token_hash) = Box::pin(hello(gateway, io, header_token)).await?;
+    let user = session.user_id;
+    let start_pos = match cursor {
+        None => {
+            let pending = gateway.pending_ack(session.device_id);
+            session.cursor.max(pending.unwrap_or(0))
+        }
+        Some(c) => match parse_cursor(&c) {
+            Some(p) => p,
+            None => {
+                let _ = io
+                    .send(&ServerFrame::error(
+                        ErrorCode::BadRequest,
+                        "malformed cursor",
+                        None,
+                    ))
+                    .await;
+                return Err(Some((close::POLICY, "malformed cursor")));
+            }
+        },
+    };
+    // Registered before the store is read, so that every event after the read reaches this
+    // socket live; the ones the read already covers are skipped by position.
+    let registration = gateway.hub.register(user, session.device_id);
+    let socket = registration.membership.socket;
+    // Shutdown is announced through the hub; a socket registered after that sees the token.
+    if gateway.shutdown.is_cancelled() {
+        return Err(Some((close::GOING_AWAY, "server shutting down")));
+    }
+    let login = match gateway.store.login_state(user, start_pos, CATCH_UP_PAGE).await {
+        Ok(login) if start_pos > login.head => {
+            let _ = io
+                .send(&ServerFrame::error(
+                    ErrorCode::BadRequest,
+                    "cursor is ahead of this account's stream",
+                    None,
+                ))
+                .await;
+            return Err(Some((close::POLICY, "bad cursor")));
+        }
+        Ok(login) => login,
+        Err(e) => {
+            let _ = io.send(&Error::from(e).to_frame(None)).await;
+            return Err(Some((close::INTERNAL, "store unavailable")));
+        }
+    };
+    let conn = Conn {
+        gateway: gateway.clone(),
+        session,
+        socket,
+        token_hash,
+        order: Order::new(start_pos),
+        acked: start_pos,
+        acks: None,
+        out: Vec::new(),
+        work: None,
+        typing: None,
+    };
+    Ok(Live {
+        conn,
+        login: Box::new(login),
+        membership: registration.membership,
+        events: registration.events,
+        close: registration.close,
+    })
+}
+
+/// A cursor as the client sends it: canonical decimal digits of a stream position.
+pub(super) fn parse_cursor(c: &str) -> Option<u64> {
+    if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    c.parse().ok()
+}
+

@@ -1,0 +1,39 @@
+//! [`App`]: the handles the HTTP API, the operator tasks and the background jobs share. The
+//! gateway holds its own ([`crate::gateway::Gateway`]); state that one part owns lives in
+//! that part, not here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Auth;
+use crate::chat::Chat;
+use crate::metrics::Metrics;
+use crate::presence::PresenceService;
+use crate::sequencer::IdSource;
+use crate::store::MessageStore;
+use crate::sync::SyncQueue;
+
+/// The shared handles. There is no global: each is passed where it is used.
+pub struct App {
+    /// The message store (design messaging step 4): accounts, devices, contacts, messages.
+    pub store: Arc<dyn MessageStore>,
+    /// The message sync queue (step 5); here for its readiness check.
+    pub sync: Arc<dyn SyncQueue>,
+    /// The presence service (login steps 2-4): contact lists show friends' presence.
+    pub presence: Arc<dyn PresenceService>,
+    /// The sequencer (step 3): ids of accounts and devices (messages take theirs in `chat`).
+    pub ids: Arc<IdSource>,
+    /// The design's flows over the handles above.
+    pub chat: Arc<Chat>,
+    /// Password hashing and verification, on a bounded pool of threads.
+    pub auth: Auth,
+    /// The node's Prometheus metrics.
+    pub metrics: Metrics,
+    /// How long an HTTP connection has to send each request head, and then its body (the
+    /// gateway's `hello_timeout`): a silent or trickling client cannot hold a connection.
+    pub http_timeout: Duration,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+}

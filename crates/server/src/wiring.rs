@@ -1,0 +1,176 @@
+//! The wiring: the only place that names concrete backends. It opens what the configuration
+//! asks for, and turns what it knows about them into capabilities the rest asks instead
+//! (whether the sync queue is node-local, whether a store's appends may be polled by the
+//! socket itself, which background jobs are needed).
+
+use std::sync::Arc;
+
+use crate::auth::Auth;
+use crate::chat::{Chat, LocalSockets};
+use crate::config::{Config, PresenceConfig, QueueConfig, StoreConfig};
+use crate::gateway::Gateway;
+use crate::gateway::hub::Hub;
+use crate::jobs::{Jobs, LEASE_TTL};
+use crate::metrics::Metrics;
+use crate::presence::PresenceService;
+use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
+use crate::sequencer::IdSource;
+use crate::sequencer::lease::NodeLease;
+use crate::state::App;
+use crate::store::MessageStore;
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::sync::SyncQueue;
+use crate::sync::memory::MemoryQueue;
+use crate::sync::nats::NatsQueue;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Backend(String),
+    #[error(
+        "the open-file limit ({open_files}) leaves no room for connections after the {reserved} \
+         kept for files and backends: raise it (`ulimit -n`, `LimitNOFILE=` under systemd)"
+    )]
+    OpenFiles { open_files: u64, reserved: u64 },
+}
+
+/// A node's parts, wired: the shared handles, the gateway, and the jobs it needs.
+pub struct Node {
+    pub app: Arc<App>,
+    pub gateway: Arc<Gateway>,
+    pub jobs: Jobs,
+}
+
+/// Opens the backends the configuration names and wires the node's parts to them.
+pub async fn open(config: Config) -> Result<Node, StartError> {
+    let metrics = Metrics::new();
+    let store = open_store(&config, &metrics).await?;
+    let sync: Arc<dyn SyncQueue> = match &config.queue {
+        QueueConfig::Memory => Arc::new(MemoryQueue::new()),
+        QueueConfig::Nats(url) => Arc::new(
+            NatsQueue::connect(url, &config.cluster)
+                .await
+                .map_err(|e| StartError::Backend(format!("nats sync queue: {e}")))?,
+        ),
+    };
+    let presence: Arc<dyn PresenceService> = match &config.presence {
+        PresenceConfig::Memory => Arc::new(MemoryPresence::new()),
+        PresenceConfig::Redis(url) => Arc::new(
+            RedisPresence::connect(url, &config.cluster, config.redis.presence_ttl)
+                .await
+                .map_err(|e| StartError::Backend(format!("redis presence: {e}")))?,
+        ),
+    };
+    // In a cluster, node ids come from a lease so two live nodes never share one.
+    let ids = Arc::new(match &config.presence {
+        PresenceConfig::Redis(url) => IdSource::leased(
+            NodeLease::acquire(url, &config.cluster, LEASE_TTL)
+                .await
+                .map_err(|e| StartError::Backend(format!("node id lease: {e}")))?,
+        ),
+        PresenceConfig::Memory => {
+            if config.store != StoreConfig::Sqlite {
+                tracing::warn!(
+                    node_id = config.node_id,
+                    "shared store without Redis: give every node a distinct --node-id"
+                );
+            }
+            IdSource::fixed(config.node_id)
+        }
+    });
+    let auth = tokio::task::spawn_blocking(Auth::new)
+        .await
+        .map_err(|e| StartError::Backend(e.to_string()))?
+        .map_err(|e| StartError::Backend(e.to_string()))?;
+    let slow = metrics.slow_consumers.clone();
+    let hub = Arc::new(Hub::new(
+        ids.node(),
+        config.gateway.outbound_queue,
+        Box::new(move || slow.inc()),
+    ));
+    let handler_hub = hub.clone();
+    sync.subscribe(Arc::new(move |event| handler_hub.deliver(event)))
+        .await
+        .map_err(|e| StartError::Backend(e.to_string()))?;
+
+    // What the backends imply, decided here once.
+    let sync_is_node_local = config.queue == QueueConfig::Memory;
+    // SQLite's appends run on its writer thread and hold nothing while their futures wait:
+    // a socket may poll its sends itself. A PostgreSQL append holds a pooled connection
+    // until its future finishes, so each runs in a task of its own.
+    let sends_polled_by_socket = config.store == StoreConfig::Sqlite;
+    let jobs = Jobs {
+        sweep: matches!(config.presence, PresenceConfig::Redis(_))
+            .then_some(config.redis.sweep_interval),
+        lease: match &config.presence {
+            PresenceConfig::Redis(url) => Some((url.clone(), config.cluster.clone())),
+            PresenceConfig::Memory => None,
+        },
+        resync: (!sync_is_node_local).then_some(config.gateway.resync_interval),
+    };
+
+    let chat = Arc::new(Chat::new(
+        store.clone(),
+        sync.clone(),
+        presence.clone(),
+        ids.clone(),
+        hub.clone() as Arc<dyn LocalSockets>,
+        metrics.clone(),
+        sync_is_node_local,
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let gateway = Arc::new(Gateway::new(
+        config.gateway.clone(),
+        chat.clone(),
+        store.clone(),
+        hub,
+        metrics.clone(),
+        shutdown.clone(),
+        sends_polled_by_socket,
+    ));
+    let app = Arc::new(App {
+        store,
+        sync,
+        presence,
+        ids,
+        chat,
+        auth,
+        metrics,
+        http_timeout: config.gateway.hello_timeout,
+        shutdown,
+    });
+    Ok(Node { app, gateway, jobs })
+}
+
+async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn MessageStore>, StartError> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite => {
+            let dir = config.data_dir.clone();
+            let (batch, wal) = (config.sqlite.max_commit_batch, config.sqlite.wal_restart_bytes);
+            let (hist, restarts) = (
+                metrics.commit_batch_size.clone(),
+                metrics.wal_restarts.clone(),
+            );
+            let store = tokio::task::spawn_blocking(move || {
+                SqliteStore::open(&dir, batch, wal, hist, restarts)
+            })
+            .await
+            .map_err(|e| StartError::Backend(e.to_string()))?
+            .map_err(|e| StartError::Backend(e.to_string()))?;
+            Arc::new(store)
+        }
+        StoreConfig::Postgres(url) => Arc::new(
+            PostgresStore::connect(url, config.postgres.pool)
+                .await
+                .map_err(|e| StartError::Backend(format!("postgres store: {e}")))?,
+        ),
+    })
+}
