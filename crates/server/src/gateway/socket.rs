@@ -454,17 +454,23 @@ impl Conn {
     }
 }
 
+/// How a socket ends on a transport error: 1009 for a frame over the size limit, else it is
+/// gone.
 pub(super) fn transport_error(e: axum::Error) -> Stop {
-    // axum wraps tungstenite's error; a capacity error means the frame was over the limit.
-    let text = e.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("Capacity")
-    {
-        Stop::Close(close::TOO_BIG, "message too big")
-    } else {
-        tracing::debug!(error = %e, "socket read failed");
-        Stop::Gone
+    // axum wraps tungstenite's error (the version axum uses: one in the tree); a capacity
+    // error means the frame was over the limit.
+    match e.into_inner().downcast::<tungstenite::Error>() {
+        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
+            Stop::Close(close::TOO_BIG, "message too big")
+        }
+        Ok(e) => {
+            tracing::debug!(error = %e, "socket read failed");
+            Stop::Gone
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "socket read failed");
+            Stop::Gone
+        }
     }
 }
 
