@@ -1,4 +1,4 @@
-//! Admission: the connection cap, checked at the WebSocket upgrade, and the socket's slot.
+//! Admission: the connection cap, checked at the WebSocket upgrade.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -9,7 +9,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use confab_protocol::{ErrorCode, MAX_FRAME_BYTES};
 
-use super::{Gateway, READ_BUFFER, WRITE_BUFFER, socket};
+use super::socket::{Slot, run_task};
+use super::{Gateway, READ_BUFFER, WRITE_BUFFER};
 use crate::auth::bearer_token;
 use crate::error::Error;
 use crate::time::now_ms;
@@ -22,22 +23,19 @@ pub(super) struct Admission {
     refusal_logged_ms: AtomicI64,
 }
 
+impl Admission {
+    /// A socket closed: its place is free.
+    pub(super) fn release(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Default for Admission {
     fn default() -> Self {
         Admission {
             open: AtomicUsize::new(0),
             refusal_logged_ms: AtomicI64::new(i64::MIN),
         }
-    }
-}
-
-/// A socket's place under the connection cap, released on drop. It doubles as the socket's
-/// handle on the gateway: one pointer fewer in every socket's task.
-pub(super) struct Slot(pub(super) Arc<Gateway>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.admission.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -85,5 +83,5 @@ pub(super) async fn upgrade(
         // The socket is boxed before the task's future is made: what the future holds stays
         // in it for the socket's whole life, and the socket is a few hundred bytes. (Not
         // split: the loop reads and writes at different times, and halves cost a shared lock.)
-        .on_upgrade(move |ws| socket::run_task(slot, Box::new(ws), header_token, tracked))
+        .on_upgrade(move |ws| run_task(slot, Box::new(ws), header_token, tracked))
 }

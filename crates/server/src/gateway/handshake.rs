@@ -8,12 +8,25 @@ use confab_protocol::{ClientFrame, ErrorCode, ServerFrame};
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use super::order::Order;
-use super::socket::{CATCH_UP_PAGE, Conn, End, Io, Live, Stop, transport_error};
-use super::{Gateway, close};
+use super::hub::Registration;
+use super::io::{End, Io, Stop, transport_error};
+use super::{CATCH_UP_PAGE, Gateway, close};
 use crate::auth::token_hash;
 use crate::error::Error;
-use crate::store::DeviceSession;
+use crate::store::{DeviceSession, LoginState};
+
+/// A socket that passed the handshake.
+pub(super) struct Handshake {
+    pub(super) session: DeviceSession,
+    /// The stream position the socket resumes after.
+    pub(super) start_pos: u64,
+    /// The hash of the token it authenticated with, to re-check it on resync.
+    pub(super) token_hash: [u8; 32],
+    /// Its place in the hub: live events queue from here on.
+    pub(super) registration: Registration,
+    /// What the store had for it, read after the registration.
+    pub(super) login: Box<LoginState>,
+}
 
 /// Reads `hello` and authenticates. `Err` ends the socket with the given close.
 async fn hello(
@@ -95,11 +108,11 @@ async fn hello(
 }
 
 /// `hello`, the cursor, the hub registration and the login state read.
-pub(super) async fn login(
+pub(super) async fn handshake(
     gateway: &Arc<Gateway>,
     io: &mut Io,
     header_token: Option<Box<str>>,
-) -> Result<Live, End> {
+) -> Result<Handshake, End> {
     let (session, cursor, token_hash) = Box::pin(hello(gateway, io, header_token)).await?;
     let user = session.user_id;
     let start_pos = match cursor {
@@ -124,12 +137,15 @@ pub(super) async fn login(
     // Registered before the store is read, so that every event after the read reaches this
     // socket live; the ones the read already covers are skipped by position.
     let registration = gateway.hub.register(user, session.device_id);
-    let socket = registration.membership.socket;
     // Shutdown is announced through the hub; a socket registered after that sees the token.
     if gateway.shutdown.is_cancelled() {
         return Err(Some((close::GOING_AWAY, "server shutting down")));
     }
-    let login = match gateway.store.login_state(user, start_pos, CATCH_UP_PAGE).await {
+    let login = match gateway
+        .store
+        .login_state(user, start_pos, CATCH_UP_PAGE)
+        .await
+    {
         Ok(login) if start_pos > login.head => {
             let _ = io
                 .send(&ServerFrame::error(
@@ -146,24 +162,12 @@ pub(super) async fn login(
             return Err(Some((close::INTERNAL, "store unavailable")));
         }
     };
-    let conn = Conn {
-        gateway: gateway.clone(),
+    Ok(Handshake {
         session,
-        socket,
+        start_pos,
         token_hash,
-        order: Order::new(start_pos),
-        acked: start_pos,
-        acks: None,
-        out: Vec::new(),
-        work: None,
-        typing: None,
-    };
-    Ok(Live {
-        conn,
+        registration,
         login: Box::new(login),
-        membership: registration.membership,
-        events: registration.events,
-        close: registration.close,
     })
 }
 
@@ -174,4 +178,3 @@ pub(super) fn parse_cursor(c: &str) -> Option<u64> {
     }
     c.parse().ok()
 }
-

@@ -18,6 +18,7 @@ mod catchup;
 mod frames;
 mod handshake;
 pub mod hub;
+mod io;
 mod limits;
 pub mod order;
 pub mod queue;
@@ -60,6 +61,8 @@ pub mod close {
 pub const READ_BUFFER: usize = 256;
 /// Bytes a socket's writer gathers before writing through (flushes write at once anyway).
 pub const WRITE_BUFFER: usize = 8 * 1024;
+/// Stream entries read per store query during catch-up.
+const CATCH_UP_PAGE: usize = 1000;
 
 /// The chat service's handles and the state it owns.
 pub struct Gateway {

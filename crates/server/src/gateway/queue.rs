@@ -1,5 +1,5 @@
-//! A socket's bounded queue of events (the hub's [`super::hub::Outbound`]), which holds
-//! memory only while events wait.
+//! A socket's bounded queue of events (the hub's `Outbound`s), which holds memory only while
+//! events wait.
 //!
 //! tokio's bounded `mpsc` allocates its channel state and a first block of 32 slots when it
 //! is made: about 1.3 KiB per socket, a sixth of an idle socket's memory. Most sockets are

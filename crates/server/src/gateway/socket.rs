@@ -4,9 +4,8 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message as WsMessage, WebSocket};
 use confab_protocol::{ClientFrame, ErrorCode, Id, MessageFrame, ServerFrame};
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
@@ -14,22 +13,29 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::admission::Slot;
-use super::handshake::login;
-use super::hub::{self, CloseReason, Outbound};
+use super::handshake::{Handshake, handshake};
+use super::hub::{CloseReason, Outbound, Registration};
+use super::io::{End, Io, Stop, text_frame, transport_error};
 use super::limits::TokenBucket;
 use super::order::Order;
 use super::queue::{QueueReceiver, TryRecvError};
-use super::{Gateway, close};
+use super::{CATCH_UP_PAGE, Gateway, close};
 use crate::store::{DeviceSession, LoginState};
-
-/// Stream entries read per store query during catch-up.
-pub(super) const CATCH_UP_PAGE: usize = 1000;
 /// Ready events and replies a socket gathers into one write after the one it woke for.
 const COALESCE: usize = 64;
 
 /// Work a frame started that answers later (a store write): the frame to send, if any.
 pub(super) type Pending = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// A socket's place under the connection cap, released on drop. It doubles as the socket's
+/// handle on the gateway: one pointer fewer in every socket's task.
+pub(super) struct Slot(pub(super) Arc<Gateway>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.admission.release();
+    }
+}
 
 /// A socket's task, from the upgrade to its end.
 pub(super) async fn run_task(
@@ -44,62 +50,37 @@ pub(super) async fn run_task(
     }
 }
 
-/// A socket.
-pub(super) struct Io {
-    pub(super) ws: Box<WebSocket>,
-}
-
-impl Io {
-    pub(super) async fn send(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
-        self.ws
-            .send(WsMessage::Text(Utf8Bytes::from(frame.to_json())))
-            .await
-    }
-
-    pub(super) async fn feed(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
-        self.ws
-            .feed(WsMessage::Text(Utf8Bytes::from(frame.to_json())))
-            .await
-    }
-
-    /// The closing handshake: send a close frame, then read until the client answers (or a
-    /// short timeout), so the close frame is not lost to a TCP reset.
-    async fn finish(&mut self, code: u16, reason: &'static str) {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        if self.ws.send(WsMessage::Close(Some(frame))).await.is_err() {
-            return;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(m)) = self.ws.next().await {
-                if matches!(m, WsMessage::Close(_)) {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-}
-
-/// How a socket ends when the server ends it: close code and reason.
-pub(super) type End = Option<(u16, &'static str)>;
-
 /// One socket, from `hello` to its end. Returns the close to send, if the server ends it.
 ///
 /// The login and the logout are boxed: this future is the socket task's for its whole life,
 /// and it holds space for its largest await, so only the live loop's state should be inline.
 async fn run(gateway: &Arc<Gateway>, io: &mut Io, header_token: Option<Box<str>>) -> End {
-    let Live {
-        mut conn,
+    let Handshake {
+        session,
+        start_pos,
+        token_hash,
+        registration,
         login,
+    } = match Box::pin(handshake(gateway, io, header_token)).await {
+        Ok(done) => done,
+        Err(end) => return end,
+    };
+    let Registration {
         membership,
         mut events,
         mut close,
-    } = match Box::pin(login(gateway, io, header_token)).await {
-        Ok(live) => live,
-        Err(end) => return end,
+    } = registration;
+    let mut conn = Conn {
+        gateway: gateway.clone(),
+        session,
+        socket: membership.socket,
+        token_hash,
+        order: Order::new(start_pos),
+        acked: start_pos,
+        acks: None,
+        out: Vec::new(),
+        work: None,
+        typing: None,
     };
     // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
     // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
@@ -127,16 +108,7 @@ async fn run(gateway: &Arc<Gateway>, io: &mut Io, header_token: Option<Box<str>>
     }
 }
 
-/// A socket past login: its state, what the store had for it, and its hub registration.
-pub(super) struct Live {
-    pub(super) conn: Conn,
-    pub(super) login: Box<LoginState>,
-    pub(super) membership: hub::Membership,
-    pub(super) events: QueueReceiver<Outbound>,
-    pub(super) close: oneshot::Receiver<CloseReason>,
-}
-
-/// A socket past `hello`.
+/// A socket past the handshake.
 pub(super) struct Conn {
     pub(super) gateway: Arc<Gateway>,
     pub(super) session: DeviceSession,
@@ -217,19 +189,6 @@ impl Drop for Replies {
             runtime.spawn(async move { while set.next().await.is_some() {} });
         }
     }
-}
-
-/// A server frame as a WebSocket text frame.
-pub(super) fn text_frame(frame: &ServerFrame) -> WsMessage {
-    WsMessage::Text(Utf8Bytes::from(frame.to_json()))
-}
-
-/// Why a socket stops.
-pub(super) enum Stop {
-    /// The client went away or the transport failed: nothing more can be sent.
-    Gone,
-    /// The server ends it with this close.
-    Close(u16, &'static str),
 }
 
 impl Conn {
@@ -412,7 +371,11 @@ impl Conn {
     /// Writes the queued frames in one go. Polled by hand rather than through `feed` and
     /// `flush` futures: this future's state is part of every socket's task for its life.
     /// Replies that finish meanwhile go out in the same write.
-    pub(super) async fn write_out(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
+    pub(super) async fn write_out(
+        &mut self,
+        io: &mut Io,
+        inflight: &mut Replies,
+    ) -> Result<(), Stop> {
         let (out, ws) = (&mut self.out, &mut *io.ws);
         let mut next = 0;
         std::future::poll_fn(|cx| {
@@ -454,26 +417,6 @@ impl Conn {
     }
 }
 
-/// How a socket ends on a transport error: 1009 for a frame over the size limit, else it is
-/// gone.
-pub(super) fn transport_error(e: axum::Error) -> Stop {
-    // axum wraps tungstenite's error (the version axum uses: one in the tree); a capacity
-    // error means the frame was over the limit.
-    match e.into_inner().downcast::<tungstenite::Error>() {
-        Ok(e) if matches!(*e, tungstenite::Error::Capacity(_)) => {
-            Stop::Close(close::TOO_BIG, "message too big")
-        }
-        Ok(e) => {
-            tracing::debug!(error = %e, "socket read failed");
-            Stop::Gone
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "socket read failed");
-            Stop::Gone
-        }
-    }
-}
-
 /// Runs a frame's store work in its own task and returns a handle to its reply.
 ///
 /// The work must not depend on the socket task being polled: that task may wait on a slow
@@ -481,7 +424,9 @@ pub(super) fn transport_error(e: axum::Error) -> Stop {
 /// PostgreSQL) for every other node. Once a `send` is read it also completes, stored and
 /// published, even if the socket closes meanwhile; the client's retry with the same
 /// `client_id` then finds it.
-pub(super) fn detached(work: impl Future<Output = Option<ServerFrame>> + Send + 'static) -> Pending {
+pub(super) fn detached(
+    work: impl Future<Output = Option<ServerFrame>> + Send + 'static,
+) -> Pending {
     let task = tokio::spawn(work);
     Box::pin(async move {
         task.await.unwrap_or_else(|e| {
@@ -494,4 +439,3 @@ pub(super) fn detached(work: impl Future<Output = Option<ServerFrame>> + Send + 
         })
     })
 }
-
