@@ -283,7 +283,10 @@ impl Holder {
 
 /// Opens the sockets of `accounts` (socket numbers from `first_index`) into `holder`.
 /// Returns the failures by reason.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one share's whole plan; a struct would only repeat the caller's locals"
+)]
 async fn open_share(
     server: SocketAddr,
     ws_url: &str,

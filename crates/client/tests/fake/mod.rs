@@ -39,8 +39,10 @@ impl FakeServer {
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let mut path = String::new();
-                    // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
-                    #[allow(clippy::result_large_err)]
+                    #[allow(
+                        clippy::result_large_err,
+                        reason = "the signature is tungstenite's `Callback`; its error type is not ours to shrink"
+                    )]
                     let callback =
                         |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
                             path = req.uri().path().to_owned();

@@ -101,7 +101,8 @@ impl Hub {
     }
 
     fn shard(&self, user: Id) -> std::sync::MutexGuard<'_, HashMap<Id, Vec<Socket>>> {
-        self.shards[(user.0 as usize) % SHARDS]
+        // The remainder is below SHARDS: it fits any usize.
+        self.shards[usize::try_from(user.0 % SHARDS as u64).unwrap_or(0)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }

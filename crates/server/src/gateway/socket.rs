@@ -118,7 +118,10 @@ pub(super) struct Conn {
     pub(super) token_hash: [u8; 32],
     /// When a typing relay to each peer last went out; made at the first `typing` frame
     /// (a map inline would cost every socket 48 bytes).
-    #[allow(clippy::box_collection)] // the box is the point: 8 bytes inline, not 48
+    #[allow(
+        clippy::box_collection,
+        reason = "the box is the point: 8 bytes inline, not 48"
+    )]
     pub(super) typing: Option<Box<HashMap<Id, Instant>>>,
     /// The positions sent and the live events held for a gap.
     pub(super) order: Order<Arc<MessageFrame>>,

@@ -27,7 +27,8 @@ impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .ok()
+            .and_then(|d| u64::try_from(d.as_millis()).ok())
             .unwrap_or(0)
     }
 }
@@ -66,7 +67,8 @@ impl Sequencer {
     }
 
     pub fn node(&self) -> u16 {
-        self.node.load(std::sync::atomic::Ordering::SeqCst) as u16
+        let node = self.node.load(std::sync::atomic::Ordering::SeqCst);
+        u16::try_from(node).expect("the node id is set from a u16")
     }
 
     /// Switches to a newly leased node id (after the previous lease was lost). Ids stay
@@ -108,7 +110,7 @@ pub fn id_time_ms(id: u64) -> u64 {
 
 /// The node an id was made on.
 pub fn id_node(id: u64) -> u16 {
-    ((id >> COUNTER_BITS) & u64::from(MAX_NODE)) as u16
+    u16::try_from((id >> COUNTER_BITS) & u64::from(MAX_NODE)).expect("masked to NODE_BITS")
 }
 
 #[cfg(test)]

@@ -98,7 +98,8 @@ fn nats_token(cluster: &str) -> String {
         return safe;
     }
     let short: String = safe.chars().take(MAX_TOKEN - 9).collect();
-    format!("{short}_{:08x}", fnv1a(cluster.as_bytes()) as u32)
+    // The low 32 bits of the hash: eight hex digits.
+    format!("{short}_{:08x}", fnv1a(cluster.as_bytes()) & 0xffff_ffff)
 }
 
 /// FNV-1a: a hash that is stable across builds and platforms (unlike `DefaultHasher`), since

@@ -1,7 +1,10 @@
 //! Test harness: a real server on 127.0.0.1:0 with a fresh data directory, driven over real
 //! sockets with raw frames (the tests check the wire, not the SDK).
 
-#![allow(dead_code)] // each test file uses a different part of the harness
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
