@@ -8,12 +8,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use confab_testkit::ws::Ws;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 mod common;
 
@@ -65,46 +61,11 @@ async fn user(addr: SocketAddr, name: &str) -> (String, String) {
     )
 }
 
-async fn connect(addr: SocketAddr, token: &str) -> Socket {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
-        .await
-        .unwrap();
-    send(&mut ws, json!({"type": "hello", "token": token})).await;
+/// A socket past `hello`.
+async fn connect(addr: SocketAddr, token: &str) -> Ws {
+    let mut ws = Ws::connect(addr).await;
+    ws.hello(token, None).await;
     ws
-}
-
-async fn send(ws: &mut Socket, v: Value) {
-    ws.send(WsMessage::Text(v.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// Next JSON frame, or None once closed.
-async fn next(ws: &mut Socket) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("frame in time")
-        {
-            Some(Ok(WsMessage::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
-            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-/// Connects and returns the catch-up messages (up to `synced`).
-async fn catch_up(addr: SocketAddr, token: &str) -> (Socket, Vec<Value>) {
-    let mut ws = connect(addr, token).await;
-    let mut messages = Vec::new();
-    loop {
-        let f = next(&mut ws).await.expect("catch-up");
-        match f["type"].as_str() {
-            Some("message") => messages.push(f),
-            Some("synced") => return (ws, messages),
-            _ => {}
-        }
-    }
 }
 
 #[tokio::test]
@@ -114,23 +75,13 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
     let (alice, _) = user(node.addr, "alice").await;
     let (_, bob_id) = user(node.addr, "bob").await;
     let mut ws = connect(node.addr, &alice).await;
-    send(
-        &mut ws,
-        json!({"type": "send", "to": bob_id, "client_id": "c", "body": "kept"}),
-    )
-    .await;
-    while next(&mut ws).await.unwrap()["type"] != "sent" {}
+    ws.send(json!({"type": "send", "to": bob_id, "client_id": "c", "body": "kept"}))
+        .await;
+    while ws.next().await["type"] != "sent" {}
 
     signal(&node, "-TERM");
     // The socket is closed with 1001.
-    let close = loop {
-        match ws.next().await {
-            Some(Ok(WsMessage::Close(c))) => break c.map(|c| u16::from(c.code)),
-            Some(Ok(_)) => continue,
-            _ => break None,
-        }
-    };
-    assert_eq!(close, Some(1001));
+    assert_eq!(ws.closed().await, Some(1001));
     let status = node.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
     // The WAL was folded into the database on the way out.
@@ -144,7 +95,7 @@ async fn prints_its_address_and_exits_cleanly_on_sigterm() {
         json!({"username": "bob", "password": "password1"}),
     )
     .await;
-    let (_, inbox) = catch_up(node.addr, s["token"].as_str().unwrap()).await;
+    let (_, inbox) = Ws::caught_up(node.addr, s["token"].as_str().unwrap(), None).await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0]["body"], "kept");
 }
@@ -216,26 +167,19 @@ async fn the_open_file_limit_caps_connections_with_a_clear_refusal() {
     for _ in 0..64 {
         held.push(connect(addr, &token).await);
     }
-    let refused = |err| match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            assert_eq!(resp.status(), 503);
-            String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap()
-        }
-        other => panic!("expected an HTTP 503, got {other}"),
+    let refused = |refused: confab_testkit::ws::Refused| {
+        assert_eq!(refused.status, 503);
+        refused.body
     };
-    let body = refused(
-        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
-            .await
-            .unwrap_err(),
-    );
+    let body = refused(Ws::try_connect(addr).await.unwrap_err());
     assert!(body.contains("limit of 64 connections"), "{body}");
 
     // A socket that closes gives its place to the next.
     drop(held.pop());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")).await {
-            Ok((ws, _)) => {
+        match Ws::try_connect(addr).await {
+            Ok(ws) => {
                 held.push(ws);
                 break;
             }
@@ -283,13 +227,13 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
             loop {
                 while inflight < 16 {
                     let frame = json!({"type": "send", "to": to, "client_id": format!("{k}-{i}"), "body": format!("{k}/{i}")});
-                    if ws.send(WsMessage::Text(frame.to_string().into())).await.is_err() {
+                    if !ws.try_send(frame).await {
                         return acked;
                     }
                     i += 1;
                     inflight += 1;
                 }
-                match next(&mut ws).await {
+                match ws.next_or_close().await.ok() {
                     None => return acked,
                     Some(f) if f["type"] == "sent" => {
                         inflight -= 1;
@@ -310,14 +254,10 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         let bob = bob.clone();
         tokio::spawn(async move {
             let mut ws = connect(addr, &bob).await;
-            while let Some(f) = next(&mut ws).await {
+            while let Ok(f) = ws.next_or_close().await {
                 if f["type"] == "message" {
                     let ack = json!({"type": "ack", "cursor": f["cursor"]});
-                    if ws
-                        .send(WsMessage::Text(ack.to_string().into()))
-                        .await
-                        .is_err()
-                    {
+                    if !ws.try_send(ack).await {
                         break;
                     }
                 }
@@ -346,7 +286,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
         json!({"username": "alice", "password": "password1"}),
     )
     .await;
-    let (_, all) = catch_up(node.addr, s["token"].as_str().unwrap()).await;
+    let (_, all) = Ws::caught_up(node.addr, s["token"].as_str().unwrap(), None).await;
     let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
     let stored: HashMap<&str, &Value> =
@@ -360,7 +300,7 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     }
 
     // Bob's device resumes after its stored cursor and gets each remaining event exactly once.
-    let (mut ws, rest) = catch_up(node.addr, &bob).await;
+    let (mut ws, rest) = Ws::caught_up(node.addr, &bob, None).await;
     let cursors: Vec<u64> = rest
         .iter()
         .map(|m| m["cursor"].as_str().unwrap().parse().unwrap())
@@ -368,13 +308,14 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     let head = all.len() as u64;
     if let Some(first) = cursors.first() {
         assert_eq!(cursors, (*first..=head).collect::<Vec<_>>());
-        send(&mut ws, json!({"type": "ack", "cursor": head.to_string()})).await;
-        send(&mut ws, json!({"type": "ping"})).await;
-        while next(&mut ws).await.unwrap()["type"] != "pong" {}
+        ws.send(json!({"type": "ack", "cursor": head.to_string()}))
+            .await;
+        ws.send(json!({"type": "ping"})).await;
+        while ws.next().await["type"] != "pong" {}
     }
     drop(ws);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, again) = catch_up(node.addr, &bob).await;
+    let (_, again) = Ws::caught_up(node.addr, &bob, None).await;
     assert!(again.is_empty(), "acked events repeated: {}", again.len());
 }
 
@@ -419,8 +360,8 @@ async fn a_second_process_cannot_open_a_running_nodes_store() {
     }
     // The node still serves its users.
     let mut ws = connect(node.addr, &alice).await;
-    send(&mut ws, json!({"type": "ping"})).await;
-    while next(&mut ws).await.unwrap()["type"] != "pong" {}
+    ws.send(json!({"type": "ping"})).await;
+    while ws.next().await["type"] != "pong" {}
 }
 
 #[test]

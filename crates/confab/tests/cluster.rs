@@ -9,13 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use confab_testkit::postgres::Database;
+use confab_testkit::ws::Ws;
+use confab_testkit::{engines, names};
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Presence must reach friends within this (PROTOCOL.md, Guarantees 5).
 const PRESENCE_BOUND: Duration = Duration::from_secs(1);
@@ -30,86 +28,37 @@ struct Engines {
     redis: String,
 }
 
-fn engines(test: &str) -> Option<Engines> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (
-        get("CONFAB_TEST_POSTGRES"),
-        get("CONFAB_TEST_NATS"),
-        get("CONFAB_TEST_REDIS"),
-    ) {
-        (Some(postgres), Some(nats), Some(redis)) => Some(Engines {
-            postgres,
-            nats,
-            redis,
-        }),
-        _ => {
-            eprintln!(
-                "skipped: {test} needs CONFAB_TEST_POSTGRES, CONFAB_TEST_NATS and CONFAB_TEST_REDIS"
-            );
-            None
-        }
-    }
-}
-
-fn random_name(prefix: &str) -> String {
-    format!("{prefix}{:016x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    h.finish()
-}
-
-/// `url` with its database name replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let (server, _) = base
-        .rsplit_once('/')
-        .expect("a postgres URL with a database");
-    match query {
-        Some(q) => format!("{server}/{db}?{q}"),
-        None => format!("{server}/{db}"),
-    }
-}
-
-async fn admin_sql(url: &str, sql: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test PostgreSQL");
-    tokio::spawn(conn);
-    client.batch_execute(sql).await.expect(sql);
+/// The three engines, or `None` once the skip is reported.
+fn all_engines() -> Option<Engines> {
+    let [postgres, nats, redis] =
+        engines::urls([engines::POSTGRES, engines::NATS, engines::REDIS])?;
+    Some(Engines {
+        postgres,
+        nats,
+        redis,
+    })
 }
 
 mod common;
 
 use common::Node;
 
+/// Nodes sharing one fresh database and cluster name; on drop the nodes are killed, then the
+/// database dropped.
 struct Cluster {
     nodes: Vec<Option<Node>>,
     engines: Engines,
-    database: String,
+    database: Database,
     name: String,
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
     async fn start(engines: Engines, n: usize) -> Cluster {
-        let database = random_name("confab_c_");
-        admin_sql(&engines.postgres, &format!("CREATE DATABASE {database}")).await;
         let mut cluster = Cluster {
             nodes: Vec::new(),
-            name: random_name("t"),
-            database,
+            name: names::fresh("t"),
+            database: Database::create(&engines.postgres).await,
             engines,
             dir: tempfile::tempdir().unwrap(),
         };
@@ -129,10 +78,7 @@ impl Cluster {
                 .map(|(_, u)| u.clone())
                 .unwrap_or(default)
         };
-        let store = url(
-            "--store",
-            with_database(&self.engines.postgres, &self.database),
-        );
+        let store = url("--store", self.database.url());
         let queue = url("--queue", self.engines.nats.clone());
         let presence = url("--presence", self.engines.redis.clone());
         let data_dir = self.dir.path().to_string_lossy().into_owned();
@@ -173,15 +119,6 @@ impl Cluster {
 
     fn kill(&mut self, i: usize) {
         drop(self.nodes[i].take()); // SIGKILL
-    }
-
-    async fn finish(mut self) {
-        self.nodes.clear();
-        admin_sql(
-            &self.engines.postgres,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
-        )
-        .await;
     }
 }
 
@@ -235,60 +172,9 @@ async fn login(addr: SocketAddr, name: &str) -> User {
     }
 }
 
-async fn send(ws: &mut Socket, v: Value) -> bool {
-    ws.send(WsMessage::Text(v.to_string().into())).await.is_ok()
-}
-
-/// Next JSON frame; None once closed or broken.
-async fn next(ws: &mut Socket, wait: Duration) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(wait, ws.next()).await.ok()? {
-            Some(Ok(WsMessage::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
-            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
-            Some(Ok(_)) => {}
-        }
-    }
-}
-
-async fn next_of(ws: &mut Socket, ty: &str, wait: Duration) -> Value {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let f = next(ws, left)
-            .await
-            .unwrap_or_else(|| panic!("no {ty} frame within {wait:?}"));
-        if f["type"] == ty {
-            return f;
-        }
-    }
-}
-
-/// Connects (optionally resuming at `cursor`) and returns the socket and the catch-up.
-async fn connect(addr: SocketAddr, token: &str, cursor: Option<&str>) -> (Socket, Vec<Value>) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
-        .await
-        .unwrap();
-    let mut hello = json!({"type": "hello", "token": token});
-    if let Some(c) = cursor {
-        hello["cursor"] = json!(c);
-    }
-    send(&mut ws, hello).await;
-    let mut caught = Vec::new();
-    loop {
-        let f = next(&mut ws, Duration::from_secs(10))
-            .await
-            .expect("catch-up");
-        match f["type"].as_str() {
-            Some("message") => caught.push(f),
-            Some("synced") => return (ws, caught),
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test]
 async fn users_on_different_nodes_chat_see_presence_and_receipts() {
-    let Some(engines) = engines("users_on_different_nodes_chat_see_presence_and_receipts") else {
+    let Some(engines) = all_engines() else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -299,58 +185,51 @@ async fn users_on_different_nodes_chat_see_presence_and_receipts() {
     put(n2, &format!("/v1/contacts/{}", bob.id), &alice.token).await;
     put(n0, &format!("/v1/contacts/{}", alice.id), &bob.token).await;
 
-    let (mut b, _) = connect(n1, &bob.token, None).await;
-    let (mut a, _) = connect(n0, &alice.token, None).await;
-    let p = next_of(&mut b, "presence", PRESENCE_BOUND).await;
+    let (mut b, _) = Ws::caught_up(n1, &bob.token, None).await;
+    let (mut a, _) = Ws::caught_up(n0, &alice.token, None).await;
+    let p = b.next_of_within("presence", PRESENCE_BOUND).await;
     assert_eq!(
         (p["user_id"].as_str(), p["status"].as_str()),
         (Some(alice.id.as_str()), Some("online"))
     );
 
-    send(
-        &mut a,
-        json!({"type": "send", "to": bob.id, "client_id": "x1", "body": "across nodes"}),
-    )
-    .await;
-    let sent = next_of(&mut a, "sent", Duration::from_secs(5)).await;
+    a.send(json!({"type": "send", "to": bob.id, "client_id": "x1", "body": "across nodes"}))
+        .await;
+    let sent = a.next_of_within("sent", Duration::from_secs(5)).await;
     assert_eq!(sent["seq"], 1);
-    let m = next_of(&mut b, "message", Duration::from_secs(2)).await;
+    let m = b.next_of_within("message", Duration::from_secs(2)).await;
     assert_eq!(m["body"], "across nodes");
     assert_eq!(m["id"], sent["id"]);
 
-    send(&mut b, json!({"type": "ack", "cursor": m["cursor"]})).await;
-    let r = next_of(&mut a, "receipt", Duration::from_secs(2)).await;
+    b.send(json!({"type": "ack", "cursor": m["cursor"]})).await;
+    let r = a.next_of_within("receipt", Duration::from_secs(2)).await;
     assert_eq!(
         (r["kind"].as_str(), r["seq"].as_u64()),
         (Some("delivered"), Some(1))
     );
-    send(
-        &mut b,
-        json!({"type": "read", "conversation": m["conversation"], "seq": 1}),
-    )
-    .await;
-    let r = next_of(&mut a, "receipt", Duration::from_secs(2)).await;
+    b.send(json!({"type": "read", "conversation": m["conversation"], "seq": 1}))
+        .await;
+    let r = a.next_of_within("receipt", Duration::from_secs(2)).await;
     assert_eq!(
         (r["kind"].as_str(), r["seq"].as_u64()),
         (Some("read"), Some(1))
     );
 
     // A third node's view of history is the same.
-    let (_a3, history) = connect(n2, &login(n2, "alice").await.token, None).await;
+    let (_a3, history) = Ws::caught_up(n2, &login(n2, "alice").await.token, None).await;
     assert_eq!(history.len(), 1);
 
     // Clean close on node 0: offline on node 1 within the bound.
-    a.close(None).await.unwrap();
+    a.inner.close(None).await.unwrap();
     // The new device on node 2 is still online, so close it too.
     drop(_a3);
-    let p = next_of(&mut b, "presence", Duration::from_secs(3)).await;
+    let p = b.next_of_within("presence", Duration::from_secs(3)).await;
     assert_eq!(p["status"], "offline");
-    cluster.finish().await;
 }
 
 #[tokio::test]
 async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
-    let Some(engines) = engines("twenty_senders_on_three_nodes_get_gapless_seqs") else {
+    let Some(engines) = all_engines() else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -371,17 +250,16 @@ async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
         let device = login(addr, me).await;
         let to = to.id.clone();
         tasks.push(tokio::spawn(async move {
-            let (mut ws, _) = connect(addr, &device.token, None).await;
+            let (mut ws, _) = Ws::caught_up(addr, &device.token, None).await;
             for i in 0..EACH {
-                send(
-                    &mut ws,
+                ws.send(
                     json!({"type": "send", "to": to, "client_id": format!("{k}-{i}"), "body": "x"}),
                 )
                 .await;
             }
             let mut seqs = Vec::new();
             while seqs.len() < EACH {
-                let f = next(&mut ws, Duration::from_secs(10)).await.expect("acks");
+                let f = ws.next_within(Duration::from_secs(10)).await.expect("acks");
                 assert_ne!(f["type"], "error", "{f}");
                 if f["type"] == "sent" {
                     seqs.push(f["seq"].as_u64().unwrap());
@@ -396,13 +274,11 @@ async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
     }
     all.sort_unstable();
     assert_eq!(all, (1..=(SENDERS * EACH) as u64).collect::<Vec<_>>());
-    cluster.finish().await;
 }
 
 #[tokio::test]
 async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
-    let Some(engines) = engines("sigkill_one_node_under_load_loses_nothing_and_repeats_nothing")
-    else {
+    let Some(engines) = all_engines() else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -413,7 +289,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
     let carol = user(n0, "carol").await;
     put(n0, &format!("/v1/contacts/{}", bob.id), &carol.token).await;
     put(n0, &format!("/v1/contacts/{}", carol.id), &bob.token).await;
-    let (mut watcher, _) = connect(n2, &carol.token, None).await;
+    let (mut watcher, _) = Ws::caught_up(n2, &carol.token, None).await;
 
     // Senders on node 0 and node 1 (which will die); bob's receiving device on node 1.
     let stop = Arc::new(AtomicBool::new(false));
@@ -427,12 +303,10 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
             let mut next_id = 0u64;
             let mut pending: Vec<String> = Vec::new();
             'outer: loop {
-                let (mut ws, _) = connect(addr, &device.token, None).await;
+                let (mut ws, _) = Ws::caught_up(addr, &device.token, None).await;
                 // Resend whatever was unacknowledged, with the same client_ids.
                 for cid in &pending {
-                    if !send(
-                        &mut ws,
-                        json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
+                    if !ws.try_send(json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
                     )
                     .await
                     {
@@ -444,9 +318,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
                     while !stop.load(Ordering::Relaxed) && pending.len() < 8 {
                         let cid = format!("{k}-{next_id}");
                         next_id += 1;
-                        if !send(
-                            &mut ws,
-                            json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
+                        if !ws.try_send(json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
                         )
                         .await
                         {
@@ -458,7 +330,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
                     if pending.is_empty() {
                         return acked;
                     }
-                    match next(&mut ws, Duration::from_secs(5)).await {
+                    match ws.next_within(Duration::from_secs(5)).await {
                         None => {
                             addr = fallback;
                             continue 'outer;
@@ -472,9 +344,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
                             // A retryable refusal: resend the same client_id shortly.
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             let cid = f["ref"].as_str().unwrap();
-                            if !send(
-                                &mut ws,
-                                json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
+                            if !ws.try_send(json!({"type": "send", "to": to, "client_id": cid, "body": cid}),
                             )
                             .await
                             {
@@ -497,15 +367,17 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
             let mut reconnects = 0;
             loop {
                 let cursor = cursors.last().map(|c| c.to_string());
-                let (mut ws, caught) = connect(addr, &bob.token, cursor.as_deref()).await;
+                let (mut ws, caught) = Ws::caught_up(addr, &bob.token, cursor.as_deref()).await;
                 for m in &caught {
                     cursors.push(m["cursor"].as_str().unwrap().parse().unwrap());
                 }
                 loop {
-                    match next(&mut ws, Duration::from_secs(3)).await {
+                    match ws.next_within(Duration::from_secs(3)).await {
                         Some(f) if f["type"] == "message" => {
                             cursors.push(f["cursor"].as_str().unwrap().parse().unwrap());
-                            send(&mut ws, json!({"type": "ack", "cursor": f["cursor"]})).await;
+                            // A dying node may not take it; the next node resumes from the cursor.
+                            ws.try_send(json!({"type": "ack", "cursor": f["cursor"]}))
+                                .await;
                         }
                         Some(_) => {}
                         None if addr == n1 => {
@@ -536,7 +408,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
     let head = cursors.len() as u64;
     assert_eq!(cursors, (1..=head).collect::<Vec<_>>());
     // Every acknowledged message is stored, with gapless seqs.
-    let (_, all) = connect(n0, &login(n0, "bob").await.token, None).await;
+    let (_, all) = Ws::caught_up(n0, &login(n0, "bob").await.token, None).await;
     let seqs: Vec<u64> = all.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=all.len() as u64).collect::<Vec<_>>());
     assert_eq!(all.len() as u64, head);
@@ -554,7 +426,7 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
     let deadline = killed_at + Duration::from_secs(20);
     let mut last = None;
     while Instant::now() < deadline {
-        match next(&mut watcher, Duration::from_millis(500)).await {
+        match watcher.next_within(Duration::from_millis(500)).await {
             Some(f) if f["type"] == "presence" => last = Some(f),
             _ => {
                 if last
@@ -571,7 +443,6 @@ async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
         (last["user_id"].as_str(), last["status"].as_str()),
         (Some(bob.id.as_str()), Some("offline"))
     );
-    cluster.finish().await;
 }
 
 /// A TCP proxy a test can cut and restore, to take an engine away from one node.
@@ -616,22 +487,15 @@ impl Proxy {
     }
 }
 
-/// host:port of an engine URL.
-fn engine_addr(url: &str) -> SocketAddr {
+/// host:port of a NATS URL.
+fn nats_addr(url: &str) -> SocketAddr {
     let rest = url.split_once("://").unwrap().1;
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let hostport = rest.split(['/', '?']).next().unwrap();
     let hostport = if hostport.contains(':') {
         hostport.to_owned()
     } else {
-        format!(
-            "{hostport}:{}",
-            if url.starts_with("postgres") {
-                5432
-            } else {
-                4222
-            }
-        )
+        format!("{hostport}:4222")
     };
     hostport.parse().unwrap_or_else(|_| {
         use std::net::ToSocketAddrs;
@@ -639,9 +503,9 @@ fn engine_addr(url: &str) -> SocketAddr {
     })
 }
 
-/// `url` pointed at `proxy` instead of its own host:port.
+/// NATS `url` pointed at `proxy` instead of its own host:port.
 fn through(url: &str, proxy: SocketAddr) -> String {
-    let target = engine_addr(url);
+    let target = nats_addr(url);
     url.replacen(&target.to_string(), &proxy.to_string(), 1)
         .replacen(
             &format!("localhost:{}", target.port()),
@@ -672,37 +536,33 @@ async fn wait_ready(addr: SocketAddr, want: u16) {
 // first line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
-    let Some(engines) = engines("a_node_that_loses_an_engine_refuses_sends_and_recovers") else {
+    let Some(engines) = all_engines() else {
         return;
     };
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(engines.clone(), 1).await;
-    let pg = Proxy::start(engine_addr(&engines.postgres)).await;
-    let nats = Proxy::start(engine_addr(&engines.nats)).await;
+    let pg_addr = cluster.database.addr().expect("PostgreSQL over TCP");
+    let pg = Proxy::start(pg_addr).await;
+    let nats = Proxy::start(nats_addr(&engines.nats)).await;
     let node = cluster.spawn(&[
-        (
-            "--store",
-            through(
-                &with_database(&engines.postgres, &cluster.database),
-                pg.addr,
-            ),
-        ),
+        ("--store", cluster.database.url_via(pg.addr)),
         ("--queue", through(&engines.nats, nats.addr)),
     ]);
     let addr = node.addr;
     cluster.nodes.push(Some(node));
     let alice = user(addr, "alice").await;
     let bob = user(addr, "bob").await;
-    let (mut a, _) = connect(addr, &alice.token, None).await;
+    let (mut a, _) = Ws::caught_up(addr, &alice.token, None).await;
     assert_eq!(ready(addr).await, 200);
 
     let healthy = cluster.addr(0);
     for (engine, proxy) in [("postgres", &pg), ("nats", &nats)] {
         proxy.cut();
         wait_ready(addr, 503).await;
-        send(&mut a, json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
+        a.send(json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
         let f = loop {
-            let f = next(&mut a, Duration::from_secs(15))
+            let f = a
+                .next_within(Duration::from_secs(15))
                 .await
                 .expect("an answer");
             if f["type"] == "error" || f["type"] == "sent" {
@@ -717,9 +577,9 @@ async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
         if engine == "nats" {
             // Meanwhile bob, on a healthy node, writes to alice: the live event cannot reach
             // her node, but the periodic resync delivers it once NATS is back.
-            let (mut b, _) = connect(healthy, &bob.token, None).await;
-            send(&mut b, json!({"type": "send", "to": alice.id, "client_id": "while-cut", "body": "missed live"})).await;
-            next_of(&mut b, "sent", Duration::from_secs(5)).await;
+            let (mut b, _) = Ws::caught_up(healthy, &bob.token, None).await;
+            b.send(json!({"type": "send", "to": alice.id, "client_id": "while-cut", "body": "missed live"})).await;
+            b.next_of_within("sent", Duration::from_secs(5)).await;
         }
         proxy.restore();
         wait_ready(addr, 200).await;
@@ -728,23 +588,22 @@ async fn a_node_that_loses_an_engine_refuses_sends_and_recovers() {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let m = next_of(&mut a, "message", left).await;
+                let m = a.next_of_within("message", left).await;
                 if m["body"] == "missed live" {
                     break;
                 }
             }
         }
         // Recovered by itself: the same client_id now goes through.
-        send(&mut a, json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
-        let f = next_of(&mut a, "sent", Duration::from_secs(15)).await;
+        a.send(json!({"type": "send", "to": bob.id, "client_id": format!("{engine}-down"), "body": "x"})).await;
+        let f = a.next_of_within("sent", Duration::from_secs(15)).await;
         assert_eq!(f["client_id"], format!("{engine}-down"));
     }
-    cluster.finish().await;
 }
 
 #[tokio::test]
 async fn a_lost_node_id_lease_is_replaced_and_sends_resume() {
-    let Some(engines) = engines("a_lost_node_id_lease_is_replaced_and_sends_resume") else {
+    let Some(engines) = all_engines() else {
         return;
     };
     let _serial = SERIAL.lock().await;
@@ -752,13 +611,10 @@ async fn a_lost_node_id_lease_is_replaced_and_sends_resume() {
     let addr = cluster.addr(0);
     let alice = user(addr, "alice").await;
     let bob = user(addr, "bob").await;
-    let (mut a, _) = connect(addr, &alice.token, None).await;
-    send(
-        &mut a,
-        json!({"type": "send", "to": bob.id, "client_id": "before", "body": "x"}),
-    )
-    .await;
-    let before = next_of(&mut a, "sent", Duration::from_secs(5)).await;
+    let (mut a, _) = Ws::caught_up(addr, &alice.token, None).await;
+    a.send(json!({"type": "send", "to": bob.id, "client_id": "before", "body": "x"}))
+        .await;
+    let before = a.next_of_within("sent", Duration::from_secs(5)).await;
 
     // Another process takes the node's lease key, as if it had expired and been claimed.
     let client = redis::Client::open(engines.redis.as_str()).unwrap();
@@ -787,13 +643,11 @@ async fn a_lost_node_id_lease_is_replaced_and_sends_resume() {
         assert!(Instant::now() < deadline, "no send from a new node id");
         n += 1;
         let cid = format!("after{n}");
-        send(
-            &mut a,
-            json!({"type": "send", "to": bob.id, "client_id": cid, "body": "y"}),
-        )
-        .await;
+        a.send(json!({"type": "send", "to": bob.id, "client_id": cid, "body": "y"}))
+            .await;
         let f = loop {
-            let f = next(&mut a, Duration::from_secs(5))
+            let f = a
+                .next_within(Duration::from_secs(5))
                 .await
                 .expect("an answer");
             if f["type"] == "sent" || f["type"] == "error" {
@@ -814,7 +668,6 @@ async fn a_lost_node_id_lease_is_replaced_and_sends_resume() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    cluster.finish().await;
 }
 
 /// `confab_messages_stored_total` on one node.
@@ -836,14 +689,13 @@ async fn stored_total(addr: SocketAddr) -> u64 {
 /// message reaches the partner on the other node.
 #[tokio::test]
 async fn bench_pairs_over_two_nodes_delivers_every_message_across_them() {
-    let Some(engines) = engines("bench_pairs_over_two_nodes_delivers_every_message_across_them")
-    else {
+    let Some(engines) = all_engines() else {
         return;
     };
     let _serial = SERIAL.lock().await;
     let mut cluster = Cluster::start(engines, 0).await;
     let accounts = cluster.dir.path().join("accounts.json");
-    let store = with_database(&cluster.engines.postgres, &cluster.database);
+    let store = cluster.database.url();
     let seeded = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
         .args([
             "admin",
@@ -904,5 +756,4 @@ async fn bench_pairs_over_two_nodes_delivers_every_message_across_them() {
     );
     // A message is stored by its sender's node: each node stored its own senders' half.
     assert_eq!((stored_total(n0).await, stored_total(n1).await), (200, 200));
-    cluster.finish().await;
 }

@@ -15,7 +15,7 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     let (mut b, _) = s.connect(&bob).await;
-    a.send_message(&bob, "before", "stored before the abuse")
+    a.send_message(&bob.id, "before", "stored before the abuse")
         .await;
 
     let cases: &[(&str, &str, Option<&str>)] = &[
@@ -47,7 +47,7 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
         (r#"{"type":"hello","token":"x"}"#, "bad_request", None),
     ];
     for (frame, code, reference) in cases {
-        a.send_raw(frame).await;
+        a.send_text(frame).await;
         let e = a.next_of("error").await;
         assert_eq!(e["code"], *code, "{frame} -> {e}");
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -76,7 +76,7 @@ async fn bad_frames_get_errors_and_the_socket_stays_open() {
         .await;
     assert_eq!(a.next_of("error").await["code"], "bad_request");
     // A body of exactly 4096 bytes is fine.
-    a.send_message(&bob, "max", &"é".repeat(2048)).await;
+    a.send_message(&bob.id, "max", &"é".repeat(2048)).await;
 
     // Still open and serving; bob got only the two valid messages.
     a.send(json!({"type": "ping"})).await;
@@ -95,16 +95,16 @@ async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     let (mut b, _) = s.connect(&bob).await;
-    a.send_message(&bob, "keep", "kept").await;
+    a.send_message(&bob.id, "keep", "kept").await;
     let huge = format!(
         r#"{{"type":"send","to":"{}","client_id":"huge","body":"{}"}}"#,
         bob.id,
         "x".repeat(70_000)
     );
-    a.send_raw(&huge).await;
+    a.send_text(&huge).await;
     assert_eq!(a.closed().await, Some(1009));
 
-    b.send_message(&alice, "still", "still here").await;
+    b.send_message(&alice.id, "still", "still here").await;
     let (_a2, history) = s.connect(&alice).await;
     let bodies: Vec<_> = history
         .iter()
@@ -116,8 +116,8 @@ async fn oversized_frame_closes_with_1009_and_others_are_unaffected() {
 #[tokio::test]
 async fn oversized_frame_before_hello_closes_with_1009() {
     let s = TestServer::start().await;
-    let mut ws = Ws::open(s.addr).await;
-    ws.send_raw(&"x".repeat(70_000)).await;
+    let mut ws = Ws::connect(s.addr).await;
+    ws.send_text(&"x".repeat(70_000)).await;
     assert_eq!(ws.closed().await, Some(1009));
 }
 
@@ -146,31 +146,31 @@ async fn hello_rules() {
     let alice = s.user("alice").await;
 
     // No hello in time.
-    let mut ws = Ws::open(s.addr).await;
+    let mut ws = Ws::connect(s.addr).await;
     assert_eq!(ws.closed().await, Some(1008));
 
     // A bad token.
-    let mut ws = Ws::open(s.addr).await;
+    let mut ws = Ws::connect(s.addr).await;
     ws.send(json!({"type": "hello", "token": "forged"})).await;
     let e = ws.next().await;
     assert_eq!(e["code"], "unauthorized");
     assert_eq!(ws.closed().await, Some(1008));
 
     // No token at all.
-    let mut ws = Ws::open(s.addr).await;
+    let mut ws = Ws::connect(s.addr).await;
     ws.send(json!({"type": "hello"})).await;
     assert_eq!(ws.next().await["code"], "unauthorized");
     assert_eq!(ws.closed().await, Some(1008));
 
     // Something other than hello first.
-    let mut ws = Ws::open(s.addr).await;
+    let mut ws = Ws::connect(s.addr).await;
     ws.send(json!({"type": "ping"})).await;
     assert_eq!(ws.next().await["code"], "bad_request");
     assert_eq!(ws.closed().await, Some(1008));
 
     // A malformed or impossible cursor.
     for cursor in ["abc", "99"] {
-        let mut ws = Ws::open(s.addr).await;
+        let mut ws = Ws::connect(s.addr).await;
         ws.send(json!({"type": "hello", "token": alice.token, "cursor": cursor}))
             .await;
         assert_eq!(ws.next().await["code"], "bad_request", "{cursor}");
@@ -179,7 +179,7 @@ async fn hello_rules() {
 
     // The token in the upgrade request's Authorization header.
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-        format!("ws://{}/v1/ws", s.addr),
+        Ws::url(s.addr),
     )
     .unwrap();
     req.headers_mut().insert(
@@ -187,10 +187,7 @@ async fn hello_rules() {
         format!("Bearer {}", alice.token).parse().unwrap(),
     );
     let (inner, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    let mut ws = Ws {
-        inner,
-        synced: String::new(),
-    };
+    let mut ws = Ws::from(inner);
     ws.send(json!({"type": "hello"})).await;
     assert_eq!(ws.next().await["type"], "welcome");
 }
@@ -304,24 +301,15 @@ async fn connection_limit_refuses_with_a_clear_error() {
     let alice = s.user("alice").await;
     let (_a1, _) = s.connect(&alice).await;
     let (_a2, _) = s.connect(&alice).await;
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
-        .await
-        .unwrap_err();
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            assert_eq!(resp.status(), 503);
-            let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
-            assert!(
-                body.contains("unavailable") && body.contains("limit"),
-                "{body}"
-            );
-        }
-        other => panic!("expected an HTTP 503, got {other}"),
-    }
+    let refused = Ws::try_connect(s.addr).await.unwrap_err();
+    assert_eq!(refused.status, 503);
+    let body = refused.body;
+    assert!(
+        body.contains("unavailable") && body.contains("limit"),
+        "{body}"
+    );
     // Each refusal is counted, though only the first a second is logged.
-    let _ = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", s.addr))
-        .await
-        .unwrap_err();
+    Ws::try_connect(s.addr).await.unwrap_err();
     let metrics = s.metrics().await;
     assert!(
         metrics.contains("confab_connections_refused_total 2"),

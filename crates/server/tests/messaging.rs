@@ -21,7 +21,7 @@ async fn two_users_chat() {
     let (mut a, _) = s.connect(&alice).await;
     let (mut b, _) = s.connect(&bob).await;
 
-    let sent = a.send_message(&bob, "c1", "hello bob").await;
+    let sent = a.send_message(&bob.id, "c1", "hello bob").await;
     assert_eq!(seq(&sent), 1);
     let id = sent["id"].as_str().unwrap();
     assert!(id.parse::<u64>().is_ok(), "ids are decimal strings");
@@ -39,7 +39,7 @@ async fn two_users_chat() {
     let echo = a.next_of("message").await;
     assert_eq!(echo["id"], id);
 
-    let reply = b.send_message(&alice, "r1", "hi alice").await;
+    let reply = b.send_message(&alice.id, "r1", "hi alice").await;
     assert_eq!(seq(&reply), 2);
     assert_eq!(reply["conversation"], conv.as_str());
     let got = a.next_of("message").await;
@@ -54,7 +54,7 @@ async fn offline_user_catches_up_and_acked_events_are_not_repeated() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     for i in 0..5 {
-        a.send_message(&bob, &format!("m{i}"), &format!("msg {i}"))
+        a.send_message(&bob.id, &format!("m{i}"), &format!("msg {i}"))
             .await;
     }
     let (mut b, missed) = s.connect(&bob).await;
@@ -88,7 +88,7 @@ async fn an_ack_counts_even_when_the_device_reconnects_at_once() {
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     for i in 0..20 {
-        a.send_message(&bob, &format!("m{i}"), "x").await;
+        a.send_message(&bob.id, &format!("m{i}"), "x").await;
     }
     for round in 0..5 {
         let (mut b, caught) = s.connect(&bob).await;
@@ -123,10 +123,10 @@ async fn second_device_sees_both_directions() {
     let (mut b1, _) = s.connect(&bob).await;
     let (mut b2, _) = s.connect(&bob2).await;
 
-    a.send_message(&bob, "a1", "to bob").await;
+    a.send_message(&bob.id, "a1", "to bob").await;
     assert_eq!(b1.next_of("message").await["body"], "to bob");
     assert_eq!(b2.next_of("message").await["body"], "to bob");
-    b1.send_message(&alice, "b1", "from bob's phone").await;
+    b1.send_message(&alice.id, "b1", "from bob's phone").await;
     assert_eq!(b1.next_of("message").await["body"], "from bob's phone");
     assert_eq!(b2.next_of("message").await["body"], "from bob's phone");
     loop {
@@ -149,13 +149,13 @@ async fn send_is_idempotent_on_the_same_socket_a_new_socket_and_after_restart() 
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
-    let first = a.send_message(&bob, "same", "once").await;
-    let again = a.send_message(&bob, "same", "once").await;
+    let first = a.send_message(&bob.id, "same", "once").await;
+    let again = a.send_message(&bob.id, "same", "once").await;
     assert_eq!(first, again);
 
     let (mut a2, caught) = s.connect(&alice).await;
     assert_eq!(caught.len(), 1);
-    let third = a2.send_message(&bob, "same", "once").await;
+    let third = a2.send_message(&bob.id, "same", "once").await;
     assert_eq!(first, third);
     drop((a, a2));
 
@@ -166,9 +166,9 @@ async fn send_is_idempotent_on_the_same_socket_a_new_socket_and_after_restart() 
         1,
         "the stored cursor/session survive a restart"
     );
-    let fourth = a3.send_message(&bob, "same", "once").await;
+    let fourth = a3.send_message(&bob.id, "same", "once").await;
     assert_eq!(first, fourth);
-    let next = a3.send_message(&bob, "other", "twice").await;
+    let next = a3.send_message(&bob.id, "other", "twice").await;
     assert_eq!(seq(&next), 2, "nothing new was stored by the repeats");
     let (_b, inbox) = s.connect(&bob).await;
     assert_eq!(inbox.len(), 2);
@@ -196,7 +196,7 @@ async fn fifty_concurrent_senders_get_gapless_seqs() {
         .enumerate()
         .map(|(i, (me, to))| {
             tokio::spawn(async move {
-                let mut ws = Ws::open(addr).await;
+                let mut ws = Ws::connect(addr).await;
                 ws.send(json!({"type": "hello", "token": me.token})).await;
                 ws.next_of("synced").await;
                 for k in 0..EACH {
@@ -279,14 +279,14 @@ async fn history_endpoints() {
     let mut conv = String::new();
     for i in 1..=7 {
         conv = a
-            .send_message(&bob, &format!("ab{i}"), &format!("ab {i}"))
+            .send_message(&bob.id, &format!("ab{i}"), &format!("ab {i}"))
             .await["conversation"]
             .as_str()
             .unwrap()
             .to_owned();
     }
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let ac = a.send_message(&carol, "ac1", "hi carol").await;
+    let ac = a.send_message(&carol.id, "ac1", "hi carol").await;
 
     let (status, list) = s.get("/v1/conversations", &alice.token).await;
     assert_eq!(status, 200);
@@ -388,7 +388,7 @@ async fn users_lookup_and_logout() {
     assert_eq!(ws_other.next().await["type"], "pong");
     let (status, _) = s.get("/v1/conversations", &alice.token).await;
     assert_eq!(status, 401, "a revoked token is refused");
-    let mut again = Ws::open(s.addr).await;
+    let mut again = Ws::connect(s.addr).await;
     again
         .send(json!({"type": "hello", "token": alice.token}))
         .await;
@@ -475,7 +475,7 @@ async fn metrics_and_health() {
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let (mut a, _) = s.connect(&alice).await;
-    a.send_message(&bob, "m", "x").await;
+    a.send_message(&bob.id, "m", "x").await;
     let r = s.http.get(s.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = s.http.get(s.url("/readyz")).send().await.unwrap();
@@ -502,7 +502,8 @@ async fn history_limit_is_clamped_to_200() {
     let (mut a, _) = s.connect(&alice).await;
     let mut conversation = Value::Null;
     for i in 0..205 {
-        conversation = a.send_message(&bob, &format!("c{i}"), "hi").await["conversation"].clone();
+        conversation =
+            a.send_message(&bob.id, &format!("c{i}"), "hi").await["conversation"].clone();
     }
     let conversation = conversation.as_str().unwrap().to_owned();
     let (status, page) = s
@@ -553,7 +554,7 @@ async fn sends_read_before_a_socket_drops_are_stored_and_delivered() {
     }
     // The client's retry finds what was stored.
     let (mut a, _) = s.connect(&alice).await;
-    let sent = a.send_message(&bob, "d0", "x").await;
+    let sent = a.send_message(&bob.id, "d0", "x").await;
     assert_eq!(Some(sent["id"].clone()), first_id);
     assert_eq!(seq(&sent), 1);
 }
@@ -595,7 +596,7 @@ async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
         let body = "z".repeat(4000);
         let mut i = 0;
         while !flooding.load(Ordering::SeqCst) {
-            b.send_message(&to_alice, &format!("f{i}"), &body).await;
+            b.send_message(&to_alice.id, &format!("f{i}"), &body).await;
             i += 1;
         }
     });
@@ -625,7 +626,7 @@ async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
     let (status, list) = s.get("/v1/conversations", &carol.token).await;
     assert_eq!(status, 200);
     let stored = list["conversations"][0]["last_seq"].as_u64().unwrap();
-    let deadline = tokio::time::Instant::now() + common::WAIT;
+    let deadline = tokio::time::Instant::now() + confab_testkit::ws::WAIT;
     while got.load(Ordering::SeqCst) < stored {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -52,7 +52,7 @@ async fn presence_within(ws: &mut Ws, bound: Duration) -> Value {
 
 /// Every frame from `hello` to `synced`.
 async fn connect_all(s: &TestServer, user: &TestUser) -> (Ws, Vec<Value>) {
-    let mut ws = Ws::open(s.addr).await;
+    let mut ws = Ws::connect(s.addr).await;
     ws.send(json!({"type": "hello", "token": user.token})).await;
     let mut frames = Vec::new();
     loop {
@@ -194,7 +194,7 @@ async fn a_block_stops_messages_presence_and_typing_both_ways() {
         (e["code"].as_str(), e["ref"].as_str()),
         (Some("forbidden"), Some("x"))
     );
-    a.send_message(&bob, "y", "one way").await;
+    a.send_message(&bob.id, "y", "one way").await;
     assert_eq!(b.next_of("message").await["body"], "one way");
     // Typing is dropped both ways.
     b.send(json!({"type": "typing", "to": alice.id})).await;
@@ -324,7 +324,7 @@ async fn receipts_arrive_once_and_in_order_and_the_list_reflects_them() {
     let mut conv = String::new();
     for i in 1..=3 {
         conv = a
-            .send_message(&bob, &format!("m{i}"), &format!("m{i}"))
+            .send_message(&bob.id, &format!("m{i}"), &format!("m{i}"))
             .await["conversation"]
             .as_str()
             .unwrap()

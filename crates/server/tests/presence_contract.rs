@@ -1,9 +1,10 @@
-//! The contract every `PresenceService` keeps, run against each backend: `MemoryPresence`
-//! always, `RedisPresence` when `CONFAB_TEST_REDIS` names a Redis server (e.g.
-//! `redis://127.0.0.1:6379`). Also the node-id lease, which needs Redis. Every test uses a
-//! fresh cluster name and deletes its keys at the end.
+//! The contract every `PresenceService` keeps: one named test per case and backend,
+//! `memory::<case>` (`MemoryPresence`) always and `redis::<case>` (`RedisPresence`) when
+//! `CONFAB_TEST_REDIS` names a Redis server (e.g. `redis://127.0.0.1:6379`); without it the
+//! Redis tests say they are skipped and pass. Every test uses a fresh cluster name and deletes
+//! its keys at the end. The node-id lease, also kept in Redis, has its own suite,
+//! `lease_contract.rs`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,21 +12,7 @@ use confab_protocol::{Id, Presence, PresenceStatus};
 use confab_server::presence::PresenceService;
 use confab_server::presence::memory::MemoryPresence;
 use confab_server::presence::redis::RedisPresence;
-use confab_server::sequencer::lease::NodeLease;
-
-fn redis_url() -> Option<String> {
-    let url = std::env::var("CONFAB_TEST_REDIS")
-        .ok()
-        .filter(|u| !u.is_empty());
-    if url.is_none() {
-        println!("skipped: CONFAB_TEST_REDIS is not set");
-    }
-    url
-}
-
-fn fresh_cluster() -> String {
-    format!("test-{:016x}", rand::random::<u64>())
-}
+use confab_testkit::{engines, names};
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -44,21 +31,16 @@ enum Backend {
 }
 
 impl Backend {
-    fn all() -> Vec<Backend> {
-        let mut all = vec![Backend::Memory];
-        if let Some(url) = redis_url() {
-            all.push(Backend::Redis {
-                url,
-                cluster: fresh_cluster(),
-            });
-        }
-        all
+    /// The in-process service, always there.
+    fn memory() -> Option<Backend> {
+        Some(Backend::Memory)
     }
 
+    /// Redis with a fresh cluster, or `None` (after saying so) when it is not configured.
     fn redis() -> Option<Backend> {
-        redis_url().map(|url| Backend::Redis {
+        engines::redis().map(|url| Backend::Redis {
             url,
-            cluster: fresh_cluster(),
+            cluster: names::fresh("test-"),
         })
     }
 
@@ -88,25 +70,8 @@ impl Backend {
     /// would write some back.
     async fn clean_up(&self) {
         if let Backend::Redis { url, cluster } = self {
-            delete_keys(url, cluster).await;
+            confab_testkit::redis::delete_keys(url, cluster).await;
         }
-    }
-}
-
-async fn delete_keys(url: &str, cluster: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{cluster}:*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    if !keys.is_empty() {
-        let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
     }
 }
 
@@ -114,126 +79,152 @@ async fn status_of(p: &dyn PresenceService, user: u64) -> Presence {
     p.status(&[Id(user)]).await.expect("status")[0]
 }
 
-#[tokio::test]
-async fn only_the_first_connect_and_the_last_disconnect_are_transitions() {
-    for backend in Backend::all() {
-        let name = backend.name();
-        let p = backend.node().await;
-        let (user, now) = (Id(7), now_ms());
-        assert!(
-            p.connected(user, 1, now).await.unwrap(),
-            "{name}: first socket"
-        );
-        assert!(
-            !p.connected(user, 2, now).await.unwrap(),
-            "{name}: second socket"
-        );
-        assert_eq!(status_of(&*p, 7).await.status, ONLINE, "{name}");
-        assert!(
-            !p.disconnected(user, 1, now).await.unwrap(),
-            "{name}: one of two"
-        );
-        assert_eq!(status_of(&*p, 7).await.status, ONLINE, "{name}");
-        assert!(
-            p.disconnected(user, 2, now).await.unwrap(),
-            "{name}: the last"
-        );
-        assert_eq!(status_of(&*p, 7).await.status, OFFLINE, "{name}");
-        assert!(
-            !p.disconnected(user, 2, now).await.unwrap(),
-            "{name}: twice"
-        );
-        assert!(
-            !p.disconnected(Id(8), 9, now).await.unwrap(),
-            "{name}: unknown"
-        );
-        // Online again after being offline: a transition again.
-        assert!(p.connected(user, 3, now).await.unwrap(), "{name}: back");
-        p.check().await.expect("check");
-        drop(p);
-        backend.clean_up().await;
-    }
-}
-
-#[tokio::test]
-async fn status_answers_for_many_users_in_the_order_asked() {
-    for backend in Backend::all() {
-        let name = backend.name();
-        let p = backend.node().await;
-        let now = now_ms();
-        // Users 1..=1000: the even ones online, every third one was online once.
-        for u in 1..=1000u64 {
-            if u % 2 == 0 || u % 3 == 0 {
-                p.connected(Id(u), u, now).await.unwrap();
-            }
-            if u % 2 != 0 && u % 3 == 0 {
-                p.disconnected(Id(u), u, now + 5).await.unwrap();
-            }
+/// One `#[tokio::test]` per case and backend, named `<backend>::<case>`: the cases every
+/// backend passes, then each backend's own. `Backend::<backend>()` gives a backend with a fresh
+/// cluster, or `None` when its engine is not configured: the test then passes, having said it
+/// was skipped. A case drops its nodes when it returns; the cluster's keys are deleted after.
+macro_rules! contract {
+    (every backend: $shared:tt, $($backend:ident only: $own:tt),+ $(,)?) => {
+        $( contract!(@module $backend $shared $own); )+
+    };
+    (@module $backend:ident [$($shared:ident),* $(,)?] [$($own:ident),* $(,)?]) => {
+        mod $backend {
+            $( contract!(@test $backend $shared); )*
+            $( contract!(@test $backend $own); )*
         }
-        let mut asked: Vec<Id> = (1..=1000).rev().map(Id).collect();
-        asked.push(Id(u64::MAX)); // never seen
-        let started = std::time::Instant::now();
-        let got = p.status(&asked).await.unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{name}: status is slow"
-        );
-        assert_eq!(got.len(), asked.len());
-        for (id, presence) in asked.iter().zip(&got) {
-            let u = id.0;
-            let expected = if u == u64::MAX || (u % 2 != 0 && u % 3 != 0) {
-                Presence {
-                    status: OFFLINE,
-                    last_seen: 0,
-                }
-            } else if u % 2 == 0 {
-                Presence {
-                    status: ONLINE,
-                    last_seen: now,
-                }
-            } else {
-                Presence {
-                    status: OFFLINE,
-                    last_seen: now + 5,
-                }
+    };
+    (@test $backend:ident $case:ident) => {
+        #[tokio::test]
+        async fn $case() {
+            let Some(backend) = super::Backend::$backend() else {
+                return;
             };
-            assert_eq!(*presence, expected, "{name}: user {u}");
+            super::$case(&backend).await;
+            backend.clean_up().await;
         }
-        assert!(p.status(&[]).await.unwrap().is_empty());
-        drop(p);
-        backend.clean_up().await;
-    }
+    };
 }
 
-#[tokio::test]
-async fn last_seen_is_the_time_of_the_last_disconnect() {
-    for backend in Backend::all() {
-        let name = backend.name();
-        let p = backend.node().await;
-        let t = now_ms();
-        p.connected(Id(1), 10, t).await.unwrap();
-        p.connected(Id(1), 11, t + 1).await.unwrap();
-        p.disconnected(Id(1), 10, t + 2).await.unwrap();
-        p.disconnected(Id(1), 11, t + 3).await.unwrap();
-        let seen = status_of(&*p, 1).await;
-        assert_eq!(
-            seen,
+contract! {
+    every backend: [
+        only_the_first_connect_and_the_last_disconnect_are_transitions,
+        status_answers_for_many_users_in_the_order_asked,
+        last_seen_is_the_time_of_the_last_disconnect,
+    ],
+    memory only: [has_nothing_to_sweep],
+    redis only: [
+        nodes_share_presence_and_exactly_one_sees_each_transition,
+        a_live_node_keeps_its_sockets_past_the_ttl,
+        a_dead_nodes_users_are_swept_offline_exactly_once,
+        a_big_dead_node_is_swept_completely_and_once,
+        an_unreachable_redis_is_unavailable_quickly,
+    ],
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract
+
+async fn only_the_first_connect_and_the_last_disconnect_are_transitions(backend: &Backend) {
+    let name = backend.name();
+    let p = backend.node().await;
+    let (user, now) = (Id(7), now_ms());
+    assert!(
+        p.connected(user, 1, now).await.unwrap(),
+        "{name}: first socket"
+    );
+    assert!(
+        !p.connected(user, 2, now).await.unwrap(),
+        "{name}: second socket"
+    );
+    assert_eq!(status_of(&*p, 7).await.status, ONLINE, "{name}");
+    assert!(
+        !p.disconnected(user, 1, now).await.unwrap(),
+        "{name}: one of two"
+    );
+    assert_eq!(status_of(&*p, 7).await.status, ONLINE, "{name}");
+    assert!(
+        p.disconnected(user, 2, now).await.unwrap(),
+        "{name}: the last"
+    );
+    assert_eq!(status_of(&*p, 7).await.status, OFFLINE, "{name}");
+    assert!(
+        !p.disconnected(user, 2, now).await.unwrap(),
+        "{name}: twice"
+    );
+    assert!(
+        !p.disconnected(Id(8), 9, now).await.unwrap(),
+        "{name}: unknown"
+    );
+    // Online again after being offline: a transition again.
+    assert!(p.connected(user, 3, now).await.unwrap(), "{name}: back");
+    p.check().await.expect("check");
+}
+
+async fn status_answers_for_many_users_in_the_order_asked(backend: &Backend) {
+    let name = backend.name();
+    let p = backend.node().await;
+    let now = now_ms();
+    // Users 1..=1000: the even ones online, every third one was online once.
+    for u in 1..=1000u64 {
+        if u % 2 == 0 || u % 3 == 0 {
+            p.connected(Id(u), u, now).await.unwrap();
+        }
+        if u % 2 != 0 && u % 3 == 0 {
+            p.disconnected(Id(u), u, now + 5).await.unwrap();
+        }
+    }
+    let mut asked: Vec<Id> = (1..=1000).rev().map(Id).collect();
+    asked.push(Id(u64::MAX)); // never seen
+    let started = std::time::Instant::now();
+    let got = p.status(&asked).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{name}: status is slow"
+    );
+    assert_eq!(got.len(), asked.len());
+    for (id, presence) in asked.iter().zip(&got) {
+        let u = id.0;
+        let expected = if u == u64::MAX || (u % 2 != 0 && u % 3 != 0) {
             Presence {
                 status: OFFLINE,
-                last_seen: t + 3
-            },
-            "{name}"
-        );
-        drop(p);
-        backend.clean_up().await;
+                last_seen: 0,
+            }
+        } else if u % 2 == 0 {
+            Presence {
+                status: ONLINE,
+                last_seen: now,
+            }
+        } else {
+            Presence {
+                status: OFFLINE,
+                last_seen: now + 5,
+            }
+        };
+        assert_eq!(*presence, expected, "{name}: user {u}");
     }
+    assert!(p.status(&[]).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn nodes_share_presence_and_exactly_one_sees_each_transition() {
-    let Some(backend) = Backend::redis() else {
-        return;
-    };
+async fn last_seen_is_the_time_of_the_last_disconnect(backend: &Backend) {
+    let name = backend.name();
+    let p = backend.node().await;
+    let t = now_ms();
+    p.connected(Id(1), 10, t).await.unwrap();
+    p.connected(Id(1), 11, t + 1).await.unwrap();
+    p.disconnected(Id(1), 10, t + 2).await.unwrap();
+    p.disconnected(Id(1), 11, t + 3).await.unwrap();
+    let seen = status_of(&*p, 1).await;
+    assert_eq!(
+        seen,
+        Presence {
+            status: OFFLINE,
+            last_seen: t + 3
+        },
+        "{name}"
+    );
+}
+
+async fn nodes_share_presence_and_exactly_one_sees_each_transition(backend: &Backend) {
     let (a, b) = (backend.node().await, backend.node().await);
     let now = now_ms();
     assert!(a.connected(Id(1), 100, now).await.unwrap());
@@ -269,15 +260,9 @@ async fn nodes_share_presence_and_exactly_one_sees_each_transition() {
         lasts.into_iter().filter(|r| *r.as_ref().unwrap()).count(),
         1
     );
-    drop((a, b, nodes));
-    backend.clean_up().await;
 }
 
-#[tokio::test]
-async fn a_live_node_keeps_its_sockets_past_the_ttl() {
-    let Some(backend) = Backend::redis() else {
-        return;
-    };
+async fn a_live_node_keeps_its_sockets_past_the_ttl(backend: &Backend) {
     let ttl = Duration::from_millis(300);
     let (a, b) = (
         backend.node_with_ttl(ttl).await,
@@ -287,15 +272,9 @@ async fn a_live_node_keeps_its_sockets_past_the_ttl() {
     tokio::time::sleep(ttl * 3).await;
     assert!(b.sweep(now_ms()).await.unwrap().is_empty());
     assert_eq!(status_of(&*b, 1).await.status, ONLINE);
-    drop((a, b));
-    backend.clean_up().await;
 }
 
-#[tokio::test]
-async fn a_dead_nodes_users_are_swept_offline_exactly_once() {
-    let Some(backend) = Backend::redis() else {
-        return;
-    };
+async fn a_dead_nodes_users_are_swept_offline_exactly_once(backend: &Backend) {
     let ttl = Duration::from_millis(300);
     let dying = backend.node_with_ttl(ttl).await;
     let (b, c) = (
@@ -349,15 +328,9 @@ async fn a_dead_nodes_users_are_swept_offline_exactly_once() {
     assert!(c.sweep(now_ms()).await.unwrap().is_empty(), "never twice");
     // User 2's last socket closes normally: that is the one transition.
     assert!(b.disconnected(Id(2), 22, now_ms()).await.unwrap());
-    drop((b, c));
-    backend.clean_up().await;
 }
 
-#[tokio::test]
-async fn a_big_dead_node_is_swept_completely_and_once() {
-    let Some(backend) = Backend::redis() else {
-        return;
-    };
+async fn a_big_dead_node_is_swept_completely_and_once(backend: &Backend) {
     let ttl = Duration::from_millis(300);
     let dying = backend.node_with_ttl(ttl).await;
     let (b, c) = (
@@ -381,22 +354,15 @@ async fn a_big_dead_node_is_swept_completely_and_once() {
         .collect();
     swept.sort_unstable();
     assert_eq!(swept, (0..users).collect::<Vec<_>>());
-    drop((b, c));
-    backend.clean_up().await;
 }
 
-#[tokio::test]
-async fn memory_presence_has_nothing_to_sweep() {
+async fn has_nothing_to_sweep(_: &Backend) {
     let p = MemoryPresence::new();
     p.connected(Id(1), 1, 5).await.unwrap();
     assert!(p.sweep(i64::MAX).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn an_unreachable_redis_is_unavailable_quickly() {
-    if redis_url().is_none() {
-        return;
-    }
+async fn an_unreachable_redis_is_unavailable_quickly(_: &Backend) {
     let attempt = async {
         let p = RedisPresence::connect("redis://127.0.0.1:1", "x", Duration::from_secs(30)).await?;
         p.check().await
@@ -405,106 +371,4 @@ async fn an_unreachable_redis_is_unavailable_quickly() {
         .await
         .expect("gives up within 8 s");
     assert!(result.is_err());
-}
-
-// ---- node-id leases ----
-
-const LEASE_TTL: Duration = Duration::from_millis(300);
-
-async fn lease(url: &str, cluster: &str) -> NodeLease {
-    NodeLease::acquire(url, cluster, LEASE_TTL)
-        .await
-        .expect("lease")
-}
-
-#[tokio::test]
-async fn two_leases_get_different_ids_and_keep_them() {
-    let Some(url) = redis_url() else { return };
-    let cluster = fresh_cluster();
-    let (a, b) = (lease(&url, &cluster).await, lease(&url, &cluster).await);
-    assert_ne!(a.node_id(), b.node_id());
-    // Renewal keeps them well past the ttl.
-    tokio::time::sleep(LEASE_TTL * 3).await;
-    assert!(!a.lost().is_cancelled() && !b.lost().is_cancelled());
-    let c = lease(&url, &cluster).await;
-    let ids: HashMap<u16, ()> = [a.node_id(), b.node_id(), c.node_id()]
-        .into_iter()
-        .map(|id| (id, ()))
-        .collect();
-    assert_eq!(ids.len(), 3);
-    for l in [a, b, c] {
-        l.release().await.unwrap();
-    }
-    delete_keys(&url, &cluster).await;
-}
-
-#[tokio::test]
-async fn release_frees_the_id_and_a_dropped_lease_expires() {
-    let Some(url) = redis_url() else { return };
-    let cluster = fresh_cluster();
-    let a = lease(&url, &cluster).await;
-    let b = lease(&url, &cluster).await;
-    let freed = a.node_id();
-    a.release().await.unwrap();
-    let c = lease(&url, &cluster).await;
-    assert_eq!(c.node_id(), freed, "the lowest free id again");
-    let dropped = b.node_id();
-    drop(b);
-    tokio::time::sleep(LEASE_TTL * 2).await;
-    let d = lease(&url, &cluster).await;
-    assert_eq!(d.node_id(), dropped, "expired after the ttl");
-    c.release().await.unwrap();
-    d.release().await.unwrap();
-    delete_keys(&url, &cluster).await;
-}
-
-#[tokio::test]
-async fn no_lease_when_every_id_is_taken() {
-    let Some(url) = redis_url() else { return };
-    let cluster = fresh_cluster();
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut taken = redis::cmd("MSET");
-    for n in 0..=confab_server::sequencer::MAX_NODE {
-        taken.arg(format!("{cluster}:node:{n}")).arg("other");
-    }
-    let _: () = taken.query_async(&mut conn).await.unwrap();
-    let result = NodeLease::acquire(&url, &cluster, LEASE_TTL).await;
-    assert!(
-        matches!(
-            result,
-            Err(confab_server::sequencer::lease::LeaseError::Exhausted)
-        ),
-        "{:?}",
-        result.map(|l| l.node_id())
-    );
-    delete_keys(&url, &cluster).await;
-}
-
-#[tokio::test]
-async fn a_stolen_lease_is_lost() {
-    let Some(url) = redis_url() else { return };
-    let cluster = fresh_cluster();
-    let a = lease(&url, &cluster).await;
-    let (id, lost) = (a.node_id(), a.lost());
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(format!("{cluster}:node:{id}"))
-        .arg("someone else")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    tokio::time::timeout(LEASE_TTL * 3, lost.cancelled())
-        .await
-        .expect("lost() fires");
-    // Releasing a lost lease leaves the new owner's key alone.
-    a.release().await.unwrap();
-    let owner: String = redis::cmd("GET")
-        .arg(format!("{cluster}:node:{id}"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(owner, "someone else");
-    delete_keys(&url, &cluster).await;
 }

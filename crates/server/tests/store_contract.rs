@@ -18,8 +18,8 @@ use confab_server::store::{
     DeliveredAdvance, MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount, StoreError,
     conversation_id,
 };
+use confab_testkit::postgres::Database;
 
-const PG_ENV: &str = "CONFAB_TEST_POSTGRES";
 const PG_POOL: usize = 8;
 
 // ---------------------------------------------------------------------------------------------
@@ -28,7 +28,7 @@ const PG_POOL: usize = 8;
 /// Where a test's data lives; `open` gives a store over it, again after `close`.
 enum Backend {
     Sqlite(tempfile::TempDir),
-    Postgres(PgDatabase),
+    Postgres(Database),
 }
 
 impl Backend {
@@ -38,11 +38,7 @@ impl Backend {
 
     /// A fresh database, or `None` (after saying so) when PostgreSQL is not configured.
     async fn postgres() -> Option<Backend> {
-        let Ok(admin_url) = std::env::var(PG_ENV) else {
-            eprintln!("skipped: {PG_ENV} is not set");
-            return None;
-        };
-        Some(Backend::Postgres(PgDatabase::create(admin_url).await))
+        Database::from_env().await.map(Backend::Postgres)
     }
 
     async fn open(&self) -> Arc<dyn MessageStore> {
@@ -65,99 +61,10 @@ impl Backend {
                 Arc::new(store)
             }
             Backend::Postgres(db) => Arc::new(
-                PostgresStore::connect(&db.url, PG_POOL)
+                PostgresStore::connect(&db.url(), PG_POOL)
                     .await
                     .expect("postgres store connects"),
             ),
-        }
-    }
-}
-
-/// A throwaway PostgreSQL database, dropped (best effort) when the test ends, even by a panic.
-struct PgDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    async fn create(admin_url: String) -> PgDatabase {
-        let name = format!("confab_t_{:016x}", rand::random::<u64>());
-        let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {PG_ENV}: {e}"));
-        tokio::spawn(conn);
-        client
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("CREATE DATABASE");
-        let mut config: tokio_postgres::Config = admin_url.parse().expect("a valid URL");
-        config.dbname(&name);
-        let url = config_url(&config);
-        PgDatabase {
-            admin_url,
-            name,
-            url,
-        }
-    }
-}
-
-/// A key-value connection string for `config` (tokio-postgres parses both forms).
-fn config_url(config: &tokio_postgres::Config) -> String {
-    let mut parts = Vec::new();
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user='{user}'"));
-    }
-    if let Some(password) = config.get_password() {
-        parts.push(format!(
-            "password='{}'",
-            String::from_utf8_lossy(password)
-                .replace('\\', "\\\\")
-                .replace('\'', "\\'")
-        ));
-    }
-    for host in config.get_hosts() {
-        if let tokio_postgres::config::Host::Tcp(h) = host {
-            parts.push(format!("host='{h}'"));
-        }
-        #[cfg(unix)]
-        if let tokio_postgres::config::Host::Unix(p) = host {
-            parts.push(format!("host='{}'", p.display()));
-        }
-    }
-    if let Some(port) = config.get_ports().first() {
-        parts.push(format!("port={port}"));
-    }
-    parts.push(format!(
-        "dbname='{}'",
-        config.get_dbname().unwrap_or_default()
-    ));
-    parts.join(" ")
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A thread with its own runtime: this runs inside the test's runtime, maybe unwinding.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("note: could not drop test database {}", self.name);
         }
     }
 }

@@ -1,7 +1,8 @@
-//! The contract every `SyncQueue` keeps, run against each backend: `MemoryQueue` always,
-//! `NatsQueue` when `CONFAB_TEST_NATS` names a NATS server with JetStream
-//! (e.g. `nats://127.0.0.1:4222`). Every test uses a fresh cluster name, so runs never see
-//! each other's events.
+//! The contract every `SyncQueue` keeps: one named test per case and backend,
+//! `memory::<case>` (`MemoryQueue`) always and `nats::<case>` (`NatsQueue`) when
+//! `CONFAB_TEST_NATS` names a NATS server with JetStream (e.g. `nats://127.0.0.1:4222`); without
+//! it the NATS tests say they are skipped and pass. Every test uses a fresh cluster name, so
+//! runs never see each other's events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,23 +11,14 @@ use confab_protocol::{Id, Message, PresenceStatus, ReceiptKind, ServerFrame};
 use confab_server::sync::memory::MemoryQueue;
 use confab_server::sync::nats::NatsQueue;
 use confab_server::sync::{SyncError, SyncEvent, SyncQueue};
+use confab_testkit::{engines, names};
 use tokio::sync::mpsc;
 
 /// How long a test waits for an event it expects.
 const WAIT: Duration = Duration::from_secs(5);
 
-fn nats_url() -> Option<String> {
-    let url = std::env::var("CONFAB_TEST_NATS")
-        .ok()
-        .filter(|u| !u.is_empty());
-    if url.is_none() {
-        println!("skipped: CONFAB_TEST_NATS is not set");
-    }
-    url
-}
-
 fn fresh_cluster() -> String {
-    format!("test-{:016x}", rand::random::<u64>())
+    names::fresh("test-")
 }
 
 /// One node's view of the queue: the queue and what its handler received.
@@ -70,23 +62,31 @@ impl Node {
 }
 
 /// A backend under test, able to make several nodes of one cluster.
-#[derive(Clone)]
 enum Backend {
     Memory,
     Nats { url: String, cluster: String },
 }
 
 impl Backend {
-    /// Every backend configured on this machine, each with a fresh cluster.
-    fn all() -> Vec<Backend> {
-        let mut all = vec![Backend::Memory];
-        if let Some(url) = nats_url() {
-            all.push(Backend::Nats {
-                url,
-                cluster: fresh_cluster(),
-            });
+    /// The in-process queue, always there.
+    fn memory() -> Option<Backend> {
+        Some(Backend::Memory)
+    }
+
+    /// NATS with a fresh cluster, or `None` (after saying so) when it is not configured.
+    fn nats() -> Option<Backend> {
+        engines::nats().map(|url| Backend::Nats {
+            url,
+            cluster: fresh_cluster(),
+        })
+    }
+
+    /// The server and cluster of a NATS-only case.
+    fn nats_parts(&self) -> (&str, &str) {
+        match self {
+            Backend::Nats { url, cluster } => (url, cluster),
+            Backend::Memory => panic!("a NATS-only case given the memory backend"),
         }
-        all
     }
 
     fn name(&self) -> &'static str {
@@ -114,17 +114,13 @@ impl Backend {
     /// Deletes what the backend keeps for the cluster (best effort).
     async fn clean_up(&self) {
         if let Backend::Nats { url, cluster } = self {
-            delete_stream(url, cluster).await;
+            let stream = confab_server::sync::nats::Names::new(cluster).stream;
+            if let Ok(client) = async_nats::connect(url).await {
+                let _ = async_nats::jetstream::new(client)
+                    .delete_stream(&stream)
+                    .await;
+            }
         }
-    }
-}
-
-async fn delete_stream(url: &str, cluster: &str) {
-    let stream = confab_server::sync::nats::Names::new(cluster).stream;
-    if let Ok(client) = async_nats::connect(url).await {
-        let _ = async_nats::jetstream::new(client)
-            .delete_stream(&stream)
-            .await;
     }
 }
 
@@ -187,60 +183,89 @@ fn sorted_debug(events: &[SyncEvent]) -> Vec<String> {
     all
 }
 
-#[tokio::test]
-async fn every_variant_arrives_with_all_its_fields() {
-    for backend in Backend::all() {
-        let mut node = backend.node().await;
-        let sent = every_variant();
-        for event in &sent {
-            node.queue.publish(event.clone()).await.expect("publish");
-        }
-        // Revocations travel another path than the rest, so compare without order.
-        let got = node.take(sent.len()).await;
-        assert_eq!(
-            sorted_debug(&got),
-            sorted_debug(&sent),
-            "{}",
-            backend.name()
-        );
-        node.nothing_more().await;
-        node.queue.check().await.expect("check");
-        backend.clean_up().await;
-    }
-}
-
-#[tokio::test]
-async fn one_publishers_events_for_a_user_arrive_in_publish_order() {
-    for backend in Backend::all() {
-        let mut node = backend.node().await;
-        for seq in 1..=1000 {
-            node.queue.publish(message(seq)).await.expect("publish");
-        }
-        let got = node.take(1000).await;
-        let order: Vec<u64> = got
-            .iter()
-            .map(|e| match e {
-                SyncEvent::Message { message, .. } => message.seq,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(order, (1..=1000).collect::<Vec<_>>(), "{}", backend.name());
-        backend.clean_up().await;
-    }
-}
-
-#[tokio::test]
-async fn every_node_receives_what_one_publishes() {
-    let Some(url) = nats_url() else { return };
-    let backend = Backend::Nats {
-        url: url.clone(),
-        cluster: fresh_cluster(),
+/// One `#[tokio::test]` per case and backend, named `<backend>::<case>`: the cases every
+/// backend passes, then each backend's own. `Backend::<backend>()` gives a backend with a fresh
+/// cluster, or `None` when its engine is not configured: the test then passes, having said it
+/// was skipped. What the backend kept for the cluster is deleted after a passing case.
+macro_rules! contract {
+    (every backend: $shared:tt, $($backend:ident only: $own:tt),+ $(,)?) => {
+        $( contract!(@module $backend $shared $own); )+
     };
+    (@module $backend:ident [$($shared:ident),* $(,)?] [$($own:ident),* $(,)?]) => {
+        mod $backend {
+            $( contract!(@test $backend $shared); )*
+            $( contract!(@test $backend $own); )*
+        }
+    };
+    (@test $backend:ident $case:ident) => {
+        #[tokio::test]
+        async fn $case() {
+            let Some(backend) = super::Backend::$backend() else {
+                return;
+            };
+            super::$case(&backend).await;
+            backend.clean_up().await;
+        }
+    };
+}
+
+contract! {
+    every backend: [
+        every_variant_arrives_with_all_its_fields,
+        one_publishers_events_for_a_user_arrive_in_publish_order,
+    ],
+    memory only: [],
+    nats only: [
+        every_node_receives_what_one_publishes,
+        an_unreachable_server_fails_fast,
+        a_node_cut_off_fails_fast_and_still_gets_revocations_after_it_reconnects,
+    ],
+}
+
+// ---------------------------------------------------------------------------------------------
+// The contract
+
+async fn every_variant_arrives_with_all_its_fields(backend: &Backend) {
+    let mut node = backend.node().await;
+    let sent = every_variant();
+    for event in &sent {
+        node.queue.publish(event.clone()).await.expect("publish");
+    }
+    // Revocations travel another path than the rest, so compare without order.
+    let got = node.take(sent.len()).await;
+    assert_eq!(
+        sorted_debug(&got),
+        sorted_debug(&sent),
+        "{}",
+        backend.name()
+    );
+    node.nothing_more().await;
+    node.queue.check().await.expect("check");
+}
+
+async fn one_publishers_events_for_a_user_arrive_in_publish_order(backend: &Backend) {
+    let mut node = backend.node().await;
+    for seq in 1..=1000 {
+        node.queue.publish(message(seq)).await.expect("publish");
+    }
+    let got = node.take(1000).await;
+    let order: Vec<u64> = got
+        .iter()
+        .map(|e| match e {
+            SyncEvent::Message { message, .. } => message.seq,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(order, (1..=1000).collect::<Vec<_>>(), "{}", backend.name());
+}
+
+async fn every_node_receives_what_one_publishes(backend: &Backend) {
+    let (url, _) = backend.nats_parts();
     let mut a = backend.node().await;
     let mut b = backend.node().await;
     // Another cluster on the same server hears nothing of it.
     let other = Backend::Nats {
-        url,
+        url: url.to_owned(),
         cluster: fresh_cluster(),
     };
     let mut stranger = other.node().await;
@@ -254,15 +279,10 @@ async fn every_node_receives_what_one_publishes() {
         node.nothing_more().await;
     }
     stranger.nothing_more().await;
-    backend.clean_up().await;
     other.clean_up().await;
 }
 
-#[tokio::test]
-async fn an_unreachable_server_fails_fast() {
-    if nats_url().is_none() {
-        return;
-    }
+async fn an_unreachable_server_fails_fast(_: &Backend) {
     // Nothing listens on port 1: either connecting fails or publishing does, quickly.
     let attempt = async {
         let queue = NatsQueue::connect("nats://127.0.0.1:1", &fresh_cluster()).await?;
@@ -324,19 +344,19 @@ mod proxy {
     }
 }
 
-#[tokio::test]
-async fn a_node_cut_off_fails_fast_and_still_gets_revocations_after_it_reconnects() {
-    let Some(url) = nats_url() else { return };
-    let cluster = fresh_cluster();
+async fn a_node_cut_off_fails_fast_and_still_gets_revocations_after_it_reconnects(
+    backend: &Backend,
+) {
+    let (url, cluster) = backend.nats_parts();
     let target = tokio::net::lookup_host(url.trim_start_matches("nats://"))
         .await
         .expect("resolve the nats address")
         .next()
         .expect("an address");
     let proxy = proxy::Proxy::start(target).await;
-    let mut a = Node::subscribed(Arc::new(NatsQueue::connect(&url, &cluster).await.unwrap())).await;
+    let mut a = Node::subscribed(Arc::new(NatsQueue::connect(url, cluster).await.unwrap())).await;
     let mut b = Node::subscribed(Arc::new(
-        NatsQueue::connect(&format!("nats://{}", proxy.addr), &cluster)
+        NatsQueue::connect(&format!("nats://{}", proxy.addr), cluster)
             .await
             .unwrap(),
     ))
@@ -390,5 +410,4 @@ async fn a_node_cut_off_fails_fast_and_still_gets_revocations_after_it_reconnect
             other => panic!("unexpected {other:?}"),
         }
     }
-    delete_stream(&url, &cluster).await;
 }

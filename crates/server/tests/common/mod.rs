@@ -1,5 +1,6 @@
 //! Test harness: a real server on 127.0.0.1:0 with a fresh data directory, driven over real
-//! sockets with raw frames (the tests check the wire, not the SDK).
+//! sockets with raw frames (the tests check the wire, not the SDK) through the test kit's
+//! [`Ws`].
 
 #![allow(
     dead_code,
@@ -8,17 +9,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use confab_server::{Config, Server};
-use futures_util::{SinkExt, StreamExt};
+pub use confab_testkit::ws::Ws;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
-
-/// How long a test waits for an expected frame before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub server: Option<Server>,
@@ -144,27 +138,12 @@ impl TestServer {
     }
 
     pub async fn connect_from(&self, user: &TestUser, cursor: Option<&str>) -> (Ws, Vec<Value>) {
-        let mut ws = Ws::open(self.addr).await;
-        let mut hello = json!({"type": "hello", "token": user.token});
-        if let Some(c) = cursor {
-            hello["cursor"] = json!(c);
-        }
-        ws.send(hello).await;
+        let mut ws = Ws::connect(self.addr).await;
+        ws.hello(&user.token, cursor).await;
         let welcome = ws.next().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         assert_eq!(welcome["user_id"], user.id.as_str());
-        let mut caught_up = Vec::new();
-        loop {
-            let f = ws.next().await;
-            match f["type"].as_str() {
-                Some("synced") => {
-                    ws.synced = f["cursor"].as_str().unwrap().to_owned();
-                    break;
-                }
-                Some("message") => caught_up.push(f),
-                _ => {}
-            }
-        }
+        let caught_up = ws.catch_up().await;
         (ws, caught_up)
     }
 }
@@ -175,99 +154,4 @@ pub struct TestUser {
     pub token: String,
     pub id: String,
     pub device: String,
-}
-
-/// A raw WebSocket.
-pub struct Ws {
-    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    pub synced: String,
-}
-
-impl Ws {
-    pub async fn open(addr: SocketAddr) -> Ws {
-        let (inner, _) = connect_async(format!("ws://{addr}/v1/ws")).await.unwrap();
-        Ws {
-            inner,
-            synced: String::new(),
-        }
-    }
-
-    pub async fn send(&mut self, v: Value) {
-        self.inner
-            .send(WsMessage::Text(v.to_string().into()))
-            .await
-            .unwrap();
-    }
-
-    pub async fn send_raw(&mut self, text: &str) {
-        self.inner
-            .send(WsMessage::Text(text.to_owned().into()))
-            .await
-            .unwrap();
-    }
-
-    /// The next JSON frame; panics on timeout or close.
-    pub async fn next(&mut self) -> Value {
-        match self.next_or_close().await {
-            Ok(v) => v,
-            Err(close) => panic!("socket closed ({close:?}) while a frame was expected"),
-        }
-    }
-
-    /// The next JSON frame, or the close code if the socket closed instead.
-    pub async fn next_or_close(&mut self) -> Result<Value, Option<u16>> {
-        loop {
-            let m = tokio::time::timeout(WAIT, self.inner.next())
-                .await
-                .expect("timed out waiting for a frame");
-            match m {
-                Some(Ok(WsMessage::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
-                Some(Ok(WsMessage::Close(c))) => return Err(c.map(|c| u16::from(c.code))),
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(None),
-            }
-        }
-    }
-
-    /// Waits for the server to close the socket and returns the close code.
-    pub async fn closed(&mut self) -> Option<u16> {
-        loop {
-            match self.next_or_close().await {
-                Ok(_) => continue,
-                Err(code) => return code,
-            }
-        }
-    }
-
-    /// The next frame of the given type, skipping others.
-    pub async fn next_of(&mut self, ty: &str) -> Value {
-        loop {
-            let f = self.next().await;
-            if f["type"] == ty {
-                return f;
-            }
-        }
-    }
-
-    /// Sends a message and returns the `sent` ack.
-    pub async fn send_message(&mut self, to: &TestUser, client_id: &str, body: &str) -> Value {
-        self.send(json!({"type": "send", "to": to.id, "client_id": client_id, "body": body}))
-            .await;
-        loop {
-            let f = self.next().await;
-            if f["type"] == "sent" && f["client_id"] == client_id {
-                return f;
-            }
-            if f["type"] == "error" && f["ref"] == client_id {
-                panic!("send failed: {f}");
-            }
-        }
-    }
-
-    /// Expects no frame (other than pings) for `d`.
-    pub async fn expect_silence(&mut self, d: Duration) {
-        if let Ok(Some(Ok(WsMessage::Text(t)))) = tokio::time::timeout(d, self.inner.next()).await {
-            panic!("unexpected frame: {t}");
-        }
-    }
 }
