@@ -943,7 +943,7 @@ impl Conn {
     /// delivered 15-19 % less at its peak (BENCHMARKS.md).
     fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
         let work = send_message(self.app.clone(), self.session.user_id, to, client_id, body);
-        if self.app.store.appends_run_unpolled() {
+        if matches!(self.app.config.store, crate::config::StoreConfig::Sqlite) {
             inflight.push(Box::pin(work));
         } else {
             inflight.push(detached(work));

@@ -258,15 +258,6 @@ pub trait MessageStore: Send + Sync + 'static {
         seq: u64,
     ) -> StoreResult<Option<ReadAdvance>>;
 
-    /// Whether an `append` runs elsewhere (a writer thread) and holds nothing of the store's
-    /// while its future waits to be polled. Only then may a socket poll its sends itself
-    /// instead of giving each a task: a send left unpolled along with a busy socket's task
-    /// would hold what it has taken meanwhile (in PostgreSQL a pooled connection, checked out
-    /// until the future finishes).
-    fn appends_run_unpolled(&self) -> bool {
-        false
-    }
-
     /// Stores a message in its conversation and in both participants' streams.
     /// `NotFound` if the recipient does not exist, `Forbidden` if the recipient blocks the
     /// sender (checked in the same transaction).

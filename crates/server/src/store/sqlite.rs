@@ -11,6 +11,13 @@
 //! writer's memory, so a message writes only its own row and its two stream rows, and it runs
 //! without a savepoint (see [`Writer::poisoned`]). Every other write runs in its own savepoint,
 //! so one failing job never takes the rest of its batch down.
+//!
+//! An append's future needs no polling to go on: once queued, the job is run and committed by
+//! the writer thread whatever becomes of the future, and nothing of the store's (no lock, no
+//! connection) is held while it waits. So a socket may poll its sends itself, alongside its
+//! other work, instead of giving each a task. That is not so for PostgreSQL, whose append
+//! holds a pooled connection until its future finishes: a send left unpolled along with a
+//! busy socket's task would keep that connection checked out meanwhile.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -1405,12 +1412,6 @@ impl MessageStore for SqliteStore {
             Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
         })
         .await
-    }
-
-    fn appends_run_unpolled(&self) -> bool {
-        // Once queued, the job is run and committed by the writer thread whatever becomes
-        // of the future; it holds no lock while it waits in the queue.
-        true
     }
 
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
