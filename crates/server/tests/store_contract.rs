@@ -278,7 +278,9 @@ async fn create_user_conflicts_ignoring_case(store: Store, _: &Backend) {
         assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err:?}");
     }
     store.create_user(Id(3), "bob2", "h", 1).await.unwrap();
-    assert!(store.user_by_id(Id(2)).await.unwrap().is_none());
+    // The refused id has no account: nobody can add it as a contact.
+    let err = store.add_contact(Id(3), Id(2), 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
 async fn users_by_name_and_id(store: Store, _: &Backend) {
@@ -295,15 +297,23 @@ async fn users_by_name_and_id(store: Store, _: &Backend) {
         Id(7)
     );
     assert!(store.user_by_name("alice").await.unwrap().is_none());
-    let u = store.user_by_id(Id(7)).await.unwrap().expect("found");
-    assert_eq!(u.username, "Alice.B");
-    assert!(store.user_by_id(Id(8)).await.unwrap().is_none());
+    // By id: an existing account can be added as a contact and is listed with its name; an
+    // unknown one cannot.
+    let owner = user(&store, 9, "owner").await;
+    store.add_contact(owner, Id(7), 1).await.unwrap();
+    let err = store.add_contact(owner, Id(8), 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     // Ids use the whole u64 range.
     let big = u64::MAX - 3;
     store.create_user(Id(big), "big", "h", 1).await.unwrap();
+    store.add_contact(owner, Id(big), 1).await.unwrap();
+    let listed = store.contacts(owner).await.unwrap();
     assert_eq!(
-        store.user_by_id(Id(big)).await.unwrap().unwrap().user_id,
-        Id(big)
+        listed
+            .iter()
+            .map(|c| (c.user_id, c.username.as_str()))
+            .collect::<Vec<_>>(),
+        [(Id(7), "Alice.B"), (Id(big), "big")]
     );
     assert_eq!(
         store.user_by_name("big").await.unwrap().unwrap().id,
@@ -940,7 +950,7 @@ async fn data_survives_reopen(store: Store, backend: &Backend) {
         .unwrap();
     store.set_last_seen(b, 77).await.unwrap();
     store.close().await;
-    let err = store.user_by_id(a).await.unwrap_err();
+    let err = store.user_by_name("alice").await.unwrap_err();
     assert!(
         matches!(err, StoreError::Unavailable(_)),
         "after close: {err:?}"

@@ -217,7 +217,6 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> StoreResult<User>;
     /// Finds an account by username, ignoring ASCII case.
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
-    async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>>;
 
     /// Creates many accounts, each with one device, in as few transactions as the backend
     /// allows. `Conflict` (and nothing of that chunk written) if a username is taken.

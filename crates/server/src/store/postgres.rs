@@ -815,25 +815,6 @@ impl MessageStore for PostgresStore {
         .await
     }
 
-    async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>> {
-        self.run(move |c| {
-            Box::pin(async move {
-                let row = query_opt(
-                    c,
-                    "SELECT id, username FROM users WHERE id = $1",
-                    &[&db(id)],
-                )
-                .await?;
-                let Some(r) = row else { return Ok(None) };
-                Ok(Some(User {
-                    user_id: id_col(&r, 0)?,
-                    username: r.try_get(1)?,
-                }))
-            })
-        })
-        .await
-    }
-
     async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
         let accounts = Arc::new(accounts);
         self.write(move |tx| {

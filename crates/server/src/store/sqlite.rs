@@ -1157,23 +1157,6 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>> {
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT id, username FROM users WHERE id = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![to_i64(id.0)], |r| {
-                        Ok(User {
-                            user_id: id_col(r, 0)?,
-                            username: r.get(1)?,
-                        })
-                    })
-                    .optional()
-                })
-                .map_err(internal)
-        })
-        .await
-    }
-
     async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
         self.write(move |conn| {
             let mut user = conn
