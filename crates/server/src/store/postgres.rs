@@ -35,9 +35,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    Appended, ContactEntry, DeliveredAdvance, DeviceSession, MessageStore, NewDevice, NewMessage,
-    ReadAdvance, SeedAccount, Side, StoreError, StoreResult, StreamEntry, UserRecord,
-    conversation_id, side_of,
+    Accounts, Appended, ContactEntry, Contacts, Conversations, DeliveredAdvance, DeviceSession,
+    MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount, Side, StoreError, StoreResult,
+    StreamEntry, Streams, UserRecord, conversation_id, side_of,
 };
 
 /// How long a caller waits for a pooled connection (or for a new one to be made) before the
@@ -750,7 +750,7 @@ async fn seed_in(tx: &Transaction<'_>, accounts: &[SeedAccount]) -> Result<(), F
 }
 
 #[async_trait]
-impl MessageStore for PostgresStore {
+impl Accounts for PostgresStore {
     async fn create_user(
         &self,
         id: Id,
@@ -882,14 +882,10 @@ impl MessageStore for PostgresStore {
         })
         .await
     }
+}
 
-    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
-        // Retried like `append`: a repeated ack finds the cursor already moved and changes
-        // nothing.
-        self.run(move |c| Box::pin(set_cursor_in(c, device_id, pos)))
-            .await
-    }
-
+#[async_trait]
+impl Contacts for PostgresStore {
     async fn add_contact(&self, owner: Id, contact: Id, now: i64) -> StoreResult<bool> {
         self.write(move |tx| {
             Box::pin(async move {
@@ -1038,39 +1034,10 @@ impl MessageStore for PostgresStore {
         })
         .await
     }
+}
 
-    async fn mark_read(
-        &self,
-        user: Id,
-        conversation: &str,
-        seq: u64,
-    ) -> StoreResult<Option<ReadAdvance>> {
-        let not_found = || StoreError::NotFound("no such conversation".into());
-        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
-        let conversation = conversation.to_owned();
-        self.write(move |tx| {
-            let conversation = conversation.clone();
-            Box::pin(async move {
-                let last = query_opt(
-                    tx,
-                    "SELECT last_seq FROM conversations WHERE id = $1",
-                    &[&conversation],
-                )
-                .await?
-                .ok_or_else(not_found)?;
-                let seq = seq.min(u64_col(&last, 0)?);
-                let sql = if is_lo {
-                    "UPDATE conversations SET read_lo = $2 WHERE id = $1 AND read_lo < $2"
-                } else {
-                    "UPDATE conversations SET read_hi = $2 WHERE id = $1 AND read_hi < $2"
-                };
-                let changed = execute(tx, sql, &[&conversation, &to_i64(seq)]).await?;
-                Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
-            })
-        })
-        .await
-    }
-
+#[async_trait]
+impl Streams for PostgresStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         // A connection lost mid-call leaves the outcome unknown, and the call is retried
         // anyway: it is idempotent, a retry of a stored message finds it by its `client_id`
@@ -1135,6 +1102,16 @@ impl MessageStore for PostgresStore {
         .await
     }
 
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
+        // Retried like `append`: a repeated ack finds the cursor already moved and changes
+        // nothing.
+        self.run(move |c| Box::pin(set_cursor_in(c, device_id, pos)))
+            .await
+    }
+}
+
+#[async_trait]
+impl Conversations for PostgresStore {
     async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>> {
         self.run(move |c| {
             Box::pin(async move {
@@ -1223,6 +1200,41 @@ impl MessageStore for PostgresStore {
         .await
     }
 
+    async fn mark_read(
+        &self,
+        user: Id,
+        conversation: &str,
+        seq: u64,
+    ) -> StoreResult<Option<ReadAdvance>> {
+        let not_found = || StoreError::NotFound("no such conversation".into());
+        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
+        let conversation = conversation.to_owned();
+        self.write(move |tx| {
+            let conversation = conversation.clone();
+            Box::pin(async move {
+                let last = query_opt(
+                    tx,
+                    "SELECT last_seq FROM conversations WHERE id = $1",
+                    &[&conversation],
+                )
+                .await?
+                .ok_or_else(not_found)?;
+                let seq = seq.min(u64_col(&last, 0)?);
+                let sql = if is_lo {
+                    "UPDATE conversations SET read_lo = $2 WHERE id = $1 AND read_lo < $2"
+                } else {
+                    "UPDATE conversations SET read_hi = $2 WHERE id = $1 AND read_hi < $2"
+                };
+                let changed = execute(tx, sql, &[&conversation, &to_i64(seq)]).await?;
+                Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
     async fn check(&self) -> StoreResult<()> {
         let probe = async {
             let client = self.client().await?;

@@ -31,9 +31,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, ContactEntry, DeliveredAdvance, DeviceSession, LoginState, MessageStore, NewDevice,
-    NewMessage, ReadAdvance, SeedAccount, Side, StoreError, StoreResult, StreamEntry, UserRecord,
-    conversation_id, side_of,
+    Accounts, Appended, ContactEntry, Contacts, Conversations, DeliveredAdvance, DeviceSession,
+    LoginState, MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount, Side, StoreError,
+    StoreResult, StreamEntry, Streams, UserRecord, conversation_id, side_of,
 };
 
 /// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory);
@@ -1098,7 +1098,7 @@ fn stream_after_in(
 }
 
 #[async_trait]
-impl MessageStore for SqliteStore {
+impl Accounts for SqliteStore {
     async fn create_user(
         &self,
         id: Id,
@@ -1253,12 +1253,10 @@ impl MessageStore for SqliteStore {
         })
         .await
     }
+}
 
-    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
-        self.write(move |conn| set_cursor_in(conn, device_id, pos))
-            .await
-    }
-
+#[async_trait]
+impl Contacts for SqliteStore {
     async fn add_contact(&self, owner: Id, contact: Id, now: i64) -> StoreResult<bool> {
         self.write(move |conn| {
             if !user_exists(conn, contact)? {
@@ -1366,37 +1364,10 @@ impl MessageStore for SqliteStore {
         })
         .await
     }
+}
 
-    async fn mark_read(
-        &self,
-        user: Id,
-        conversation: &str,
-        seq: u64,
-    ) -> StoreResult<Option<ReadAdvance>> {
-        let not_found = || StoreError::NotFound("no such conversation".into());
-        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
-        let conversation = conversation.to_owned();
-        self.write(move |conn| {
-            let last: Option<i64> = conn
-                .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
-                .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
-                .map_err(internal)?;
-            let last = last.ok_or_else(not_found)? as u64;
-            let seq = seq.min(last);
-            let sql = if is_lo {
-                "UPDATE conversations SET read_lo = ?2 WHERE id = ?1 AND read_lo < ?2"
-            } else {
-                "UPDATE conversations SET read_hi = ?2 WHERE id = ?1 AND read_hi < ?2"
-            };
-            let changed = conn
-                .prepare_cached(sql)
-                .and_then(|mut s| s.execute(params![conversation, to_i64(seq)]))
-                .map_err(internal)?;
-            Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
-        })
-        .await
-    }
-
+#[async_trait]
+impl Streams for SqliteStore {
     async fn append(&self, message: NewMessage) -> StoreResult<Appended> {
         self.write_raw(move |w| append_in(w, message)).await
     }
@@ -1415,17 +1386,14 @@ impl MessageStore for SqliteStore {
             .await
     }
 
-    async fn login_state(&self, user: Id, after: u64, limit: usize) -> StoreResult<LoginState> {
-        self.read(move |conn| {
-            Ok(LoginState {
-                head: stream_head_in(conn, user)?,
-                friends: friends_in(conn, user)?,
-                entries: stream_after_in(conn, user, after, limit)?,
-            })
-        })
-        .await
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
+        self.write(move |conn| set_cursor_in(conn, device_id, pos))
+            .await
     }
+}
 
+#[async_trait]
+impl Conversations for SqliteStore {
     async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>> {
         self.read(move |conn| {
             let mut stmt = conn
@@ -1500,6 +1468,50 @@ impl MessageStore for SqliteStore {
             messages.truncate(limit);
             messages.reverse();
             Ok(Some(MessagePage { messages, more }))
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: Id,
+        conversation: &str,
+        seq: u64,
+    ) -> StoreResult<Option<ReadAdvance>> {
+        let not_found = || StoreError::NotFound("no such conversation".into());
+        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
+        let conversation = conversation.to_owned();
+        self.write(move |conn| {
+            let last: Option<i64> = conn
+                .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
+                .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
+                .map_err(internal)?;
+            let last = last.ok_or_else(not_found)? as u64;
+            let seq = seq.min(last);
+            let sql = if is_lo {
+                "UPDATE conversations SET read_lo = ?2 WHERE id = ?1 AND read_lo < ?2"
+            } else {
+                "UPDATE conversations SET read_hi = ?2 WHERE id = ?1 AND read_hi < ?2"
+            };
+            let changed = conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![conversation, to_i64(seq)]))
+                .map_err(internal)?;
+            Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn login_state(&self, user: Id, after: u64, limit: usize) -> StoreResult<LoginState> {
+        self.read(move |conn| {
+            Ok(LoginState {
+                head: stream_head_in(conn, user)?,
+                friends: friends_in(conn, user)?,
+                entries: stream_after_in(conn, user, after, limit)?,
+            })
         })
         .await
     }
