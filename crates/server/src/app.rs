@@ -20,7 +20,7 @@ use crate::presence::redis::RedisPresence;
 use crate::sequencer::Sequencer;
 use crate::store::MessageStore;
 use crate::store::postgres::PostgresStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteMetrics, SqliteOptions, SqliteStore};
 use crate::sync::SyncQueue;
 use crate::sync::memory::MemoryQueue;
 use crate::sync::nats::NatsQueue;
@@ -112,13 +112,16 @@ impl App {
         let store: Arc<dyn MessageStore> = match &config.store {
             StoreConfig::Sqlite => {
                 let dir = config.data_dir.clone();
-                let (batch, wal) = (config.max_commit_batch, config.wal_restart_bytes);
-                let (hist, restarts) = (
-                    metrics.commit_batch_size.clone(),
-                    metrics.wal_restarts.clone(),
-                );
+                let options = SqliteOptions {
+                    max_commit_batch: config.max_commit_batch,
+                    wal_restart_bytes: config.wal_restart_bytes,
+                };
+                let store_metrics = SqliteMetrics {
+                    commit_batch_size: metrics.commit_batch_size.clone(),
+                    wal_restarts: metrics.wal_restarts.clone(),
+                };
                 let store = tokio::task::spawn_blocking(move || {
-                    SqliteStore::open(&dir, batch, wal, hist, restarts)
+                    SqliteStore::open(&dir, options, store_metrics)
                 })
                 .await
                 .map_err(|e| StartError::Backend(e.to_string()))?

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use confab_protocol::Id;
 use confab_server::store::postgres::PostgresStore;
-use confab_server::store::sqlite::SqliteStore;
+use confab_server::store::sqlite::{SqliteMetrics, SqliteOptions, SqliteStore};
 use confab_server::store::{
     DeliveredAdvance, MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount, StoreError,
     conversation_id,
@@ -50,12 +50,12 @@ impl Backend {
             Backend::Sqlite(dir) => {
                 let dir: PathBuf = dir.path().to_owned();
                 let store = tokio::task::spawn_blocking(move || {
-                    let hist =
-                        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b"))
-                            .unwrap();
-                    let wal = confab_server::config::Config::default().wal_restart_bytes;
-                    let restarts = prometheus::IntCounter::new("c", "c").unwrap();
-                    SqliteStore::open(&dir, 64, wal, hist, restarts)
+                    let options = SqliteOptions {
+                        max_commit_batch: 64,
+                        wal_restart_bytes: confab_server::config::Config::default()
+                            .wal_restart_bytes,
+                    };
+                    SqliteStore::open(&dir, options, SqliteMetrics::default())
                 })
                 .await
                 .unwrap()

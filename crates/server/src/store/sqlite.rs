@@ -141,6 +141,38 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// How the embedded store commits and when it starts its WAL over; the server takes both from
+/// its configuration (`Config::max_commit_batch`, `Config::wal_restart_bytes`).
+#[derive(Clone, Copy, Debug)]
+pub struct SqliteOptions {
+    /// Most writes committed in one transaction (one fsync); at least one.
+    pub max_commit_batch: usize,
+    /// WAL frames (bytes) since the WAL last started over past which the checkpointer holds
+    /// the writer for a moment and starts it over.
+    pub wal_restart_bytes: u64,
+}
+
+/// What the embedded store counts, for `/metrics`. The server passes the ones it registered;
+/// [`SqliteMetrics::default`] makes unregistered ones, for tools and tests that read none.
+#[derive(Clone)]
+pub struct SqliteMetrics {
+    /// Writes per commit (per fsync).
+    pub commit_batch_size: Histogram,
+    /// WAL restarts by the checkpointer.
+    pub wal_restarts: IntCounter,
+}
+
+impl Default for SqliteMetrics {
+    fn default() -> Self {
+        let opts = prometheus::HistogramOpts::new("commit_batch_size", "writes per commit");
+        SqliteMetrics {
+            commit_batch_size: Histogram::with_opts(opts).expect("a valid static metric"),
+            wal_restarts: IntCounter::new("wal_restarts", "WAL restarts")
+                .expect("a valid static metric"),
+        }
+    }
+}
+
 /// The embedded SQLite message store.
 pub struct SqliteStore {
     jobs: RwLock<Option<mpsc::Sender<Job>>>,
@@ -198,16 +230,12 @@ fn id_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Id> {
 
 impl SqliteStore {
     /// Opens (creating if needed) `confab.db` in `dir`, applies migrations and starts the writer
-    /// (committing up to `max_batch` writes at once, their count observed in `batch_sizes`) and
-    /// the checkpointer (starting the WAL over past `wal_restart_bytes` of frames, counted in
-    /// `wal_restarts`).
-    pub fn open(
-        dir: &Path,
-        max_batch: usize,
-        wal_restart_bytes: u64,
-        batch_sizes: Histogram,
-        wal_restarts: IntCounter,
-    ) -> StoreResult<Self> {
+    /// and the checkpointer, tuned by `options` and counting in `metrics`.
+    pub fn open(dir: &Path, options: SqliteOptions, metrics: SqliteMetrics) -> StoreResult<Self> {
+        let SqliteOptions {
+            max_commit_batch,
+            wal_restart_bytes,
+        } = options;
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
@@ -250,10 +278,17 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("confab-store-checkpoint".into())
             .spawn(move || {
-                checkpointer(checkpoint_conn, stop, gate, wal_restart_bytes, wal_restarts)
+                checkpointer(
+                    checkpoint_conn,
+                    stop,
+                    gate,
+                    wal_restart_bytes,
+                    metrics.wal_restarts,
+                )
             })
             .map_err(|e| StoreError::Internal(format!("cannot start checkpoint thread: {e}")))?;
-        let max_batch = max_batch.max(1);
+        let max_batch = max_commit_batch.max(1);
+        let batch_sizes = metrics.commit_batch_size;
         let (tx, rx) = mpsc::channel::<Job>(WRITE_QUEUE.max(max_batch));
         let writer = std::thread::Builder::new()
             .name("confab-store-writer".into())
@@ -1780,7 +1815,11 @@ mod tests {
     async fn an_open_store_holds_its_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let first = open_store(dir.path()).await;
-        let second = SqliteStore::open(dir.path(), 16, 1 << 20, histogram(), counter());
+        let options = SqliteOptions {
+            max_commit_batch: 16,
+            wal_restart_bytes: 1 << 20,
+        };
+        let second = SqliteStore::open(dir.path(), options, SqliteMetrics::default());
         match second {
             Err(StoreError::Unavailable(m)) => {
                 assert!(m.contains("in use by another process"), "{m}")
@@ -1802,21 +1841,25 @@ mod tests {
     /// Opens a store in `dir` off the async threads (opening migrates, which blocks).
     async fn open_store_with(
         dir: &Path,
-        max_batch: usize,
+        max_commit_batch: usize,
         wal_restart_bytes: u64,
         restarts: IntCounter,
     ) -> SqliteStore {
         let path = dir.to_owned();
         tokio::task::spawn_blocking(move || {
-            SqliteStore::open(&path, max_batch, wal_restart_bytes, histogram(), restarts)
+            let options = SqliteOptions {
+                max_commit_batch,
+                wal_restart_bytes,
+            };
+            let metrics = SqliteMetrics {
+                wal_restarts: restarts,
+                ..SqliteMetrics::default()
+            };
+            SqliteStore::open(&path, options, metrics)
         })
         .await
         .unwrap()
         .unwrap()
-    }
-
-    fn histogram() -> Histogram {
-        Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap()
     }
 
     fn counter() -> IntCounter {
