@@ -4,6 +4,15 @@
 //! on the wire, and it does no I/O, so the server, the SDK and the benchmark all agree by
 //! construction.
 
+// Numbers cross a boundary here (the wire, SQL's signed 64-bit integers): a cast that wraps
+// or truncates silently would turn a client's value into another one.
+#![deny(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless
+)]
+
 use std::fmt;
 use std::str::FromStr;
 

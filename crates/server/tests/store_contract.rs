@@ -208,6 +208,7 @@ contract!(
     mark_read_is_forward_only_and_clamped,
     conversations_newest_first_with_marks,
     messages_pages_backwards,
+    numbers_past_i64_max_are_not_wrapped,
     last_seen_is_kept,
     seed_accounts_writes_all_or_nothing,
     data_survives_reopen,
@@ -870,6 +871,43 @@ async fn messages_pages_backwards(store: Store, _: &Backend) {
             .unwrap()
             .is_none()
     );
+}
+
+/// SQL holds `i64`; a client may send any `u64` as a bound or a cursor. Past `i64::MAX` such a
+/// number still lies past every stored seq and position: it is never wrapped into a negative
+/// one, which would lie before them all.
+async fn numbers_past_i64_max_are_not_wrapped(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let d = device(&store, 10, b, 1).await;
+    for (id, ts) in [(100, 1), (101, 2), (102, 3)] {
+        send(&store, id, a, b, ts).await;
+    }
+    let ab = conversation_id(a, b);
+    let unbounded = store.messages(a, &ab, None, 10).await.unwrap().unwrap();
+    assert_eq!(unbounded.messages.len(), 3);
+    for huge in [1 << 63, u64::MAX] {
+        let page = store.messages(a, &ab, Some(huge), 10).await.unwrap();
+        assert_eq!(page.as_ref(), Some(&unbounded), "before {huge}");
+        let after = store.stream_after(b, huge, 10).await.unwrap();
+        assert!(after.is_empty(), "after {huge}: {after:?}");
+        let login = store.login_state(b, huge, 10).await.unwrap();
+        assert_eq!(
+            (login.head, login.entries.len()),
+            (3, 0),
+            "login after {huge}"
+        );
+    }
+    let all = store.stream_after(b, 0, usize::MAX).await.unwrap();
+    assert_eq!(positions(&all), [1, 2, 3]);
+    let page = store.messages(a, &ab, None, usize::MAX).await.unwrap();
+    assert_eq!(page.as_ref(), Some(&unbounded));
+    // An ack or a read mark that far ahead stops at the head, at the last message.
+    store.set_cursor(d, u64::MAX).await.unwrap();
+    let session = store.device_by_token(token(1)).await.unwrap().unwrap();
+    assert_eq!(session.cursor, 3);
+    let read = store.mark_read(b, &ab, u64::MAX).await.unwrap();
+    assert_eq!(read.map(|r| r.seq), Some(3));
 }
 
 async fn last_seen_is_kept(store: Store, _: &Backend) {

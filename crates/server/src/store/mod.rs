@@ -11,7 +11,17 @@
 //! Backends: [`sqlite::SqliteStore`] (embedded, default) and [`postgres::PostgresStore`]
 //! (shared by the nodes of a cluster).
 
+// Numbers cross a boundary here (the wire, SQL's signed 64-bit integers): a cast that wraps
+// or truncates silently would turn a client's value into another one.
+#![deny(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless
+)]
+
 pub mod postgres;
+mod sql_integers;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -9,7 +9,8 @@ use deadpool_postgres::Transaction;
 
 use super::PostgresStore;
 use super::retry::{Failure, classify};
-use super::rows::{db, execute, id_col, is_unique_violation, query_opt, u64_col};
+use super::rows::{execute, id_col, is_unique_violation, query_opt, u64_col};
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{
     Accounts, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult, UserRecord,
 };
@@ -32,7 +33,7 @@ async fn seed_in(tx: &Transaction<'_>, accounts: &[SeedAccount]) -> Result<(), F
         )
         .await?;
     for chunk in accounts.chunks(SEED_CHUNK) {
-        let ids: Vec<i64> = chunk.iter().map(|a| db(a.user_id)).collect();
+        let ids: Vec<i64> = chunk.iter().map(|a| id_to_sql(a.user_id)).collect();
         let names: Vec<&str> = chunk.iter().map(|a| a.username.as_str()).collect();
         let keys: Vec<String> = chunk
             .iter()
@@ -52,7 +53,7 @@ async fn seed_in(tx: &Transaction<'_>, accounts: &[SeedAccount]) -> Result<(), F
                     classify(&e)
                 }
             })?;
-        let device_ids: Vec<i64> = chunk.iter().map(|a| db(a.device_id)).collect();
+        let device_ids: Vec<i64> = chunk.iter().map(|a| id_to_sql(a.device_id)).collect();
         let tokens: Vec<&[u8]> = chunk.iter().map(|a| &a.token_hash[..]).collect();
         tx.execute(&devices, &[&device_ids, &ids, &tokens, &nows])
             .await?;
@@ -78,7 +79,7 @@ impl Accounts for PostgresStore {
                     "INSERT INTO users (id, username, username_key, password_hash, created_at)
                      VALUES ($1, $2, $3, $4, $5)",
                     &[
-                        &db(id),
+                        &id_to_sql(id),
                         &username,
                         &username.to_ascii_lowercase(),
                         &hash,
@@ -144,8 +145,8 @@ impl Accounts for PostgresStore {
                     "INSERT INTO devices (id, user_id, name, token_hash, created_at)
                      VALUES ($1, $2, $3, $4, $5)",
                     &[
-                        &db(d.id),
-                        &db(d.user_id),
+                        &id_to_sql(d.id),
+                        &id_to_sql(d.user_id),
                         &d.name,
                         &&d.token_hash[..],
                         &d.now,
@@ -185,7 +186,7 @@ impl Accounts for PostgresStore {
                 execute(
                     tx,
                     "UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                    &[&db(device_id), &now],
+                    &[&id_to_sql(device_id), &now],
                 )
                 .await?;
                 Ok(())

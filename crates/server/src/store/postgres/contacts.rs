@@ -6,12 +6,13 @@ use deadpool_postgres::GenericClient;
 
 use super::PostgresStore;
 use super::retry::PgError;
-use super::rows::{db, execute, id_col, query, query_opt};
+use super::rows::{execute, id_col, query, query_opt};
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{ContactEntry, Contacts, StoreError, StoreResult};
 
 async fn user_exists(c: &impl GenericClient, user: Id) -> Result<bool, PgError> {
     Ok(
-        query_opt(c, "SELECT 1 FROM users WHERE id = $1", &[&db(user)])
+        query_opt(c, "SELECT 1 FROM users WHERE id = $1", &[&id_to_sql(user)])
             .await?
             .is_some(),
     )
@@ -21,7 +22,7 @@ async fn has_contact(c: &impl GenericClient, owner: Id, contact: Id) -> Result<b
     Ok(query_opt(
         c,
         "SELECT 1 FROM contacts WHERE owner = $1 AND contact = $2",
-        &[&db(owner), &db(contact)],
+        &[&id_to_sql(owner), &id_to_sql(contact)],
     )
     .await?
     .is_some())
@@ -39,7 +40,7 @@ impl Contacts for PostgresStore {
                     tx,
                     "INSERT INTO contacts (owner, contact, created_at) VALUES ($1, $2, $3)
                      ON CONFLICT DO NOTHING",
-                    &[&db(owner), &db(contact), &now],
+                    &[&id_to_sql(owner), &id_to_sql(contact), &now],
                 )
                 .await?;
                 Ok(has_contact(tx, contact, owner).await?)
@@ -54,7 +55,7 @@ impl Contacts for PostgresStore {
                 let removed = execute(
                     tx,
                     "DELETE FROM contacts WHERE owner = $1 AND contact = $2",
-                    &[&db(owner), &db(contact)],
+                    &[&id_to_sql(owner), &id_to_sql(contact)],
                 )
                 .await?;
                 Ok(removed > 0 && has_contact(tx, contact, owner).await?)
@@ -77,7 +78,7 @@ impl Contacts for PostgresStore {
                             u.last_seen
                      FROM contacts c JOIN users u ON u.id = c.contact
                      WHERE c.owner = $1 ORDER BY u.username_key",
-                    &[&db(owner)],
+                    &[&id_to_sql(owner)],
                 )
                 .await?;
                 let mut entries = Vec::with_capacity(rows.len());
@@ -107,7 +108,7 @@ impl Contacts for PostgresStore {
                        AND NOT EXISTS (SELECT 1 FROM blocks b
                                        WHERE (b.owner = $1 AND b.blocked = c.contact)
                                           OR (b.owner = c.contact AND b.blocked = $1))",
-                    &[&db(user)],
+                    &[&id_to_sql(user)],
                 )
                 .await?;
                 Ok(rows
@@ -130,14 +131,14 @@ impl Contacts for PostgresStore {
                         tx,
                         "INSERT INTO blocks (owner, blocked, created_at) VALUES ($1, $2, $3)
                          ON CONFLICT DO NOTHING",
-                        &[&db(owner), &db(other), &now],
+                        &[&id_to_sql(owner), &id_to_sql(other), &now],
                     )
                     .await?;
                 } else {
                     execute(
                         tx,
                         "DELETE FROM blocks WHERE owner = $1 AND blocked = $2",
-                        &[&db(owner), &db(other)],
+                        &[&id_to_sql(owner), &id_to_sql(other)],
                     )
                     .await?;
                 }
@@ -154,7 +155,7 @@ impl Contacts for PostgresStore {
                     c,
                     "SELECT 1 FROM blocks WHERE (owner = $1 AND blocked = $2)
                                              OR (owner = $2 AND blocked = $1)",
-                    &[&db(a), &db(b)],
+                    &[&id_to_sql(a), &id_to_sql(b)],
                 )
                 .await?
                 .is_some())
@@ -169,7 +170,7 @@ impl Contacts for PostgresStore {
                 execute(
                     tx,
                     "UPDATE users SET last_seen = GREATEST(last_seen, $2) WHERE id = $1",
-                    &[&db(user), &ts],
+                    &[&id_to_sql(user), &ts],
                 )
                 .await?;
                 Ok(())

@@ -4,9 +4,8 @@ use async_trait::async_trait;
 use confab_protocol::{ConversationSummary, Id, MessagePage};
 
 use super::PostgresStore;
-use super::rows::{
-    MESSAGE_COLUMNS, db, execute, id_col, message_from_row, query, query_opt, to_i64, u64_col,
-};
+use super::rows::{MESSAGE_COLUMNS, execute, id_col, message_from_row, query, query_opt, u64_col};
+use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{Conversations, ReadAdvance, Side, StoreError, StoreResult, side_of};
 
 #[async_trait]
@@ -25,7 +24,7 @@ impl Conversations for PostgresStore {
                          WHERE c.user_lo = $1 OR c.user_hi = $1
                          ORDER BY c.last_ts DESC, m.id DESC"
                     ),
-                    &[&db(user)],
+                    &[&id_to_sql(user)],
                 )
                 .await?;
                 let mut list = Vec::with_capacity(rows.len());
@@ -61,9 +60,9 @@ impl Conversations for PostgresStore {
             return Ok(None);
         }
         let conversation = conversation.to_owned();
-        let before = before.map_or(i64::MAX, to_i64);
+        let before = before.map_or(i64::MAX, count_to_sql);
         // One more than asked tells whether older messages exist.
-        let fetch = limit.min(i64::MAX as usize - 1) as i64 + 1;
+        let fetch = limit_to_sql(limit).saturating_add(1);
         self.run(move |c| {
             let conversation = conversation.clone();
             Box::pin(async move {
@@ -124,7 +123,7 @@ impl Conversations for PostgresStore {
                 } else {
                     "UPDATE conversations SET read_hi = $2 WHERE id = $1 AND read_hi < $2"
                 };
-                let changed = execute(tx, sql, &[&conversation, &to_i64(seq)]).await?;
+                let changed = execute(tx, sql, &[&conversation, &count_to_sql(seq)]).await?;
                 Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
             })
         })

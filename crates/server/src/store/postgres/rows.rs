@@ -7,7 +7,9 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::retry::PgError;
+use super::retry::{Failure, PgError};
+use crate::store::StoreError;
+use crate::store::sql_integers::id_from_sql;
 
 pub(super) const MESSAGE_COLUMNS: &str =
     "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts";
@@ -17,23 +19,23 @@ pub(super) fn is_unique_violation(e: &PgError, constraint: Option<&str>) -> bool
         && (constraint.is_none() || e.as_db_error().and_then(|d| d.constraint()) == constraint)
 }
 
-pub(super) fn to_i64(v: u64) -> i64 {
-    v as i64
-}
-
-pub(super) fn db(id: Id) -> i64 {
-    id.0 as i64
-}
-
 pub(super) fn id_col(row: &Row, i: usize) -> Result<Id, PgError> {
-    Ok(Id(row.try_get::<_, i64>(i)? as u64))
+    row.try_get(i).map(id_from_sql)
 }
 
-pub(super) fn u64_col(row: &Row, i: usize) -> Result<u64, PgError> {
-    Ok(row.try_get::<_, i64>(i)? as u64)
+/// A count (position, seq, cursor, mark) from its column. The store writes none below zero,
+/// so a negative one is a corrupt row, answered as such rather than wrapped.
+pub(super) fn u64_col(row: &Row, i: usize) -> Result<u64, Failure> {
+    let v: i64 = row.try_get(i)?;
+    u64::try_from(v).map_err(|_| {
+        let column = row.columns().get(i).map_or("?", |c| c.name());
+        Failure::Final(StoreError::Internal(format!(
+            "negative count {v} in column {column}"
+        )))
+    })
 }
 
-pub(super) fn message_from_row(row: &Row, at: usize) -> Result<Message, PgError> {
+pub(super) fn message_from_row(row: &Row, at: usize) -> Result<Message, Failure> {
     Ok(Message {
         id: id_col(row, at)?,
         conversation: row.try_get(at + 1)?,

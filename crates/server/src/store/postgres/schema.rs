@@ -239,7 +239,7 @@ impl PostgresStore {
             .await
             .and_then(|r| r.try_get(0))
             .map_err(store_err)?;
-        let version = version.max(0) as usize;
+        let version = usize::try_from(version).unwrap_or(0);
         if version > MIGRATIONS.len() {
             return Err(StoreError::Internal(format!(
                 "database schema version {version} is newer than this confab ({}); upgrade confab",
@@ -248,9 +248,11 @@ impl PostgresStore {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
             tx.batch_execute(sql).await.map_err(store_err)?;
+            let recorded = i32::try_from(i + 1)
+                .map_err(|_| StoreError::Internal("too many migrations".into()))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version) VALUES ($1)",
-                &[&((i + 1) as i32)],
+                &[&recorded],
             )
             .await
             .map_err(store_err)?;

@@ -11,9 +11,10 @@ use deadpool_postgres::GenericClient;
 use super::PostgresStore;
 use super::retry::{Failure, classify};
 use super::rows::{
-    MESSAGE_COLUMNS, db, id_col, is_unique_violation, message_from_row, query, query_one,
-    query_opt, to_i64, u64_col,
+    MESSAGE_COLUMNS, id_col, is_unique_violation, message_from_row, query, query_one, query_opt,
+    u64_col,
 };
+use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{
     Appended, DeliveredAdvance, NewMessage, StoreError, StoreResult, StreamEntry, Streams,
     conversation_id,
@@ -45,7 +46,7 @@ const NO_SUCH_USER: &str = "CF404";
 /// statements, one node stored at most 2,100-2,400 msgs/s, with PostgreSQL taking 1.4 cores
 /// (BENCHMARKS.md).
 pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<Appended, Failure> {
-    let (from, to) = (db(m.from), db(m.to));
+    let (from, to) = (id_to_sql(m.from), id_to_sql(m.to));
     let (lo, hi) = if m.from <= m.to {
         (from, to)
     } else {
@@ -56,7 +57,7 @@ pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<
         c,
         "SELECT * FROM confab_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
-            &db(m.id),
+            &id_to_sql(m.id),
             &from,
             &to,
             &conversation,
@@ -112,7 +113,7 @@ pub(super) async fn set_cursor_in(
     let rows = query(
         c,
         "SELECT * FROM confab_set_cursor($1, $2)",
-        &[&db(device), &to_i64(pos)],
+        &[&id_to_sql(device), &count_to_sql(pos)],
     )
     .await?;
     rows.iter()
@@ -145,7 +146,7 @@ impl Streams for PostgresStore {
                 match query_opt(
                     c,
                     "SELECT stream_head FROM users WHERE id = $1",
-                    &[&db(user)],
+                    &[&id_to_sql(user)],
                 )
                 .await?
                 {
@@ -172,11 +173,7 @@ impl Streams for PostgresStore {
                          JOIN messages m ON m.id = s.message_id
                          WHERE s.user_id = $1 AND s.pos > $2 ORDER BY s.pos LIMIT $3"
                     ),
-                    &[
-                        &db(user),
-                        &to_i64(after),
-                        &(limit.min(i64::MAX as usize) as i64),
-                    ],
+                    &[&id_to_sql(user), &count_to_sql(after), &limit_to_sql(limit)],
                 )
                 .await?;
                 let mut entries = Vec::with_capacity(rows.len());

@@ -146,8 +146,14 @@ async fn nodes_starting_at_once_migrate_once() {
         .query_one("SELECT count(*), max(version) FROM schema_migrations", &[])
         .await
         .unwrap();
-    assert_eq!(row.get::<_, i64>(0), MIGRATIONS.len() as i64);
-    assert_eq!(row.get::<_, i32>(1), MIGRATIONS.len() as i32);
+    assert_eq!(
+        row.get::<_, i64>(0),
+        i64::try_from(MIGRATIONS.len()).unwrap()
+    );
+    assert_eq!(
+        row.get::<_, i32>(1),
+        i32::try_from(MIGRATIONS.len()).unwrap()
+    );
     // A schema from a newer confab is refused, not used.
     c.execute("INSERT INTO schema_migrations (version) VALUES (999)", &[])
         .await
@@ -223,7 +229,7 @@ async fn a_message_updates_its_conversation_in_place() {
     for i in 0..20u64 {
         // A later `ts` each time, so that an index on it would have to change.
         let m = NewMessage {
-            ts: i as i64 + 1,
+            ts: i64::try_from(i).unwrap() + 1,
             ..msg(100 + i, &format!("c{i}"))
         };
         store.append(m).await.unwrap();

@@ -6,7 +6,8 @@ use confab_protocol::{Id, User};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
-use super::rows::{id_col, internal, is_unique_violation, to_i64};
+use super::rows::{id_col, internal, is_unique_violation};
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{
     Accounts, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult, UserRecord,
 };
@@ -28,7 +29,7 @@ impl Accounts for SqliteStore {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    to_i64(id.0),
+                    id_to_sql(id),
                     username,
                     username.to_ascii_lowercase(),
                     hash,
@@ -87,7 +88,7 @@ impl Accounts for SqliteStore {
                 .map_err(internal)?;
             for a in &accounts {
                 user.execute(params![
-                    to_i64(a.user_id.0),
+                    id_to_sql(a.user_id),
                     a.username,
                     a.username.to_ascii_lowercase(),
                     a.password_hash,
@@ -102,8 +103,8 @@ impl Accounts for SqliteStore {
                 })?;
                 device
                     .execute(params![
-                        to_i64(a.device_id.0),
-                        to_i64(a.user_id.0),
+                        id_to_sql(a.device_id),
+                        id_to_sql(a.user_id),
                         &a.token_hash[..],
                         a.now
                     ])
@@ -122,8 +123,8 @@ impl Accounts for SqliteStore {
             )
             .and_then(|mut s| {
                 s.execute(params![
-                    to_i64(d.id.0),
-                    to_i64(d.user_id.0),
+                    id_to_sql(d.id),
+                    id_to_sql(d.user_id),
                     d.name,
                     &d.token_hash[..],
                     d.now
@@ -146,7 +147,7 @@ impl Accounts for SqliteStore {
                     Ok(DeviceSession {
                         user_id: id_col(r, 0)?,
                         device_id: id_col(r, 1)?,
-                        cursor: r.get::<_, i64>(2)? as u64,
+                        cursor: r.get(2)?,
                     })
                 })
                 .optional()
@@ -161,7 +162,7 @@ impl Accounts for SqliteStore {
             conn.prepare_cached(
                 "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
             )
-            .and_then(|mut s| s.execute(params![to_i64(device_id.0), now]))
+            .and_then(|mut s| s.execute(params![id_to_sql(device_id), now]))
             .map_err(internal)?;
             Ok(())
         })

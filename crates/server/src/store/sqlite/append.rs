@@ -6,8 +6,9 @@ use std::sync::Arc;
 use confab_protocol::{Id, Message};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rows::{MESSAGE_COLUMNS, internal, is_unique_violation, message_from_row, to_i64};
+use super::rows::{MESSAGE_COLUMNS, internal, is_unique_violation, message_from_row};
 use super::writer::Writer;
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{Appended, NewMessage, StoreError, StoreResult, conversation_id};
 
 /// The message `sender` already sent with `client_id`, if any.
@@ -16,7 +17,7 @@ fn find_sent(conn: &Connection, sender: Id, client_id: &str) -> StoreResult<Opti
         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_id = ?2"
     ))
     .and_then(|mut s| {
-        s.query_row(params![to_i64(sender.0), client_id], |r| {
+        s.query_row(params![id_to_sql(sender), client_id], |r| {
             message_from_row(r, 0)
         })
         .optional()
@@ -33,7 +34,7 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
         let blocked = w
             .conn
             .prepare_cached("SELECT 1 FROM blocks WHERE owner = ?1 AND blocked = ?2")
-            .and_then(|mut s| s.exists(params![to_i64(m.to.0), to_i64(m.from.0)]))
+            .and_then(|mut s| s.exists(params![id_to_sql(m.to), id_to_sql(m.from)]))
             .map_err(internal)?;
         if blocked {
             // A retry of a message stored before the block still gets its original answer.
@@ -75,7 +76,7 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
                     "INSERT INTO conversations (id, user_lo, user_hi) VALUES (?1, ?2, ?3)
                      ON CONFLICT (id) DO NOTHING",
                 )
-                .and_then(|mut s| s.execute(params![conversation, to_i64(lo.0), to_i64(hi.0)]));
+                .and_then(|mut s| s.execute(params![conversation, id_to_sql(lo), id_to_sql(hi)]));
             if let Err(e) = created {
                 w.poisoned = true;
                 return Err(internal(e));
@@ -97,11 +98,11 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
         )
         .and_then(|mut s| {
             s.execute(params![
-                to_i64(m.id.0),
+                id_to_sql(m.id),
                 conversation,
-                to_i64(seq),
-                to_i64(m.from.0),
-                to_i64(m.to.0),
+                seq,
+                id_to_sql(m.from),
+                id_to_sql(m.to),
                 m.client_id,
                 m.body,
                 m.ts
@@ -125,19 +126,19 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
         )
         .and_then(|mut s| {
             s.execute(params![
-                to_i64(m.to.0),
-                to_i64(recipient_pos),
-                to_i64(m.from.0),
-                to_i64(sender_pos),
-                to_i64(m.id.0)
+                id_to_sql(m.to),
+                recipient_pos,
+                id_to_sql(m.from),
+                sender_pos,
+                id_to_sql(m.id)
             ])
         });
     if let Err(e) = streamed {
         w.poisoned = true;
         return Err(internal(e));
     }
-    w.heads.insert(to_i64(m.to.0), recipient_pos);
-    w.heads.insert(to_i64(m.from.0), sender_pos);
+    w.heads.insert(id_to_sql(m.to), recipient_pos);
+    w.heads.insert(id_to_sql(m.from), sender_pos);
     w.seqs.insert(conversation.clone(), seq);
     Ok(Appended {
         message: Arc::new(Message {

@@ -55,6 +55,8 @@ pub(super) fn checkpointer(
     let page_size: i64 = conn
         .query_row("PRAGMA page_size", [], |r| r.get(0))
         .unwrap_or(4096);
+    // A bound past what SQL counts is never reached.
+    let wal_restart_bytes = i64::try_from(wal_restart_bytes).unwrap_or(i64::MAX);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(200));
         // The row is (busy, frames in the WAL since it last started over, frames copied back).
@@ -73,7 +75,7 @@ pub(super) fn checkpointer(
         // back and the WAL starts over. (Deciding by the file's length, which never shrinks,
         // made every checkpoint a RESTART once the file had grown past the bound once: each
         // stalled the writer for 3-33 ms, the tail of the send latency.)
-        if frames * page_size > wal_restart_bytes as i64 {
+        if frames.saturating_mul(page_size) > wal_restart_bytes {
             gate.restart_with_writer_held(|| {
                 match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
                     Ok(0) => restarts.inc(),

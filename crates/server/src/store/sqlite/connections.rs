@@ -14,7 +14,7 @@ const STATEMENT_CACHE: usize = 64;
 
 /// Page cache of each pooled reader, KiB. Every commit empties a WAL reader's cache, so a
 /// big one mostly holds pages that are stale by the next read; the OS caches the file anyway.
-const READER_CACHE_KIB: usize = 256;
+const READER_CACHE_KIB: i64 = 256;
 
 /// How long a connection (the writer, the checkpointer, a reader) waits for a lock another holds.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -25,7 +25,7 @@ const BUSY_RETRY: std::time::Duration = std::time::Duration::from_micros(100);
 /// The writer's and the checkpointer's busy handler: retry every [`BUSY_RETRY`] until
 /// [`BUSY_TIMEOUT`].
 pub(super) fn busy_retry(tries: i32) -> bool {
-    if BUSY_RETRY * tries.max(0) as u32 >= BUSY_TIMEOUT {
+    if BUSY_RETRY * u32::try_from(tries).unwrap_or(0) >= BUSY_TIMEOUT {
         return false;
     }
     std::thread::sleep(BUSY_RETRY);
@@ -73,7 +73,7 @@ pub(super) fn open_reader(path: &Path) -> StoreResult<Connection> {
     .map_err(|e| StoreError::Unavailable(format!("cannot open reader: {e}")))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(internal)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    conn.pragma_update(None, "cache_size", -(READER_CACHE_KIB as i64))
+    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
         .map_err(internal)?;
     Ok(conn)
 }

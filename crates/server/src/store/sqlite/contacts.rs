@@ -6,19 +6,20 @@ use confab_protocol::Id;
 use rusqlite::{Connection, params};
 
 use super::SqliteStore;
-use super::rows::{id_col, internal, to_i64};
+use super::rows::{id_col, internal};
 use super::writer::in_savepoint;
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{ContactEntry, Contacts, StoreError, StoreResult};
 
 fn user_exists(conn: &Connection, user: Id) -> StoreResult<bool> {
     conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")
-        .and_then(|mut s| s.exists(params![to_i64(user.0)]))
+        .and_then(|mut s| s.exists(params![id_to_sql(user)]))
         .map_err(internal)
 }
 
 fn has_contact(conn: &Connection, owner: Id, contact: Id) -> StoreResult<bool> {
     conn.prepare_cached("SELECT 1 FROM contacts WHERE owner = ?1 AND contact = ?2")
-        .and_then(|mut s| s.exists(params![to_i64(owner.0), to_i64(contact.0)]))
+        .and_then(|mut s| s.exists(params![id_to_sql(owner), id_to_sql(contact)]))
         .map_err(internal)
 }
 
@@ -34,7 +35,7 @@ pub(super) fn friends_in(conn: &Connection, user: Id) -> StoreResult<Vec<Id>> {
         )
         .map_err(internal)?;
     let rows = stmt
-        .query_map(params![to_i64(user.0)], |r| id_col(r, 0))
+        .query_map(params![id_to_sql(user)], |r| id_col(r, 0))
         .map_err(internal)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(internal)
 }
@@ -50,7 +51,7 @@ impl Contacts for SqliteStore {
                 "INSERT INTO contacts (owner, contact, created_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT DO NOTHING",
             )
-            .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(contact.0), now]))
+            .and_then(|mut s| s.execute(params![id_to_sql(owner), id_to_sql(contact), now]))
             .map_err(internal)?;
             has_contact(conn, contact, owner)
         })
@@ -61,7 +62,7 @@ impl Contacts for SqliteStore {
         self.write(move |conn| {
             let removed = conn
                 .prepare_cached("DELETE FROM contacts WHERE owner = ?1 AND contact = ?2")
-                .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(contact.0)]))
+                .and_then(|mut s| s.execute(params![id_to_sql(owner), id_to_sql(contact)]))
                 .map_err(internal)?;
             Ok(removed > 0 && has_contact(conn, contact, owner)?)
         })
@@ -84,7 +85,7 @@ impl Contacts for SqliteStore {
                 )
                 .map_err(internal)?;
             let rows = stmt
-                .query_map(params![to_i64(owner.0)], |r| {
+                .query_map(params![id_to_sql(owner)], |r| {
                     Ok(ContactEntry {
                         user_id: id_col(r, 0)?,
                         username: r.get(1)?,
@@ -119,7 +120,7 @@ impl Contacts for SqliteStore {
                     "DELETE FROM blocks WHERE owner = ?1 AND blocked = ?2 AND ?3 = ?3"
                 };
                 conn.prepare_cached(sql)
-                    .and_then(|mut s| s.execute(params![to_i64(owner.0), to_i64(other.0), now]))
+                    .and_then(|mut s| s.execute(params![id_to_sql(owner), id_to_sql(other), now]))
                     .map_err(internal)?;
                 Ok(())
             })
@@ -133,7 +134,7 @@ impl Contacts for SqliteStore {
                 "SELECT 1 FROM blocks WHERE (owner = ?1 AND blocked = ?2)
                                          OR (owner = ?2 AND blocked = ?1)",
             )
-            .and_then(|mut s| s.exists(params![to_i64(a.0), to_i64(b.0)]))
+            .and_then(|mut s| s.exists(params![id_to_sql(a), id_to_sql(b)]))
             .map_err(internal)
         })
         .await
@@ -142,7 +143,7 @@ impl Contacts for SqliteStore {
     async fn set_last_seen(&self, user: Id, ts: i64) -> StoreResult<()> {
         self.write(move |conn| {
             conn.prepare_cached("UPDATE users SET last_seen = max(last_seen, ?2) WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![to_i64(user.0), ts]))
+                .and_then(|mut s| s.execute(params![id_to_sql(user), ts]))
                 .map_err(internal)?;
             Ok(())
         })

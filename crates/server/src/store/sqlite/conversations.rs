@@ -7,7 +7,8 @@ use confab_protocol::{ConversationSummary, Id, MessagePage};
 use rusqlite::params;
 
 use super::SqliteStore;
-use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row, to_i64};
+use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
+use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{Conversations, ReadAdvance, Side, StoreError, StoreResult, side_of};
 
 #[async_trait]
@@ -27,10 +28,10 @@ impl Conversations for SqliteStore {
                 ))
                 .map_err(internal)?;
             let rows = stmt
-                .query_map(params![to_i64(user.0)], |r| {
+                .query_map(params![id_to_sql(user)], |r| {
                     let lo = id_col(r, 1)?;
                     let hi = id_col(r, 2)?;
-                    let col = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                    let col = |i| r.get::<_, u64>(i);
                     let (read_lo, read_hi, del_lo, del_hi) = (col(4)?, col(5)?, col(6)?, col(7)?);
                     let i_am_lo = lo == user;
                     Ok(ConversationSummary {
@@ -68,7 +69,7 @@ impl Conversations for SqliteStore {
             if !exists {
                 return Ok(None);
             }
-            let before = before.map_or(i64::MAX, to_i64);
+            let before = before.map_or(i64::MAX, count_to_sql);
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
@@ -76,9 +77,10 @@ impl Conversations for SqliteStore {
                 ))
                 .map_err(internal)?;
             let mut messages = stmt
-                .query_map(params![conversation, before, limit as i64 + 1], |r| {
-                    message_from_row(r, 0)
-                })
+                .query_map(
+                    params![conversation, before, limit_to_sql(limit).saturating_add(1)],
+                    |r| message_from_row(r, 0),
+                )
                 .map_err(internal)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(internal)?;
@@ -100,11 +102,11 @@ impl Conversations for SqliteStore {
         let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
         let conversation = conversation.to_owned();
         self.write(move |conn| {
-            let last: Option<i64> = conn
+            let last: Option<u64> = conn
                 .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
                 .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
                 .map_err(internal)?;
-            let last = last.ok_or_else(not_found)? as u64;
+            let last = last.ok_or_else(not_found)?;
             let seq = seq.min(last);
             let sql = if is_lo {
                 "UPDATE conversations SET read_lo = ?2 WHERE id = ?1 AND read_lo < ?2"
@@ -113,7 +115,7 @@ impl Conversations for SqliteStore {
             };
             let changed = conn
                 .prepare_cached(sql)
-                .and_then(|mut s| s.execute(params![conversation, to_i64(seq)]))
+                .and_then(|mut s| s.execute(params![conversation, seq]))
                 .map_err(internal)?;
             Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
         })

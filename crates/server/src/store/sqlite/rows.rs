@@ -4,6 +4,7 @@
 use confab_protocol::{Id, Message};
 
 use crate::store::StoreError;
+use crate::store::sql_integers::id_from_sql;
 
 pub(super) fn internal(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(e.to_string())
@@ -15,12 +16,8 @@ pub(super) fn is_unique_violation(e: &rusqlite::Error) -> bool {
             || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
-pub(super) fn to_i64(v: u64) -> i64 {
-    v as i64
-}
-
 pub(super) fn id_col(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Id> {
-    Ok(Id(row.get::<_, i64>(i)? as u64))
+    row.get(i).map(id_from_sql)
 }
 
 pub(super) const MESSAGE_COLUMNS: &str =
@@ -30,7 +27,7 @@ pub(super) fn message_from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::
     Ok(Message {
         id: id_col(row, at)?,
         conversation: row.get(at + 1)?,
-        seq: row.get::<_, i64>(at + 2)? as u64,
+        seq: row.get(at + 2)?,
         from: id_col(row, at + 3)?,
         to: id_col(row, at + 4)?,
         body: row.get(at + 5)?,

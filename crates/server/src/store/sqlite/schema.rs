@@ -93,8 +93,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     let version: usize = conn
-        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
-        .map_err(internal)? as usize;
+        .pragma_query_value(None, "user_version", |r| r.get::<_, usize>(0))
+        .map_err(internal)?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Internal(format!(
             "database schema version {version} is newer than this confab ({}); upgrade confab",
@@ -104,7 +104,7 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction().map_err(internal)?;
         tx.execute_batch(sql).map_err(internal)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+        tx.pragma_update(None, "user_version", i + 1)
             .map_err(internal)?;
         tx.commit().map_err(internal)?;
         tracing::info!(version = i + 1, "applied store migration");

@@ -7,7 +7,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use super::append::append_in;
-use super::rows::{MESSAGE_COLUMNS, internal, message_from_row, to_i64};
+use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
+use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{Appended, DeliveredAdvance, NewMessage, StoreResult, StreamEntry, Streams};
 
 /// An ack, in the writer's transaction: see [`Streams::set_cursor`].
@@ -19,7 +20,7 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
              FROM devices d WHERE d.id = ?1",
         )
         .and_then(|mut s| {
-            s.query_row(params![to_i64(device.0)], |r| {
+            s.query_row(params![id_to_sql(device)], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()
@@ -28,15 +29,15 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
     let Some((user, old, head)) = row else {
         return Ok(Vec::new());
     };
-    let new = to_i64(pos).min(head);
+    let new = count_to_sql(pos).min(head);
     if new <= old {
         return Ok(Vec::new());
     }
     conn.prepare_cached("UPDATE devices SET cursor = ?2 WHERE id = ?1")
-        .and_then(|mut s| s.execute(params![to_i64(device.0), new]))
+        .and_then(|mut s| s.execute(params![id_to_sql(device), new]))
         .map_err(internal)?;
     // The highest received seq per conversation in the newly acknowledged range.
-    let received: Vec<(String, i64, i64)> = conn
+    let received: Vec<(String, Id, u64)> = conn
         .prepare_cached(
             "SELECT m.conversation, m.sender, max(m.seq) FROM stream s
              JOIN messages m ON m.id = s.message_id
@@ -45,7 +46,7 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
         )
         .and_then(|mut s| {
             s.query_map(params![user, old, new], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, id_col(r, 1)?, r.get(2)?))
             })?
             .collect()
         })
@@ -68,8 +69,8 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
         {
             advanced.push(DeliveredAdvance {
                 conversation,
-                peer: Id(sender as u64),
-                seq: seq as u64,
+                peer: sender,
+                seq,
             });
         }
     }
@@ -78,8 +79,8 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
 
 pub(super) fn stream_head_in(conn: &Connection, user: Id) -> StoreResult<u64> {
     conn.prepare_cached("SELECT max(pos) FROM stream WHERE user_id = ?1")
-        .and_then(|mut s| s.query_row(params![to_i64(user.0)], |r| r.get::<_, Option<i64>>(0)))
-        .map(|v| v.unwrap_or(0) as u64)
+        .and_then(|mut s| s.query_row(params![id_to_sql(user)], |r| r.get::<_, Option<u64>>(0)))
+        .map(|v| v.unwrap_or(0))
         .map_err(internal)
 }
 
@@ -101,12 +102,15 @@ pub(super) fn stream_after_in(
         ))
         .map_err(internal)?;
     let rows = stmt
-        .query_map(params![to_i64(user.0), to_i64(after), limit as i64], |r| {
-            Ok(StreamEntry {
-                pos: r.get::<_, i64>(0)? as u64,
-                message: message_from_row(r, 1)?,
-            })
-        })
+        .query_map(
+            params![id_to_sql(user), count_to_sql(after), limit_to_sql(limit)],
+            |r| {
+                Ok(StreamEntry {
+                    pos: r.get(0)?,
+                    message: message_from_row(r, 1)?,
+                })
+            },
+        )
         .map_err(internal)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(internal)
 }

@@ -12,10 +12,11 @@ use rusqlite::{Connection, params};
 use super::checkpoint::WalGate;
 use super::connections::open_reader;
 use super::read_pool::READ_POOL;
-use super::rows::{MESSAGE_COLUMNS, internal, to_i64};
+use super::rows::{MESSAGE_COLUMNS, internal};
 use super::schema::{MIGRATIONS, migrate};
 use super::streams::stream_after_in;
 use super::{SqliteMetrics, SqliteOptions, SqliteStore};
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{
     Accounts, Conversations, MessageStore, NewMessage, StoreError, StoreResult, Streams,
     conversation_id,
@@ -30,8 +31,8 @@ fn catch_up_statement_is_prepared_once() {
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     migrate(&mut conn).unwrap();
     let reader = open_reader(&path).unwrap();
-    for after in 0..5 {
-        stream_after_in(&reader, Id(1), after, 10 + after as usize).unwrap();
+    for after in 0..5u8 {
+        stream_after_in(&reader, Id(1), u64::from(after), 10 + usize::from(after)).unwrap();
     }
     let sql = format!(
         "SELECT s.pos, {MESSAGE_COLUMNS} FROM stream s
@@ -168,7 +169,7 @@ async fn a_write_failing_halfway_rolls_back_and_its_retry_is_stored_once() {
         other
             .execute(
                 "INSERT INTO stream (user_id, pos, message_id) VALUES (?1, 2, 10)",
-                params![to_i64(b.0)],
+                params![id_to_sql(b)],
             )
             .unwrap();
     }

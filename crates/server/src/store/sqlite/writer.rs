@@ -12,7 +12,8 @@ use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
 use super::checkpoint::WalGate;
-use super::rows::{internal, to_i64};
+use super::rows::internal;
+use crate::store::sql_integers::id_to_sql;
 use crate::store::{StoreError, StoreResult};
 
 /// Jobs waiting for the writer beyond which callers wait (backpressure instead of memory);
@@ -110,7 +111,7 @@ impl Writer {
                 .conn
                 .prepare_cached("SELECT DISTINCT owner FROM blocks LIMIT ?1")
                 .and_then(|mut s| {
-                    s.query_map(params![(WRITER_CACHE + 1) as i64], |r| r.get(0))?
+                    s.query_map(params![WRITER_CACHE + 1], |r| r.get(0))?
                         .collect()
                 })
                 .map_err(internal)?;
@@ -121,7 +122,7 @@ impl Writer {
             };
         }
         Ok(match &self.blockers {
-            Blockers::Known(owners) => owners.contains(&to_i64(user.0)),
+            Blockers::Known(owners) => owners.contains(&id_to_sql(user)),
             Blockers::Unloaded | Blockers::TooMany => true,
         })
     }
@@ -130,7 +131,7 @@ impl Writer {
     /// (a rolled-back or removed block costs a lookup), never less.
     pub(super) fn note_blocker(&mut self, owner: Id) {
         if let Blockers::Known(owners) = &mut self.blockers {
-            owners.insert(to_i64(owner.0));
+            owners.insert(id_to_sql(owner));
             if owners.len() > WRITER_CACHE {
                 self.blockers = Blockers::TooMany;
             }
@@ -139,11 +140,11 @@ impl Writer {
 
     /// The user's stream head, or `None` if there is no such user.
     pub(super) fn head(&mut self, user: Id) -> StoreResult<Option<u64>> {
-        let key = to_i64(user.0);
+        let key = id_to_sql(user);
         if let Some(head) = self.heads.get(&key) {
             return Ok(Some(*head));
         }
-        let row: (Option<i64>, Option<i64>) = self
+        let row: (Option<i64>, Option<u64>) = self
             .conn
             .prepare_cached(
                 "SELECT (SELECT 1 FROM users WHERE id = ?1),
@@ -154,7 +155,7 @@ impl Writer {
         if row.0.is_none() {
             return Ok(None);
         }
-        let head = row.1.unwrap_or(0) as u64;
+        let head = row.1.unwrap_or(0);
         self.heads.insert(key, head);
         Ok(Some(head))
     }
@@ -164,15 +165,15 @@ impl Writer {
         if let Some(seq) = self.seqs.get(conversation) {
             return Ok(Some(*seq));
         }
-        let last: Option<i64> = self
+        let last: Option<u64> = self
             .conn
             .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
             .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
             .map_err(internal)?;
-        Ok(last.map(|seq| {
-            self.seqs.insert(conversation.to_owned(), seq as u64);
-            seq as u64
-        }))
+        if let Some(seq) = last {
+            self.seqs.insert(conversation.to_owned(), seq);
+        }
+        Ok(last)
     }
 
     /// Keeps the caches bounded; called between transactions, when they hold only
