@@ -4,6 +4,15 @@
 //! on the wire, and it does no I/O, so the server, the SDK and the benchmark all agree by
 //! construction.
 
+// Numbers cross a boundary here (the wire, SQL's signed 64-bit integers): a cast that wraps
+// or truncates silently would turn a client's value into another one.
+#![deny(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless
+)]
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -52,8 +61,8 @@ pub fn conversation_members(conversation: &str) -> Option<(Id, Id)> {
 
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = itoa_buf(self.0);
-        s.serialize_str(buf.as_str_mut())
+        // Every frame carries ids: formatting on the stack spares an allocation for each.
+        s.serialize_str(itoa::Buffer::new().format(self.0))
     }
 }
 
@@ -63,33 +72,6 @@ impl<'de> Deserialize<'de> for Id {
         s.parse()
             .map_err(|_| serde::de::Error::custom("expected a decimal 64-bit id in a string"))
     }
-}
-
-/// Stack buffer for formatting a `u64` without allocating.
-struct ItoaBuf {
-    bytes: [u8; 20],
-    start: usize,
-}
-
-impl ItoaBuf {
-    fn as_str_mut(&mut self) -> &str {
-        // Only ASCII digits are ever written.
-        std::str::from_utf8(&self.bytes[self.start..]).unwrap_or("0")
-    }
-}
-
-fn itoa_buf(mut v: u64) -> ItoaBuf {
-    let mut bytes = [0u8; 20];
-    let mut i = 20;
-    loop {
-        i -= 1;
-        bytes[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    ItoaBuf { bytes, start: i }
 }
 
 /// Error codes shared by HTTP and WebSocket errors. Clients branch on these, never on messages.

@@ -170,10 +170,10 @@ pub struct GatewayConfig {
     pub resync_interval: Duration,
 }
 
-/// The embedded store's settings.
+/// The embedded store's settings (what `SqliteStore::open` takes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqliteConfig {
-    /// Most writes committed in one transaction (one fsync).
+    /// Most writes committed in one transaction (one fsync); at least one.
     pub max_commit_batch: usize,
     /// WAL frames (bytes) since the WAL last started over past which the checkpointer holds
     /// the writer for a moment and starts it over; the WAL file on disk stays near this size.

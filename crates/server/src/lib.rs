@@ -10,6 +10,16 @@
 //! - [`wiring`]: the backends the configuration names; [`server`]: serving and shutdown;
 //!   [`jobs`]: background work; [`state`]: the shared handles
 
+// Ids, positions and counts cross boundaries here (the wire, SQL's signed 64-bit integers,
+// the sequencer's bit fields): a cast that wraps or truncates silently would turn a client's
+// value into another one. Conversions say what happens when a value does not fit.
+#![deny(
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_lossless
+)]
+
 pub mod admin;
 pub mod api;
 pub mod auth;

@@ -20,7 +20,7 @@ use crate::sequencer::lease::NodeLease;
 use crate::state::App;
 use crate::store::MessageStore;
 use crate::store::postgres::PostgresStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sqlite::{SqliteMetrics, SqliteStore};
 use crate::sync::SyncQueue;
 use crate::sync::memory::MemoryQueue;
 use crate::sync::nats::NatsQueue;
@@ -156,21 +156,16 @@ async fn open_store(
 ) -> Result<Arc<dyn MessageStore>, StartError> {
     Ok(match &config.store {
         StoreConfig::Sqlite => {
-            let dir = config.data_dir.clone();
-            let (batch, wal) = (
-                config.sqlite.max_commit_batch,
-                config.sqlite.wal_restart_bytes,
-            );
-            let (hist, restarts) = (
-                metrics.commit_batch_size.clone(),
-                metrics.wal_restarts.clone(),
-            );
-            let store = tokio::task::spawn_blocking(move || {
-                SqliteStore::open(&dir, batch, wal, hist, restarts)
-            })
-            .await
-            .map_err(|e| StartError::Backend(e.to_string()))?
-            .map_err(|e| StartError::Backend(e.to_string()))?;
+            let (dir, options) = (config.data_dir.clone(), config.sqlite.clone());
+            let metrics = SqliteMetrics {
+                commit_batch_size: metrics.commit_batch_size.clone(),
+                wal_restarts: metrics.wal_restarts.clone(),
+            };
+            let store =
+                tokio::task::spawn_blocking(move || SqliteStore::open(&dir, options, metrics))
+                    .await
+                    .map_err(|e| StartError::Backend(e.to_string()))?
+                    .map_err(|e| StartError::Backend(e.to_string()))?;
             Arc::new(store)
         }
         StoreConfig::Postgres(url) => Arc::new(

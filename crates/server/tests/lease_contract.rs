@@ -77,7 +77,10 @@ async fn no_lease_when_every_id_is_taken() {
     let _: () = taken.query_async(&mut conn).await.unwrap();
     let result = NodeLease::acquire(&url, &cluster, LEASE_TTL).await;
     assert!(
-        matches!(result, Err(confab_server::sequencer::lease::LeaseError::Exhausted)),
+        matches!(
+            result,
+            Err(confab_server::sequencer::lease::LeaseError::Exhausted)
+        ),
         "{:?}",
         result.map(|l| l.node_id())
     );

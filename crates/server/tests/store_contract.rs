@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use confab_protocol::Id;
+use confab_server::config::SqliteConfig;
 use confab_server::store::postgres::PostgresStore;
-use confab_server::store::sqlite::SqliteStore;
+use confab_server::store::sqlite::{SqliteMetrics, SqliteStore};
 use confab_server::store::{
     DeliveredAdvance, MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount, StoreError,
     conversation_id,
@@ -46,14 +47,11 @@ impl Backend {
             Backend::Sqlite(dir) => {
                 let dir: PathBuf = dir.path().to_owned();
                 let store = tokio::task::spawn_blocking(move || {
-                    let hist =
-                        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b"))
-                            .unwrap();
-                    let wal = confab_server::config::Config::default()
-                        .sqlite
-                        .wal_restart_bytes;
-                    let restarts = prometheus::IntCounter::new("c", "c").unwrap();
-                    SqliteStore::open(&dir, 64, wal, hist, restarts)
+                    let options = SqliteConfig {
+                        max_commit_batch: 64,
+                        ..SqliteConfig::default()
+                    };
+                    SqliteStore::open(&dir, options, SqliteMetrics::default())
                 })
                 .await
                 .unwrap()
@@ -117,6 +115,7 @@ contract!(
     mark_read_is_forward_only_and_clamped,
     conversations_newest_first_with_marks,
     messages_pages_backwards,
+    numbers_past_i64_max_are_not_wrapped,
     last_seen_is_kept,
     seed_accounts_writes_all_or_nothing,
     data_survives_reopen,
@@ -187,7 +186,9 @@ async fn create_user_conflicts_ignoring_case(store: Store, _: &Backend) {
         assert!(matches!(err, StoreError::Conflict(_)), "{name}: {err:?}");
     }
     store.create_user(Id(3), "bob2", "h", 1).await.unwrap();
-    assert!(store.user_by_id(Id(2)).await.unwrap().is_none());
+    // The refused id has no account: nobody can add it as a contact.
+    let err = store.add_contact(Id(3), Id(2), 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
 async fn users_by_name_and_id(store: Store, _: &Backend) {
@@ -204,15 +205,23 @@ async fn users_by_name_and_id(store: Store, _: &Backend) {
         Id(7)
     );
     assert!(store.user_by_name("alice").await.unwrap().is_none());
-    let u = store.user_by_id(Id(7)).await.unwrap().expect("found");
-    assert_eq!(u.username, "Alice.B");
-    assert!(store.user_by_id(Id(8)).await.unwrap().is_none());
+    // By id: an existing account can be added as a contact and is listed with its name; an
+    // unknown one cannot.
+    let owner = user(&store, 9, "owner").await;
+    store.add_contact(owner, Id(7), 1).await.unwrap();
+    let err = store.add_contact(owner, Id(8), 1).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
     // Ids use the whole u64 range.
     let big = u64::MAX - 3;
     store.create_user(Id(big), "big", "h", 1).await.unwrap();
+    store.add_contact(owner, Id(big), 1).await.unwrap();
+    let listed = store.contacts(owner).await.unwrap();
     assert_eq!(
-        store.user_by_id(Id(big)).await.unwrap().unwrap().user_id,
-        Id(big)
+        listed
+            .iter()
+            .map(|c| (c.user_id, c.username.as_str()))
+            .collect::<Vec<_>>(),
+        [(Id(7), "Alice.B"), (Id(big), "big")]
     );
     assert_eq!(
         store.user_by_name("big").await.unwrap().unwrap().id,
@@ -771,6 +780,43 @@ async fn messages_pages_backwards(store: Store, _: &Backend) {
     );
 }
 
+/// SQL holds `i64`; a client may send any `u64` as a bound or a cursor. Past `i64::MAX` such a
+/// number still lies past every stored seq and position: it is never wrapped into a negative
+/// one, which would lie before them all.
+async fn numbers_past_i64_max_are_not_wrapped(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let d = device(&store, 10, b, 1).await;
+    for (id, ts) in [(100, 1), (101, 2), (102, 3)] {
+        send(&store, id, a, b, ts).await;
+    }
+    let ab = conversation_id(a, b);
+    let unbounded = store.messages(a, &ab, None, 10).await.unwrap().unwrap();
+    assert_eq!(unbounded.messages.len(), 3);
+    for huge in [1 << 63, u64::MAX] {
+        let page = store.messages(a, &ab, Some(huge), 10).await.unwrap();
+        assert_eq!(page.as_ref(), Some(&unbounded), "before {huge}");
+        let after = store.stream_after(b, huge, 10).await.unwrap();
+        assert!(after.is_empty(), "after {huge}: {after:?}");
+        let login = store.login_state(b, huge, 10).await.unwrap();
+        assert_eq!(
+            (login.head, login.entries.len()),
+            (3, 0),
+            "login after {huge}"
+        );
+    }
+    let all = store.stream_after(b, 0, usize::MAX).await.unwrap();
+    assert_eq!(positions(&all), [1, 2, 3]);
+    let page = store.messages(a, &ab, None, usize::MAX).await.unwrap();
+    assert_eq!(page.as_ref(), Some(&unbounded));
+    // An ack or a read mark that far ahead stops at the head, at the last message.
+    store.set_cursor(d, u64::MAX).await.unwrap();
+    let session = store.device_by_token(token(1)).await.unwrap().unwrap();
+    assert_eq!(session.cursor, 3);
+    let read = store.mark_read(b, &ab, u64::MAX).await.unwrap();
+    assert_eq!(read.map(|r| r.seq), Some(3));
+}
+
 async fn last_seen_is_kept(store: Store, _: &Backend) {
     let a = user(&store, 1, "alice").await;
     let b = user(&store, 2, "bob").await;
@@ -849,7 +895,7 @@ async fn data_survives_reopen(store: Store, backend: &Backend) {
         .unwrap();
     store.set_last_seen(b, 77).await.unwrap();
     store.close().await;
-    let err = store.user_by_id(a).await.unwrap_err();
+    let err = store.user_by_name("alice").await.unwrap_err();
     assert!(
         matches!(err, StoreError::Unavailable(_)),
         "after close: {err:?}"

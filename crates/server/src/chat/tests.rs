@@ -75,14 +75,11 @@ struct Fixture {
 async fn fixture(sync_is_node_local: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
-    let config = crate::config::SqliteConfig::default();
     let store: Arc<dyn MessageStore> = Arc::new(
         SqliteStore::open(
             dir.path(),
-            config.max_commit_batch,
-            config.wal_restart_bytes,
-            metrics.commit_batch_size.clone(),
-            metrics.wal_restarts.clone(),
+            crate::config::SqliteConfig::default(),
+            crate::store::sqlite::SqliteMetrics::default(),
         )
         .unwrap(),
     );

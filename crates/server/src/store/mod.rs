@@ -11,7 +11,11 @@
 //! Backends: [`sqlite::SqliteStore`] (embedded, default) and [`postgres::PostgresStore`]
 //! (shared by the nodes of a cluster).
 
+// Numbers cross a boundary here (the wire, SQL's signed 64-bit integers): the casts that
+// could wrap or truncate are denied for the whole server, at its root.
+
 pub mod postgres;
+mod sql_integers;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -93,7 +97,7 @@ pub struct NewMessage {
     pub ts: i64,
 }
 
-/// The outcome of [`MessageStore::append`].
+/// The outcome of [`Streams::append`].
 #[derive(Clone, Debug)]
 pub struct Appended {
     /// The stored message; on a duplicate, the one stored the first time.
@@ -130,10 +134,10 @@ pub struct StreamEntry {
 pub struct LoginState {
     /// The head of the user's stream.
     pub head: u64,
-    /// The user's friends, as [`MessageStore::friends`].
+    /// The user's friends, as [`Contacts::friends`].
     pub friends: Vec<Id>,
     /// The first page of the stream after the resume position, as
-    /// [`MessageStore::stream_after`].
+    /// [`Streams::stream_after`].
     pub entries: Vec<StreamEntry>,
 }
 
@@ -195,18 +199,41 @@ pub fn side_of(conversation: &str, user: Id) -> Option<Side> {
     }
 }
 
-/// What every message store provides. Operations are at the level of chat, not of rows.
+/// What every message store provides: the operations of [`Accounts`], [`Contacts`],
+/// [`Streams`] and [`Conversations`], a socket's start, and the store's own lifecycle.
+/// Operations are at the level of chat, not of rows. The server holds a store as
+/// `Arc<dyn MessageStore>`; the groups are traits of their own so that each states the
+/// guarantees of its part, and so that a caller can say which part it uses.
 ///
-/// Guarantees every backend must keep (the contract tests check them):
-/// - A write that returned `Ok` is durable: it survives `kill -9` of the process right after.
-/// - `append` is atomic and idempotent by `(from, client_id)`, also across restarts: a repeat
-///   returns the first message and writes nothing. `seq` per conversation starts at 1 and grows
-///   by exactly 1; stream positions per user likewise; both under any number of concurrent
-///   appends.
-/// - `stream_after(user, p, n)` returns entries in position order with no gaps, and a position
-///   is visible only once every lower position of that user is.
+/// Guarantee every backend must keep for every operation (the contract tests check it): a
+/// write that returned `Ok` is durable, it survives `kill -9` of the process right after.
 #[async_trait]
-pub trait MessageStore: Send + Sync + 'static {
+pub trait MessageStore:
+    Accounts + Contacts + Streams + Conversations + Send + Sync + 'static
+{
+    /// A socket's start, in one round trip where the backend can: the stream head, the
+    /// friends, and up to `limit` stream entries after `after`. It reads both [`Streams`] and
+    /// [`Contacts`], so it belongs to the whole store.
+    async fn login_state(&self, user: Id, after: u64, limit: usize) -> StoreResult<LoginState> {
+        Ok(LoginState {
+            head: self.stream_head(user).await?,
+            friends: self.friends(user).await?,
+            entries: self.stream_after(user, after, limit).await?,
+        })
+    }
+
+    /// Succeeds when the backend is reachable and writable.
+    async fn check(&self) -> StoreResult<()>;
+    /// Finishes every accepted write and releases the backend. Later calls fail `Unavailable`.
+    async fn close(&self);
+}
+
+/// Accounts and their devices: who may log in, and which bearer token is whose.
+///
+/// Usernames are unique ignoring ASCII case; a token is stored only as its hash, and a
+/// revoked device is never found by it again.
+#[async_trait]
+pub trait Accounts: Send + Sync {
     /// Creates an account. `Conflict` if the username is taken, ignoring ASCII case.
     async fn create_user(
         &self,
@@ -217,7 +244,6 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> StoreResult<User>;
     /// Finds an account by username, ignoring ASCII case.
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
-    async fn user_by_id(&self, id: Id) -> StoreResult<Option<User>>;
 
     /// Creates many accounts, each with one device, in as few transactions as the backend
     /// allows. `Conflict` (and nothing of that chunk written) if a username is taken.
@@ -228,12 +254,14 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>>;
     /// Revokes a device's token. Idempotent.
     async fn revoke_device(&self, device_id: Id, now: i64) -> StoreResult<()>;
-    /// Moves a device's cursor forward to `pos` (never back, never past the stream's head),
-    /// and with it the user's delivered mark of each conversation with a message received in
-    /// the acknowledged range. Returns the marks that advanced (each advance once, whichever
-    /// device acknowledged first).
-    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>>;
+}
 
+/// Who knows whom: contacts, blocks and when each user was last online. Together they decide
+/// where presence flows ([`Contacts::friends`]) and whose messages a user refuses.
+///
+/// Every change is idempotent.
+#[async_trait]
+pub trait Contacts: Send + Sync {
     /// Adds `contact` to `owner`'s contacts (idempotent). Returns whether they are now mutual.
     /// `NotFound` if `contact` does not exist.
     async fn add_contact(&self, owner: Id, contact: Id, now: i64) -> StoreResult<bool>;
@@ -249,24 +277,20 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn blocked_between(&self, a: Id, b: Id) -> StoreResult<bool>;
     /// Records when `user` was last online.
     async fn set_last_seen(&self, user: Id, ts: i64) -> StoreResult<()>;
-    /// Advances `user`'s read mark in `conversation` to `seq` (clamped to the last message).
-    /// `None` if it did not move forward; `NotFound` if `user` is not a participant.
-    async fn mark_read(
-        &self,
-        user: Id,
-        conversation: &str,
-        seq: u64,
-    ) -> StoreResult<Option<ReadAdvance>>;
+}
 
-    /// Whether an `append` runs elsewhere (a writer thread) and holds nothing of the store's
-    /// while its future waits to be polled. Only then may a socket poll its sends itself
-    /// instead of giving each a task: a send left unpolled along with a busy socket's task
-    /// would hold what it has taken meanwhile (in PostgreSQL a pooled connection, checked out
-    /// until the future finishes).
-    fn appends_run_unpolled(&self) -> bool {
-        false
-    }
-
+/// Each user's stream and the devices' cursors in it: how a message is stored, and how every
+/// device catches up.
+///
+/// Guarantees every backend must keep (the contract tests check them):
+/// - `append` is atomic and idempotent by `(from, client_id)`, also across restarts: a repeat
+///   returns the first message and writes nothing. `seq` per conversation starts at 1 and grows
+///   by exactly 1; stream positions per user likewise; both under any number of concurrent
+///   appends.
+/// - `stream_after(user, p, n)` returns entries in position order with no gaps, and a position
+///   is visible only once every lower position of that user is.
+#[async_trait]
+pub trait Streams: Send + Sync {
     /// Stores a message in its conversation and in both participants' streams.
     /// `NotFound` if the recipient does not exist, `Forbidden` if the recipient blocks the
     /// sender (checked in the same transaction).
@@ -280,17 +304,19 @@ pub trait MessageStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> StoreResult<Vec<StreamEntry>>;
+    /// Moves a device's cursor forward to `pos` (never back, never past the stream's head),
+    /// and with it the user's delivered mark of each conversation with a message received in
+    /// the acknowledged range. Returns the marks that advanced (each advance once, whichever
+    /// device acknowledged first).
+    async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>>;
+}
 
-    /// A socket's start, in one round trip where the backend can: the stream head, the
-    /// friends, and up to `limit` stream entries after `after`.
-    async fn login_state(&self, user: Id, after: u64, limit: usize) -> StoreResult<LoginState> {
-        Ok(LoginState {
-            head: self.stream_head(user).await?,
-            friends: self.friends(user).await?,
-            entries: self.stream_after(user, after, limit).await?,
-        })
-    }
-
+/// Conversations as a user browses them: the list, pages of history, and read marks.
+///
+/// A user who is not one of a conversation's two participants learns nothing of it: the
+/// answer is the same as for a conversation that does not exist.
+#[async_trait]
+pub trait Conversations: Send + Sync {
     /// The user's conversations, newest activity first.
     async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>>;
     /// A page of a conversation's messages, ascending; `None` if `user` is not a participant
@@ -302,11 +328,14 @@ pub trait MessageStore: Send + Sync + 'static {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Option<MessagePage>>;
-
-    /// Succeeds when the backend is reachable and writable.
-    async fn check(&self) -> StoreResult<()>;
-    /// Finishes every accepted write and releases the backend. Later calls fail `Unavailable`.
-    async fn close(&self);
+    /// Advances `user`'s read mark in `conversation` to `seq` (clamped to the last message).
+    /// `None` if it did not move forward; `NotFound` if `user` is not a participant.
+    async fn mark_read(
+        &self,
+        user: Id,
+        conversation: &str,
+        seq: u64,
+    ) -> StoreResult<Option<ReadAdvance>>;
 }
 
 #[cfg(test)]

@@ -34,17 +34,6 @@ pub enum SyncEvent {
     },
 }
 
-impl SyncEvent {
-    /// The users whose sockets this event is for.
-    pub fn users(&self) -> Vec<Id> {
-        match self {
-            SyncEvent::Message { positions, .. } => vec![positions[0].0, positions[1].0],
-            SyncEvent::DeviceRevoked { user, .. } => vec![*user],
-            SyncEvent::Ephemeral { to, .. } => to.clone(),
-        }
-    }
-}
-
 /// Why the queue failed.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SyncError {

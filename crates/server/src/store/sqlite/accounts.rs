@@ -1,0 +1,171 @@
+//! [`Accounts`] on SQLite: users and devices, each write in a savepoint of its own on the
+//! writer.
+
+use async_trait::async_trait;
+use confab_protocol::{Id, User};
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteStore;
+use super::rows::{id_col, internal, is_unique_violation};
+use crate::store::sql_integers::id_to_sql;
+use crate::store::{
+    Accounts, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult, UserRecord,
+};
+
+#[async_trait]
+impl Accounts for SqliteStore {
+    async fn create_user(
+        &self,
+        id: Id,
+        username: &str,
+        password_hash: &str,
+        now: i64,
+    ) -> StoreResult<User> {
+        let (username, hash) = (username.to_owned(), password_hash.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO users (id, username, username_key, password_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id_to_sql(id),
+                    username,
+                    username.to_ascii_lowercase(),
+                    hash,
+                    now
+                ])
+            })
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("username {username:?} is taken"))
+                } else {
+                    internal(e)
+                }
+            })?;
+            Ok(User {
+                user_id: id,
+                username,
+            })
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let key = username.to_ascii_lowercase();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, username, password_hash FROM users WHERE username_key = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![key], |r| {
+                    Ok(UserRecord {
+                        id: id_col(r, 0)?,
+                        username: r.get(1)?,
+                        password_hash: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
+        self.write(move |conn| {
+            let mut user = conn
+                .prepare_cached(
+                    "INSERT INTO users (id, username, username_key, password_hash, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(internal)?;
+            let mut device = conn
+                .prepare_cached(
+                    "INSERT INTO devices (id, user_id, name, token_hash, created_at)
+                     VALUES (?1, ?2, 'seed', ?3, ?4)",
+                )
+                .map_err(internal)?;
+            for a in &accounts {
+                user.execute(params![
+                    id_to_sql(a.user_id),
+                    a.username,
+                    a.username.to_ascii_lowercase(),
+                    a.password_hash,
+                    a.now
+                ])
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict(format!("username {:?} is taken", a.username))
+                    } else {
+                        internal(e)
+                    }
+                })?;
+                device
+                    .execute(params![
+                        id_to_sql(a.device_id),
+                        id_to_sql(a.user_id),
+                        &a.token_hash[..],
+                        a.now
+                    ])
+                    .map_err(internal)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_device(&self, d: NewDevice) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO devices (id, user_id, name, token_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id_to_sql(d.id),
+                    id_to_sql(d.user_id),
+                    d.name,
+                    &d.token_hash[..],
+                    d.now
+                ])
+            })
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>> {
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT user_id, id, cursor FROM devices
+                 WHERE token_hash = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![&token_hash[..]], |r| {
+                    Ok(DeviceSession {
+                        user_id: id_col(r, 0)?,
+                        device_id: id_col(r, 1)?,
+                        cursor: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, device_id: Id, now: i64) -> StoreResult<()> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut s| s.execute(params![id_to_sql(device_id), now]))
+            .map_err(internal)?;
+            Ok(())
+        })
+        .await
+    }
+}

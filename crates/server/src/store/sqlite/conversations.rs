@@ -1,0 +1,124 @@
+//! [`Conversations`] on SQLite: the conversation list, pages of history and read marks. A
+//! conversation's last `seq` is read off the messages index (`max(seq)`), not kept in a column
+//! (migration 3).
+
+use async_trait::async_trait;
+use confab_protocol::{ConversationSummary, Id, MessagePage};
+use rusqlite::params;
+
+use super::SqliteStore;
+use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
+use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
+use crate::store::{Conversations, ReadAdvance, Side, StoreError, StoreResult, side_of};
+
+#[async_trait]
+impl Conversations for SqliteStore {
+    async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT c.id, c.user_lo, c.user_hi, m.seq,
+                            c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi,
+                            {MESSAGE_COLUMNS}
+                     FROM conversations c
+                     JOIN messages m ON m.conversation = c.id AND m.seq =
+                         (SELECT max(seq) FROM messages WHERE conversation = c.id)
+                     WHERE c.user_lo = ?1 OR c.user_hi = ?1
+                     ORDER BY m.id DESC"
+                ))
+                .map_err(internal)?;
+            let rows = stmt
+                .query_map(params![id_to_sql(user)], |r| {
+                    let lo = id_col(r, 1)?;
+                    let hi = id_col(r, 2)?;
+                    let col = |i| r.get::<_, u64>(i);
+                    let (read_lo, read_hi, del_lo, del_hi) = (col(4)?, col(5)?, col(6)?, col(7)?);
+                    let i_am_lo = lo == user;
+                    Ok(ConversationSummary {
+                        conversation: r.get(0)?,
+                        peer: if i_am_lo { hi } else { lo },
+                        last_seq: col(3)?,
+                        last_message: Some(message_from_row(r, 8)?),
+                        read_seq: if i_am_lo { read_lo } else { read_hi },
+                        peer_read_seq: if i_am_lo { read_hi } else { read_lo },
+                        peer_delivered_seq: if i_am_lo { del_hi } else { del_lo },
+                    })
+                })
+                .map_err(internal)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+        })
+        .await
+    }
+
+    async fn messages(
+        &self,
+        user: Id,
+        conversation: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<MessagePage>> {
+        if side_of(conversation, user).is_none() {
+            return Ok(None);
+        }
+        let conversation = conversation.to_owned();
+        self.read(move |conn| {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM conversations WHERE id = ?1")
+                .and_then(|mut s| s.exists(params![conversation]))
+                .map_err(internal)?;
+            if !exists {
+                return Ok(None);
+            }
+            let before = before.map_or(i64::MAX, count_to_sql);
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m
+                     WHERE m.conversation = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT +?3"
+                ))
+                .map_err(internal)?;
+            let mut messages = stmt
+                .query_map(
+                    params![conversation, before, limit_to_sql(limit).saturating_add(1)],
+                    |r| message_from_row(r, 0),
+                )
+                .map_err(internal)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(internal)?;
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            messages.reverse();
+            Ok(Some(MessagePage { messages, more }))
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: Id,
+        conversation: &str,
+        seq: u64,
+    ) -> StoreResult<Option<ReadAdvance>> {
+        let not_found = || StoreError::NotFound("no such conversation".into());
+        let Side { is_lo, peer } = side_of(conversation, user).ok_or_else(not_found)?;
+        let conversation = conversation.to_owned();
+        self.write(move |conn| {
+            let last: Option<u64> = conn
+                .prepare_cached("SELECT max(seq) FROM messages WHERE conversation = ?1")
+                .and_then(|mut s| s.query_row(params![conversation], |r| r.get(0)))
+                .map_err(internal)?;
+            let last = last.ok_or_else(not_found)?;
+            let seq = seq.min(last);
+            let sql = if is_lo {
+                "UPDATE conversations SET read_lo = ?2 WHERE id = ?1 AND read_lo < ?2"
+            } else {
+                "UPDATE conversations SET read_hi = ?2 WHERE id = ?1 AND read_hi < ?2"
+            };
+            let changed = conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute(params![conversation, seq]))
+                .map_err(internal)?;
+            Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
+        })
+        .await
+    }
+}

@@ -1,0 +1,113 @@
+//! The embedded store's schema, as the migrations applied when it opens. Kept apart from the
+//! code that reads and writes the tables, so that a change of schema reads as one diff here.
+
+use rusqlite::Connection;
+
+use super::rows::internal;
+use crate::store::{StoreError, StoreResult};
+
+/// Schema versions, applied in order and recorded in `PRAGMA user_version`. Append new
+/// migrations; never edit one that has shipped.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: accounts, devices, conversations, messages, per-user streams.
+    r#"
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        username      TEXT    NOT NULL,
+        username_key  TEXT    NOT NULL UNIQUE,
+        password_hash TEXT    NOT NULL,
+        created_at    INTEGER NOT NULL,
+        stream_head   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE devices (
+        id          INTEGER PRIMARY KEY,
+        user_id     INTEGER NOT NULL REFERENCES users(id),
+        name        TEXT,
+        token_hash  BLOB    NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER,
+        cursor      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX devices_user ON devices(user_id);
+    CREATE TABLE conversations (
+        id            TEXT    PRIMARY KEY,
+        user_lo       INTEGER NOT NULL,
+        user_hi       INTEGER NOT NULL,
+        last_seq      INTEGER NOT NULL,
+        last_ts       INTEGER NOT NULL,
+        read_lo       INTEGER NOT NULL DEFAULT 0,
+        read_hi       INTEGER NOT NULL DEFAULT 0,
+        delivered_lo  INTEGER NOT NULL DEFAULT 0,
+        delivered_hi  INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE INDEX conversations_lo ON conversations(user_lo, last_ts);
+    CREATE INDEX conversations_hi ON conversations(user_hi, last_ts);
+    CREATE TABLE messages (
+        id            INTEGER PRIMARY KEY,
+        conversation  TEXT    NOT NULL,
+        seq           INTEGER NOT NULL,
+        sender        INTEGER NOT NULL,
+        recipient     INTEGER NOT NULL,
+        client_id     TEXT    NOT NULL,
+        body          TEXT    NOT NULL,
+        ts            INTEGER NOT NULL,
+        UNIQUE (conversation, seq),
+        UNIQUE (sender, client_id)
+    );
+    CREATE TABLE stream (
+        user_id    INTEGER NOT NULL,
+        pos        INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, pos)
+    ) WITHOUT ROWID;
+    "#,
+    // 2: contacts, blocks, last seen.
+    r#"
+    CREATE TABLE contacts (
+        owner      INTEGER NOT NULL,
+        contact    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, contact)
+    ) WITHOUT ROWID;
+    CREATE TABLE blocks (
+        owner      INTEGER NOT NULL,
+        blocked    INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, blocked)
+    ) WITHOUT ROWID;
+    ALTER TABLE users ADD COLUMN last_seen INTEGER NOT NULL DEFAULT 0;
+    "#,
+    // 3: a message writes only its own rows. Heads and last seqs are read off the stream and
+    // message indexes (`max(pos)`, `max(seq)`) instead of being rewritten per message, which
+    // also rewrote two conversation indexes keyed by the last message's time.
+    r#"
+    DROP INDEX conversations_lo;
+    DROP INDEX conversations_hi;
+    CREATE INDEX conversations_lo ON conversations(user_lo);
+    CREATE INDEX conversations_hi ON conversations(user_hi);
+    ALTER TABLE conversations DROP COLUMN last_seq;
+    ALTER TABLE conversations DROP COLUMN last_ts;
+    ALTER TABLE users DROP COLUMN stream_head;
+    "#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let version: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, usize>(0))
+        .map_err(internal)?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Internal(format!(
+            "database schema version {version} is newer than this confab ({}); upgrade confab",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction().map_err(internal)?;
+        tx.execute_batch(sql).map_err(internal)?;
+        tx.pragma_update(None, "user_version", i + 1)
+            .map_err(internal)?;
+        tx.commit().map_err(internal)?;
+        tracing::info!(version = i + 1, "applied store migration");
+    }
+    Ok(())
+}
