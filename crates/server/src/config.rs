@@ -116,7 +116,7 @@ pub struct Config {
     /// stays near this size. Each restart holds the writer (1-13 ms with 10,000 users at
     /// 10,000 msgs/s, 8-64 ms at 25,000); at 25,000 msgs/s (~10 KB of WAL per message) 64 MiB
     /// restarted four times a second, and 256 MiB took the p90 from 23-48 to 10-22 ms
-    /// (BENCHMARKS.md).
+    /// (docs/benchmarks/history.md).
     pub wal_restart_bytes: u64,
     /// Connections in the PostgreSQL pool.
     pub postgres_pool: usize,

@@ -940,7 +940,7 @@ impl Conn {
     /// Starts a `send`. Where the store's append needs no polling to go on (its transaction
     /// runs on a writer thread) the socket polls the send itself; elsewhere it gets its own
     /// task. With a task per message (spawn, join handle, two wake-ups) the embedded server
-    /// delivered 15-19 % less at its peak (BENCHMARKS.md).
+    /// delivered 15-19 % less at its peak (docs/benchmarks/history.md).
     fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
         let work = send_message(self.app.clone(), self.session.user_id, to, client_id, body);
         if self.app.store.appends_run_unpolled() {

@@ -623,7 +623,7 @@ const NO_SUCH_USER: &str = "CF404";
 /// The function runs these steps server-side because each statement sent from here costs a
 /// round trip and PostgreSQL's per-statement work: as a client-side transaction of eight
 /// statements, one node stored at most 2,100-2,400 msgs/s, with PostgreSQL taking 1.4 cores
-/// (BENCHMARKS.md).
+/// (docs/benchmarks/history.md).
 async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<Appended, Failure> {
     let (from, to) = (db(m.from), db(m.to));
     let (lo, hi) = if m.from <= m.to {
