@@ -211,7 +211,7 @@ fn main() -> ExitCode {
 /// (`madvise`) on its arenas, and the kernel then zeroes a whole 2 MiB page at the first touch
 /// of any byte of it: while 19,000 sockets connected that zeroing was 15 % of the server's
 /// CPU, and it held 10 MiB more of memory at rest. Nothing here gains from the fewer TLB
-/// misses huge pages buy a big, densely used heap (BENCHMARKS.md has the runs).
+/// misses huge pages buy a big, densely used heap (docs/benchmarks/history.md has the runs).
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {

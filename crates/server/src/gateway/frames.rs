@@ -116,7 +116,7 @@ impl Conn {
     /// Starts a `send`. Where the store's appends need no polling to go on (the wiring says
     /// so: SQLite runs them on its writer thread) the socket polls the send itself; elsewhere
     /// it gets its own task. A task per message (spawn, join handle, two wake-ups) cost the
-    /// embedded server a sixth of its peak rate (BENCHMARKS.md).
+    /// embedded server a sixth of its peak rate (docs/benchmarks/history.md).
     fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
         let (chat, from) = (self.gateway.chat.clone(), self.session.user_id);
         let work = async move {

@@ -43,8 +43,7 @@ const NO_SUCH_USER: &str = "CF404";
 ///
 /// The function runs these steps server-side because each statement sent from here costs a
 /// round trip and PostgreSQL's per-statement work: as a client-side transaction of eight
-/// statements, one node stored at most 2,100-2,400 msgs/s, with PostgreSQL taking 1.4 cores
-/// (BENCHMARKS.md).
+/// statements a node stored a fraction as much (docs/benchmarks/history.md has the runs).
 pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<Appended, Failure> {
     let (from, to) = (id_to_sql(m.from), id_to_sql(m.to));
     let (lo, hi) = if m.from <= m.to {
