@@ -21,6 +21,7 @@ use super::order::Order;
 use super::queue::{QueueReceiver, TryRecvError};
 use super::{CATCH_UP_PAGE, Gateway, close};
 use crate::store::{DeviceSession, LoginState};
+
 /// Ready events and replies a socket gathers into one write after the one it woke for.
 const COALESCE: usize = 64;
 

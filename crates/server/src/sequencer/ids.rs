@@ -37,22 +37,20 @@ pub struct IdSource {
 impl IdSource {
     /// Ids for a node id fixed by configuration (a single node, or a cluster without Redis).
     pub fn fixed(node: u16) -> Self {
-        Self::from_sequencer(Sequencer::new(node))
+        Self::new(Sequencer::new(node), None)
     }
 
     /// Ids for the node id `lease` holds.
     pub fn leased(lease: NodeLease) -> Self {
-        let source = Self::from_sequencer(Sequencer::new(lease.node_id()));
-        *source.lease.try_lock().expect("a new mutex is free") = Some(lease);
-        source
+        Self::new(Sequencer::new(lease.node_id()), Some(lease))
     }
 
-    /// Ids from `sequencer` (tests give it a fake clock).
-    pub fn from_sequencer(sequencer: Sequencer) -> Self {
+    /// Ids from `sequencer`, whose node id `lease` holds if there is one.
+    pub fn new(sequencer: Sequencer, lease: Option<NodeLease>) -> Self {
         IdSource {
             sequencer,
             usable: AtomicBool::new(true),
-            lease: tokio::sync::Mutex::new(None),
+            lease: tokio::sync::Mutex::new(lease),
         }
     }
 
