@@ -6,8 +6,9 @@
 //! `ttl / 3` with a compare-and-set script (`PEXPIRE` only if the value is still its token).
 //! [`NodeLease::lost`] is cancelled when a renewal finds the key gone or owned by another
 //! token, or when no renewal has succeeded for 90 % of the ttl (the key may be about to
-//! expire and be claimed by another node); the node must then stop making ids. A lease is
-//! never regained: the process should restart (and lease a fresh id). [`NodeLease::release`]
+//! expire and be claimed by another node); the node must then stop making ids. A lost lease
+//! is never regained: the node leases a fresh id instead (`jobs.rs`, `keep_lease`, which
+//! switches the [`super::IdSource`] to it). [`NodeLease::release`]
 //! deletes the key if it is still ours, so a clean restart can reuse the id at once; a node
 //! that dies leaves the key to expire after `ttl`.
 //!
