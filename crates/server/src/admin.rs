@@ -3,12 +3,12 @@
 use confab_protocol::Id;
 use serde::{Deserialize, Serialize};
 
-use crate::state::App;
-use crate::time::now_ms;
 use crate::auth::{new_token, validate_password, validate_username};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::state::App;
 use crate::store::SeedAccount;
+use crate::time::now_ms;
 
 /// Accounts written per store transaction while seeding.
 const SEED_CHUNK: usize = 5_000;

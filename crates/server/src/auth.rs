@@ -130,7 +130,10 @@ pub fn validate_password(password: &str) -> Result<()> {
 
 /// `Authorization: Bearer <token>`, if present.
 pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -94,19 +94,16 @@ fn fit_connections_to_open_files(config: &mut Config) -> Result<(), StartError> 
 }
 
 /// Serves until `stop` is cancelled, then shuts down gracefully.
-pub async fn serve(listener: TcpListener, node: Node, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    node: Node,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let Node { app, gateway, jobs } = node;
     let router = crate::api::routes(app.clone()).merge(crate::gateway::routes(gateway.clone()));
     let jobs = jobs.start(&app, &gateway);
     let connections = TaskTracker::new();
-    accept(
-        listener,
-        router,
-        app.http_timeout,
-        &connections,
-        &stop,
-    )
-    .await;
+    accept(listener, router, app.http_timeout, &connections, &stop).await;
     app.shutdown.cancel();
     gateway.close_all();
     // Requests in progress finish and idle connections close (see `accept`). A connection
@@ -233,4 +230,3 @@ async fn serve_connection<Io>(
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
-

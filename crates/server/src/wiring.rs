@@ -150,11 +150,17 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
     Ok(Node { app, gateway, jobs })
 }
 
-async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn MessageStore>, StartError> {
+async fn open_store(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<dyn MessageStore>, StartError> {
     Ok(match &config.store {
         StoreConfig::Sqlite => {
             let dir = config.data_dir.clone();
-            let (batch, wal) = (config.sqlite.max_commit_batch, config.sqlite.wal_restart_bytes);
+            let (batch, wal) = (
+                config.sqlite.max_commit_batch,
+                config.sqlite.wal_restart_bytes,
+            );
             let (hist, restarts) = (
                 metrics.commit_batch_size.clone(),
                 metrics.wal_restarts.clone(),

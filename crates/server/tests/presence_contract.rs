@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use confab_protocol::{Id, Presence, PresenceStatus};
-use confab_server::sequencer::lease::NodeLease;
 use confab_server::presence::PresenceService;
 use confab_server::presence::memory::MemoryPresence;
 use confab_server::presence::redis::RedisPresence;
+use confab_server::sequencer::lease::NodeLease;
 
 fn redis_url() -> Option<String> {
     let url = std::env::var("CONFAB_TEST_REDIS")
@@ -471,7 +471,10 @@ async fn no_lease_when_every_id_is_taken() {
     let _: () = taken.query_async(&mut conn).await.unwrap();
     let result = NodeLease::acquire(&url, &cluster, LEASE_TTL).await;
     assert!(
-        matches!(result, Err(confab_server::sequencer::lease::LeaseError::Exhausted)),
+        matches!(
+            result,
+            Err(confab_server::sequencer::lease::LeaseError::Exhausted)
+        ),
         "{:?}",
         result.map(|l| l.node_id())
     );

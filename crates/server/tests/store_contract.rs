@@ -53,7 +53,9 @@ impl Backend {
                     let hist =
                         prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("b", "b"))
                             .unwrap();
-                    let wal = confab_server::config::Config::default().sqlite.wal_restart_bytes;
+                    let wal = confab_server::config::Config::default()
+                        .sqlite
+                        .wal_restart_bytes;
                     let restarts = prometheus::IntCounter::new("c", "c").unwrap();
                     SqliteStore::open(&dir, 64, wal, hist, restarts)
                 })

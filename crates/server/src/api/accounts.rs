@@ -106,7 +106,10 @@ pub(super) async fn create_session(
     ))
 }
 
-pub(super) async fn delete_session(State(app): State<Arc<App>>, caller: Caller) -> Result<StatusCode> {
+pub(super) async fn delete_session(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> Result<StatusCode> {
     app.chat.revoke_device(caller.user, caller.device).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,7 +12,10 @@ use crate::error::{Error, Result};
 use crate::state::App;
 use crate::time::now_ms;
 
-pub(super) async fn list_contacts(State(app): State<Arc<App>>, caller: Caller) -> Result<Json<Contacts>> {
+pub(super) async fn list_contacts(
+    State(app): State<Arc<App>>,
+    caller: Caller,
+) -> Result<Json<Contacts>> {
     let entries = app.store.contacts(caller.user).await?;
     // Presence only for friends: mutual, and no block either way.
     let friends: Vec<Id> = entries
@@ -81,4 +84,3 @@ pub(super) async fn unblock(
     }
     Ok(StatusCode::NO_CONTENT)
 }
-

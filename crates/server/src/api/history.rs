@@ -55,4 +55,3 @@ pub(super) async fn list_messages(
         .ok_or_else(|| Error::not_found("no such conversation"))?;
     Ok(Json(page))
 }
-

@@ -367,7 +367,12 @@ async fn revoking_a_device_closes_its_sockets_here_and_on_every_node() {
     f.chat.revoke_device(f.a, device.device_id).await.unwrap();
     assert!(f.store.device_by_token([9; 32]).await.unwrap().is_none());
     let here = f.sockets.delivered.lock().unwrap().clone();
-    assert!(matches!(here.as_slice(), [SyncEvent::DeviceRevoked { user, device: d }] if *user == f.a && *d == device.device_id));
+    assert!(
+        matches!(here.as_slice(), [SyncEvent::DeviceRevoked { user, device: d }] if *user == f.a && *d == device.device_id)
+    );
     let everywhere = f.sync.take();
-    assert!(matches!(everywhere.as_slice(), [SyncEvent::DeviceRevoked { .. }]));
+    assert!(matches!(
+        everywhere.as_slice(),
+        [SyncEvent::DeviceRevoked { .. }]
+    ));
 }

@@ -20,9 +20,11 @@ impl Conn {
     /// client seeing it.
     pub(super) fn deliver(&mut self, message: Arc<MessageFrame>, pos: u64) {
         let out = &mut self.out;
-        let offered = self.order.offer(pos, message, Instant::now(), |pos, message| {
-            out.push(WsMessage::Text(Utf8Bytes::from(message.with_cursor(pos))));
-        });
+        let offered = self
+            .order
+            .offer(pos, message, Instant::now(), |pos, message| {
+                out.push(WsMessage::Text(Utf8Bytes::from(message.with_cursor(pos))));
+            });
         if offered == Offered::Full {
             self.want(Work::FillGap);
         }
@@ -42,7 +44,11 @@ impl Conn {
     }
 
     /// Reads from the store everything up to the highest held event, then drops the held ones.
-    pub(super) async fn fill_gap(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
+    pub(super) async fn fill_gap(
+        &mut self,
+        io: &mut Io,
+        inflight: &mut Replies,
+    ) -> Result<(), Stop> {
         let Some(upto) = self.order.gap_upto() else {
             self.order.clear_held();
             return Ok(());
@@ -71,7 +77,8 @@ impl Conn {
         loop {
             let last = self.order.last();
             let want = upto.map_or(CATCH_UP_PAGE, |u| {
-                usize::try_from(u.saturating_sub(last)).map_or(CATCH_UP_PAGE, |n| n.min(CATCH_UP_PAGE))
+                usize::try_from(u.saturating_sub(last))
+                    .map_or(CATCH_UP_PAGE, |n| n.min(CATCH_UP_PAGE))
             });
             if want == 0 {
                 break;

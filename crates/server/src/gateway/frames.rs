@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_protocol::{ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame};
+use confab_protocol::{
+    ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -163,7 +165,8 @@ impl Conn {
                 }
                 None => {
                     let (sender, receiver) = watch::channel(pos);
-                    let task = tokio::spawn(ack_writer(self.gateway.clone(), self.session, receiver));
+                    let task =
+                        tokio::spawn(ack_writer(self.gateway.clone(), self.session, receiver));
                     self.acks = Some((sender, task));
                 }
             }

@@ -129,7 +129,11 @@ pub(super) async fn login(
     if gateway.shutdown.is_cancelled() {
         return Err(Some((close::GOING_AWAY, "server shutting down")));
     }
-    let login = match gateway.store.login_state(user, start_pos, CATCH_UP_PAGE).await {
+    let login = match gateway
+        .store
+        .login_state(user, start_pos, CATCH_UP_PAGE)
+        .await
+    {
         Ok(login) if start_pos > login.head => {
             let _ = io
                 .send(&ServerFrame::error(
@@ -174,4 +178,3 @@ pub(super) fn parse_cursor(c: &str) -> Option<u64> {
     }
     c.parse().ok()
 }
-

@@ -412,7 +412,11 @@ impl Conn {
     /// Writes the queued frames in one go. Polled by hand rather than through `feed` and
     /// `flush` futures: this future's state is part of every socket's task for its life.
     /// Replies that finish meanwhile go out in the same write.
-    pub(super) async fn write_out(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
+    pub(super) async fn write_out(
+        &mut self,
+        io: &mut Io,
+        inflight: &mut Replies,
+    ) -> Result<(), Stop> {
         let (out, ws) = (&mut self.out, &mut *io.ws);
         let mut next = 0;
         std::future::poll_fn(|cx| {
@@ -475,7 +479,9 @@ pub(super) fn transport_error(e: axum::Error) -> Stop {
 /// PostgreSQL) for every other node. Once a `send` is read it also completes, stored and
 /// published, even if the socket closes meanwhile; the client's retry with the same
 /// `client_id` then finds it.
-pub(super) fn detached(work: impl Future<Output = Option<ServerFrame>> + Send + 'static) -> Pending {
+pub(super) fn detached(
+    work: impl Future<Output = Option<ServerFrame>> + Send + 'static,
+) -> Pending {
     let task = tokio::spawn(work);
     Box::pin(async move {
         task.await.unwrap_or_else(|e| {
@@ -488,4 +494,3 @@ pub(super) fn detached(work: impl Future<Output = Option<ServerFrame>> + Send + 
         })
     })
 }
-

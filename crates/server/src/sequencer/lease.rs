@@ -26,8 +26,8 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::presence::redis::connect_manager;
 use super::snowflake::MAX_NODE;
+use crate::presence::redis::connect_manager;
 
 /// Claims the lowest free id. ARGV: key prefix, token, ttl ms, highest id. Returns the id or -1.
 const CLAIM: &str = r"
