@@ -13,7 +13,7 @@ use std::time::Duration;
 use confab_protocol::{
     ClientFrame, ErrorCode, Id, Message, PresenceStatus, ReceiptKind, ServerFrame,
 };
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::Instrument;

@@ -50,6 +50,8 @@ use super::{PresenceError, PresenceService};
 
 /// How long one Redis call (and connecting) may take before presence counts as unavailable.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// The pause before the connection manager's one retry of a failed connection attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Most sockets one renewal or sweep script handles, and most users one status script reads:
 /// a script blocks Redis while it runs, so each stays short.
 const BATCH: usize = 1000;
@@ -237,11 +239,14 @@ fn unavailable(e: impl std::fmt::Display) -> PresenceError {
 /// waiting; it reconnects by itself on the next call.
 pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, redis::RedisError> {
     let client = redis::Client::open(url)?;
+    // One retry, half a second (plus the library's jitter) after a failed attempt. The first
+    // pause is `min_delay`, which `max_delay` does not bound, so both are set.
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(1)
-        .set_max_delay(500)
-        .set_connection_timeout(TIMEOUT)
-        .set_response_timeout(TIMEOUT);
+        .set_min_delay(RETRY_PAUSE)
+        .set_max_delay(RETRY_PAUSE)
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_response_timeout(Some(TIMEOUT));
     match tokio::time::timeout(
         TIMEOUT * 3,
         client.get_connection_manager_with_config(config),
@@ -250,7 +255,7 @@ pub(crate) async fn connect_manager(url: &str) -> Result<ConnectionManager, redi
     {
         Ok(result) => result,
         Err(_) => Err(redis::RedisError::from((
-            redis::ErrorKind::IoError,
+            redis::ErrorKind::Io,
             "connecting to redis timed out",
         ))),
     }
