@@ -42,7 +42,7 @@ pub(super) fn start(
 /// (and the `sent` acks waiting on them) never pay for a checkpoint. PASSIVE checkpoints do
 /// not block the writer; they catch up whenever readers allow.
 pub(super) fn checkpointer(
-    conn: Connection,
+    mut conn: Connection,
     stop: Arc<AtomicBool>,
     gate: Arc<WalGate>,
     wal_restart_bytes: u64,

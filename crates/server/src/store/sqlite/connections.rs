@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::rows::internal;
@@ -32,9 +33,20 @@ pub(super) fn busy_retry(tries: i32) -> bool {
     true
 }
 
+/// Every statement keeps the plan it was prepared with, whatever values are bound to it (the
+/// query planner stability guarantee). Without it SQLite (with STAT4, as bundled) marks
+/// parameters whose values could change a plan, and re-prepares the statement, parsing and
+/// planning it again, whenever a new value is bound: on the store's hot reads, for every
+/// call. The store's queries are simple indexed lookups whose plan no value changes.
+fn stable_plans(conn: &Connection) -> StoreResult<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map(|_| ())
+        .map_err(internal)
+}
+
 /// Opens the writable connection and sets it up for group commit.
 pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
-    let conn = Connection::open(path)
+    let mut conn = Connection::open(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
     // WAL lets readers run during commits; FULL makes every commit fsync the WAL, which
     // is what a `sent` ack promises.
@@ -61,6 +73,7 @@ pub(super) fn open_writer(path: &Path) -> StoreResult<Connection> {
     // rusqlite keeps 16 prepared statements per connection by default; the writer uses
     // more than that, and a statement evicted from the cache is parsed again on next use.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    stable_plans(&conn)?;
     Ok(conn)
 }
 
@@ -75,5 +88,6 @@ pub(super) fn open_reader(path: &Path) -> StoreResult<Connection> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
         .map_err(internal)?;
+    stable_plans(&conn)?;
     Ok(conn)
 }

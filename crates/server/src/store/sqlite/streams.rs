@@ -84,10 +84,11 @@ pub(super) fn stream_head_in(conn: &Connection, user: Id) -> StoreResult<u64> {
         .map_err(internal)
 }
 
-/// Stream entries after `after`. Every bound `LIMIT` of this store's reads is written `LIMIT +?n`: SQLite
-/// plans a plain `LIMIT ?n` with the bound value, so each new binding re-prepares the statement
-/// (parsing and planning it again: a quarter of the server's CPU during a burst of logins); as
-/// an expression it is planned once.
+/// Stream entries after `after`. The statement must not be prepared again for each new
+/// binding (parsing and planning it again was a quarter of the server's CPU during a burst of
+/// logins): the connections keep their plans (`connections::stable_plans`), and every bound
+/// `LIMIT` of this store's reads is written `LIMIT +?n`, an expression SQLite does not plan
+/// with the bound value.
 pub(super) fn stream_after_in(
     conn: &Connection,
     user: Id,
