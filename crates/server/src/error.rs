@@ -1,4 +1,5 @@
-//! The one error type of the server's request paths, and how it reaches a client.
+//! The one error type of the server's request paths, and how it reaches a client; and why the
+//! server could not start.
 //!
 //! 4xx-class errors are the client's business and are not logged as failures; `internal` and
 //! `unavailable` are logged with their cause while the client gets a generic message.
@@ -128,3 +129,20 @@ impl IntoResponse for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Backend(String),
+    #[error(
+        "the open-file limit ({open_files}) leaves no room for connections after the {reserved} \
+         kept for files and backends: raise it (`ulimit -n`, `LimitNOFILE=` under systemd)"
+    )]
+    OpenFiles { open_files: u64, reserved: u64 },
+}

@@ -40,6 +40,6 @@ pub mod time;
 pub mod wiring;
 
 pub use config::Config;
+pub use error::StartError;
 pub use server::Server;
 pub use state::App;
-pub use wiring::StartError;

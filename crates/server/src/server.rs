@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreConfig};
+use crate::error::StartError;
 use crate::state::App;
-use crate::wiring::{Node, StartError};
+use crate::wiring::Node;
 
 /// A server that is running.
 pub struct Server {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::auth::Auth;
 use crate::chat::{Chat, LocalSockets};
 use crate::config::{Config, PresenceConfig, QueueConfig, StoreConfig};
+use crate::error::StartError;
 use crate::gateway::Gateway;
 use crate::gateway::hub::Hub;
 use crate::jobs::{Jobs, LEASE_TTL};
@@ -24,23 +25,6 @@ use crate::store::sqlite::{SqliteMetrics, SqliteStore};
 use crate::sync::SyncQueue;
 use crate::sync::memory::MemoryQueue;
 use crate::sync::nats::NatsQueue;
-
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Backend(String),
-    #[error(
-        "the open-file limit ({open_files}) leaves no room for connections after the {reserved} \
-         kept for files and backends: raise it (`ulimit -n`, `LimitNOFILE=` under systemd)"
-    )]
-    OpenFiles { open_files: u64, reserved: u64 },
-}
 
 /// A node's parts, wired: the shared handles, the gateway, and the jobs it needs.
 pub struct Node {
