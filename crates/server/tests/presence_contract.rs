@@ -79,33 +79,8 @@ async fn status_of(p: &dyn PresenceService, user: u64) -> Presence {
     p.status(&[Id(user)]).await.expect("status")[0]
 }
 
-/// One `#[tokio::test]` per case and backend, named `<backend>::<case>`: the cases every
-/// backend passes, then each backend's own. `Backend::<backend>()` gives a backend with a fresh
-/// cluster, or `None` when its engine is not configured: the test then passes, having said it
-/// was skipped. A case drops its nodes when it returns; the cluster's keys are deleted after.
-macro_rules! contract {
-    (every backend: $shared:tt, $($backend:ident only: $own:tt),+ $(,)?) => {
-        $( contract!(@module $backend $shared $own); )+
-    };
-    (@module $backend:ident [$($shared:ident),* $(,)?] [$($own:ident),* $(,)?]) => {
-        mod $backend {
-            $( contract!(@test $backend $shared); )*
-            $( contract!(@test $backend $own); )*
-        }
-    };
-    (@test $backend:ident $case:ident) => {
-        #[tokio::test]
-        async fn $case() {
-            let Some(backend) = super::Backend::$backend() else {
-                return;
-            };
-            super::$case(&backend).await;
-            backend.clean_up().await;
-        }
-    };
-}
-
-contract! {
+// One test per (case, backend): `confab_testkit::contract!`.
+confab_testkit::contract! {
     every backend: [
         only_the_first_connect_and_the_last_disconnect_are_transitions,
         status_answers_for_many_users_in_the_order_asked,

@@ -183,33 +183,8 @@ fn sorted_debug(events: &[SyncEvent]) -> Vec<String> {
     all
 }
 
-/// One `#[tokio::test]` per case and backend, named `<backend>::<case>`: the cases every
-/// backend passes, then each backend's own. `Backend::<backend>()` gives a backend with a fresh
-/// cluster, or `None` when its engine is not configured: the test then passes, having said it
-/// was skipped. What the backend kept for the cluster is deleted after a passing case.
-macro_rules! contract {
-    (every backend: $shared:tt, $($backend:ident only: $own:tt),+ $(,)?) => {
-        $( contract!(@module $backend $shared $own); )+
-    };
-    (@module $backend:ident [$($shared:ident),* $(,)?] [$($own:ident),* $(,)?]) => {
-        mod $backend {
-            $( contract!(@test $backend $shared); )*
-            $( contract!(@test $backend $own); )*
-        }
-    };
-    (@test $backend:ident $case:ident) => {
-        #[tokio::test]
-        async fn $case() {
-            let Some(backend) = super::Backend::$backend() else {
-                return;
-            };
-            super::$case(&backend).await;
-            backend.clean_up().await;
-        }
-    };
-}
-
-contract! {
+// One test per (case, backend): `confab_testkit::contract!`.
+confab_testkit::contract! {
     every backend: [
         every_variant_arrives_with_all_its_fields,
         one_publishers_events_for_a_user_arrive_in_publish_order,
