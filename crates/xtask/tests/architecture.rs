@@ -135,3 +135,131 @@ fn the_code_map_reader_follows_indentation() {
         vec!["a/b.rs", "docs"]
     );
 }
+
+/// The server's modules import one another without a cycle: data flows one way through the
+/// design's boxes. Counted are `crate::<module>` paths between top-level modules and
+/// `super::<module>` paths between files of one folder; doc comments and unit tests are not.
+#[test]
+fn the_servers_modules_import_without_a_cycle() {
+    let mut files = Vec::new();
+    collect_sources(&root(), "crates/server/src", &mut files);
+    let key = |path: &str| -> String {
+        let rel = path
+            .trim_start_matches("crates/server/src/")
+            .trim_end_matches(".rs");
+        rel.trim_end_matches("/mod").to_owned()
+    };
+    let keys: BTreeSet<String> = files
+        .iter()
+        .filter(|p| p.ends_with(".rs"))
+        .map(|p| key(p))
+        .collect();
+    let mut edges: Vec<(String, String)> = Vec::new();
+    for path in files.iter().filter(|p| p.ends_with(".rs")) {
+        let from = key(path);
+        let top = from.split('/').next().unwrap().to_owned();
+        let folder = from.rsplit_once('/').map(|(f, _)| f.to_owned());
+        let text = fs::read_to_string(root().join(path)).unwrap();
+        let code: String = text
+            .split("#[cfg(test)]")
+            .next()
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for target in referenced(&code, "crate::") {
+            if target != top && keys.contains(&target) {
+                edges.push((top.clone(), target));
+            }
+        }
+        // `super::` in a folder's mod.rs is the crate's root, not a sibling.
+        if let Some(folder) = folder.filter(|_| !path.ends_with("/mod.rs")) {
+            for target in referenced(&code, "super::") {
+                let sibling = format!("{folder}/{target}");
+                if sibling != from && keys.contains(&sibling) {
+                    edges.push((from.clone(), sibling));
+                }
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&edges) {
+        panic!(
+            "the server's modules import in a cycle: {}",
+            cycle.join(" -> ")
+        );
+    }
+}
+
+/// The module names that follow `prefix` in `code`: `prefix::a::…` and `prefix::{a, b::c}`.
+fn referenced(code: &str, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices(prefix) {
+        let rest = &code[at + prefix.len()..];
+        let names: Vec<&str> = if let Some(list) = rest.strip_prefix('{') {
+            let list = &list[..list.find('}').unwrap_or(list.len())];
+            list.split(',').map(|n| n.trim()).collect()
+        } else {
+            vec![rest]
+        };
+        for name in names {
+            let ident: String = name
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if ident.starts_with(|c: char| c.is_ascii_lowercase()) {
+                out.push(ident);
+            }
+        }
+    }
+    out
+}
+
+/// A cycle in the directed graph `edges`, if there is one.
+fn find_cycle(edges: &[(String, String)]) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &[(String, String)],
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for (_, to) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(cycle) = visit(to, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    edges
+        .iter()
+        .find_map(|(from, _)| visit(from, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn a_cycle_is_found_and_a_chain_is_not() {
+    let edge = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(find_cycle(&[edge("a", "b"), edge("b", "c")]), None);
+    assert_eq!(
+        find_cycle(&[edge("a", "b"), edge("b", "c"), edge("c", "a")]),
+        Some(vec!["a".into(), "b".into(), "c".into(), "a".into()])
+    );
+    assert_eq!(
+        referenced(
+            "use crate::{store::X, sync};\nuse super::hub::Hub; crate::Error",
+            "crate::"
+        ),
+        vec!["store", "sync"]
+    );
+}
