@@ -1,0 +1,208 @@
+//! The validated parameters of a `pairs` run: the bounds of the flags, and the server limits
+//! the load would run into.
+
+use serde::{Deserialize, Serialize};
+
+use super::LoadArgs;
+use crate::body;
+
+/// Most messages one run may schedule (the bookkeeping costs two bytes each).
+pub const MAX_MESSAGES: u64 = 200_000_000;
+/// Longest run, seconds.
+pub const MAX_DURATION_SECS: f64 = 3_600.0;
+/// Longest grace period, seconds.
+pub const MAX_GRACE_SECS: f64 = 600.0;
+/// Most users one run may connect.
+pub const MAX_USERS: usize = 1_000_000;
+/// The frames a server accepts per socket per second by default (`Config::frame_rate_per_sec`).
+const SERVER_FRAME_RATE: f64 = 200.0;
+/// The default per-device send rate of `confab serve`.
+const SERVER_DEFAULT_SEND_RATE: f64 = 20.0;
+
+/// The validated parameters of one `pairs` run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PairsConfig {
+    pub users: usize,
+    /// Offered messages per second, all users together.
+    pub rate: f64,
+    pub duration_s: f64,
+    pub body_bytes: usize,
+    pub grace_s: f64,
+    pub workers: usize,
+    pub ack_interval_ms: u64,
+    pub connect_concurrency: usize,
+}
+
+impl LoadArgs {
+    /// Checks the flags and bounds the run in count and time.
+    pub fn config(&self, rate: f64) -> Result<PairsConfig, String> {
+        if self.users < 2 || !self.users.is_multiple_of(2) || self.users > MAX_USERS {
+            return Err(format!(
+                "--users must be an even number from 2 to {MAX_USERS}"
+            ));
+        }
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err("--rate must be a positive number of messages per second".into());
+        }
+        if !(self.duration.is_finite() && self.duration > 0.0 && self.duration <= MAX_DURATION_SECS)
+        {
+            return Err(format!(
+                "--duration must be more than 0 and at most {MAX_DURATION_SECS} seconds"
+            ));
+        }
+        if !(self.grace.is_finite() && self.grace >= 0.0 && self.grace <= MAX_GRACE_SECS) {
+            return Err(format!("--grace must be 0 to {MAX_GRACE_SECS} seconds"));
+        }
+        if !(body::STAMP_LEN..=confab_protocol::MAX_BODY_BYTES).contains(&self.body) {
+            return Err(format!(
+                "--body must be {} to {} bytes",
+                body::STAMP_LEN,
+                confab_protocol::MAX_BODY_BYTES
+            ));
+        }
+        let total = (rate * self.duration).round();
+        if total < 1.0 {
+            return Err("--rate × --duration schedules no message".into());
+        }
+        if total > MAX_MESSAGES as f64 {
+            return Err(format!(
+                "--rate × --duration schedules {total} messages; at most {MAX_MESSAGES} per run"
+            ));
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = self.workers.unwrap_or(cores);
+        if workers == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        Ok(PairsConfig {
+            users: self.users,
+            rate,
+            duration_s: self.duration,
+            body_bytes: self.body,
+            grace_s: self.grace,
+            workers: workers.min(self.users / 2),
+            ack_interval_ms: self.ack_interval,
+            connect_concurrency: self.connect_concurrency.max(1),
+        })
+    }
+}
+
+impl PairsConfig {
+    /// Sends each user makes per second.
+    pub fn per_user_rate(&self) -> f64 {
+        self.rate / self.users as f64
+    }
+
+    /// Notes for the user about server limits this load would run into.
+    pub fn limit_notes(&self, spawned_send_rate: Option<f64>) -> Vec<String> {
+        let mut notes = Vec::new();
+        let per_user = self.per_user_rate();
+        match spawned_send_rate {
+            None if per_user > SERVER_DEFAULT_SEND_RATE => notes.push(format!(
+                "each user sends {per_user:.1} msgs/s; a server at its default limit (20 msgs/s per \
+                 device, burst 100) answers the excess with rate_limited: start it with \
+                 `confab serve --send-rate {} --send-burst {}` or more",
+                (per_user * 2.0).ceil(),
+                ((per_user * 2.0).ceil() as u64).max(100)
+            )),
+            Some(limit) if per_user > limit => notes.push(format!(
+                "each user sends {per_user:.1} msgs/s, above the spawned server's --server-send-rate {limit}"
+            )),
+            _ => {}
+        }
+        let acks = if self.ack_interval_ms > 0 {
+            1000.0 / self.ack_interval_ms as f64
+        } else {
+            0.0
+        };
+        // A spawned server gets its frame limit raised with its send limit.
+        if spawned_send_rate.is_none() && per_user + acks > SERVER_FRAME_RATE {
+            let frames = (per_user + acks) * 2.0;
+            notes.push(format!(
+                "each socket would send {:.0} frames/s; a server at its default limit (200 \
+                 frames/s per socket, burst 400) answers the excess with rate_limited: start it \
+                 with `confab serve --frame-rate {} --frame-burst {}` or more",
+                per_user + acks,
+                frames.ceil(),
+                (frames.ceil() as u64).max(400)
+            ));
+        }
+        let total = (self.rate * self.duration_s).round() as u64;
+        if total < self.users as u64 {
+            notes.push(format!(
+                "only {total} messages are scheduled for {} users: some users never send",
+                self.users
+            ));
+        }
+        notes
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub(in crate::pairs) fn load(users: usize) -> LoadArgs {
+        LoadArgs {
+            users,
+            duration: 2.0,
+            body: 100,
+            grace: 1.0,
+            workers: Some(4),
+            ack_interval: 1000,
+            connect_concurrency: 8,
+        }
+    }
+
+    #[test]
+    fn config_bounds_the_run() {
+        let c = load(10).config(100.0).unwrap();
+        assert_eq!(c.users, 10);
+        assert_eq!(c.workers, 4);
+        assert_eq!(
+            load(4).config(100.0).unwrap().workers,
+            2,
+            "at most one worker per pair"
+        );
+        assert!(load(3).config(100.0).is_err(), "odd");
+        assert!(load(0).config(100.0).is_err());
+        assert!(load(10).config(0.0).is_err());
+        assert!(load(10).config(f64::NAN).is_err());
+        assert!(load(10).config(1e9).is_err(), "too many messages");
+        let mut l = load(10);
+        l.body = 47;
+        assert!(l.config(10.0).is_err());
+        l.body = 4097;
+        assert!(l.config(10.0).is_err());
+        l = load(10);
+        l.duration = 4000.0;
+        assert!(l.config(10.0).is_err());
+    }
+
+    #[test]
+    fn limit_notes_name_the_server_flags() {
+        let c = load(10).config(1000.0).unwrap(); // 100 msgs/s per user
+        let notes = c.limit_notes(None);
+        assert!(notes.iter().any(|n| n.contains("--send-rate")), "{notes:?}");
+        assert!(c.limit_notes(Some(1e6)).is_empty());
+        let fast = load(2).config(1000.0).unwrap(); // 500 per user: over the frame limit
+        assert!(
+            fast.limit_notes(None)
+                .iter()
+                .any(|n| n.contains("200 frames/s") && n.contains("--frame-rate"))
+        );
+        assert!(
+            !fast
+                .limit_notes(Some(1e6))
+                .iter()
+                .any(|n| n.contains("frames/s")),
+            "a spawned server's frame limit is raised with its send limit"
+        );
+        let slow = load(100).config(10.0).unwrap(); // 20 messages for 100 users
+        assert!(
+            slow.limit_notes(Some(1e6))
+                .iter()
+                .any(|n| n.contains("never send"))
+        );
+    }
+}
