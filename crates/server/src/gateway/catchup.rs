@@ -23,7 +23,7 @@ impl Conn {
         let out = &mut self.out;
         let offered = self
             .order
-            .offer(pos, message, Instant::now(), |pos, message| {
+            .offer(pos, message, Instant::now, |pos, message| {
                 out.push(WsMessage::Text(Utf8Bytes::from(message.with_cursor(pos))));
             });
         if offered == Offered::Full {

@@ -58,12 +58,13 @@ impl<T> Order<T> {
     }
 
     /// A live event at `pos`. `send` is called for each event that goes out now, in
-    /// position order: this one and the held ones it makes contiguous.
+    /// position order: this one and the held ones it makes contiguous. `now` is asked only
+    /// when a gap starts: the clock is not read for every event.
     pub fn offer(
         &mut self,
         pos: u64,
         event: T,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
         mut send: impl FnMut(u64, T),
     ) -> Offered {
         if pos <= self.last {
@@ -71,7 +72,7 @@ impl<T> Order<T> {
         }
         if pos > self.last + 1 {
             self.held.insert(pos, event);
-            self.gap_since.get_or_insert(now);
+            self.gap_since.get_or_insert_with(now);
             return if self.held.len() >= MAX_HELD {
                 Offered::Full
             } else {
@@ -148,7 +149,7 @@ mod tests {
     /// Offers `pos` and returns what was sent.
     fn offer(order: &mut Order<u64>, pos: u64) -> (Offered, Vec<u64>) {
         let mut sent = Vec::new();
-        let offered = order.offer(pos, pos, Instant::now(), |p, e| {
+        let offered = order.offer(pos, pos, Instant::now, |p, e| {
             assert_eq!(p, e, "an event goes out with its own position");
             sent.push(p);
         });
@@ -206,8 +207,8 @@ mod tests {
     fn the_gap_wait_starts_at_the_first_held_event() {
         let mut order = Order::new(0);
         let t0 = Instant::now();
-        order.offer(3, 3, t0, |_, _| {});
-        order.offer(4, 4, t0 + Duration::from_millis(10), |_, _| {});
+        order.offer(3, 3, || t0, |_, _| {});
+        order.offer(4, 4, || t0 + Duration::from_millis(10), |_, _| {});
         assert_eq!(order.gap_deadline(), Some(t0 + GAP_WAIT));
     }
 
