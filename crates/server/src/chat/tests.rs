@@ -111,6 +111,14 @@ async fn fixture(sync_is_node_local: bool) -> Fixture {
 }
 
 impl Fixture {
+    /// `a` sends `b` "hi" with `client_id`.
+    async fn a_sends_b(&self, client_id: &str) -> crate::error::Result<ServerFrame> {
+        let (from, to) = (self.a, self.b);
+        (self.chat)
+            .send_message(from, to, client_id.into(), "hi".into())
+            .await
+    }
+
     async fn befriend(&self) {
         self.store.add_contact(self.a, self.b, 1).await.unwrap();
         self.store.add_contact(self.b, self.a, 1).await.unwrap();
@@ -152,11 +160,7 @@ fn ephemeral(events: Vec<SyncEvent>) -> Vec<(Vec<Id>, Option<Id>, ServerFrame)> 
 #[tokio::test]
 async fn a_message_is_stored_then_published_once_with_both_positions() {
     let f = fixture(true).await;
-    let sent = f
-        .chat
-        .send_message(f.a, f.b, "c1".into(), "hi".into())
-        .await
-        .unwrap();
+    let sent = f.a_sends_b("c1").await.unwrap();
     let ServerFrame::Sent {
         client_id, id, seq, ..
     } = sent
@@ -192,20 +196,12 @@ async fn a_message_is_stored_then_published_once_with_both_positions() {
 async fn no_message_is_stored_while_the_queue_is_down_or_the_lease_lost() {
     let f = fixture(false).await;
     f.sync.down.store(true, Ordering::SeqCst);
-    let refused = f
-        .chat
-        .send_message(f.a, f.b, "c1".into(), "hi".into())
-        .await
-        .unwrap_err();
+    let refused = f.a_sends_b("c1").await.unwrap_err();
     assert_eq!(refused.code(), ErrorCode::Unavailable);
 
     f.sync.down.store(false, Ordering::SeqCst);
     f.ids.lose_lease().await;
-    let refused = f
-        .chat
-        .send_message(f.a, f.b, "c2".into(), "hi".into())
-        .await
-        .unwrap_err();
+    let refused = f.a_sends_b("c2").await.unwrap_err();
     assert_eq!(refused.code(), ErrorCode::Unavailable);
 
     assert!(f.store.stream_after(f.b, 0, 10).await.unwrap().is_empty());
@@ -227,11 +223,7 @@ async fn a_message_to_an_unknown_user_is_not_found_and_not_published() {
 #[tokio::test]
 async fn a_read_reaches_the_peer_and_the_readers_other_devices_once() {
     let f = fixture(true).await;
-    let sent = f
-        .chat
-        .send_message(f.a, f.b, "c1".into(), "hi".into())
-        .await
-        .unwrap();
+    let sent = f.a_sends_b("c1").await.unwrap();
     let ServerFrame::Sent { conversation, .. } = sent else {
         panic!("expected sent");
     };
@@ -263,10 +255,7 @@ async fn a_read_reaches_the_peer_and_the_readers_other_devices_once() {
 #[tokio::test]
 async fn an_ack_stores_the_cursor_and_tells_the_sender_it_was_delivered() {
     let f = fixture(true).await;
-    f.chat
-        .send_message(f.a, f.b, "c1".into(), "hi".into())
-        .await
-        .unwrap();
+    f.a_sends_b("c1").await.unwrap();
     f.sync.take();
     let device = f.device(f.b, 8).await;
     f.chat.record_ack(device, 1).await.unwrap();
