@@ -143,6 +143,11 @@ struct ServeArgs {
           default_value_t = u32::try_from(defaults().sqlite.wal_restart_bytes >> 20).unwrap_or(u32::MAX),
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     wal_restart_mib: u32,
+    /// Embedded store: MiB the data directory's disk must have free for `/readyz` to answer
+    /// 200 (0: no floor), so traffic moves away before writes fail on a full disk.
+    #[arg(long, env = "CONFAB_MIN_FREE_DISK_MIB",
+          default_value_t = defaults().sqlite.min_free_disk_bytes >> 20)]
+    min_free_disk_mib: u64,
 }
 
 impl ServeArgs {
@@ -170,6 +175,7 @@ impl ServeArgs {
         gateway.resync_interval = secs("--resync-interval", self.resync_interval)?;
         config.sqlite.max_commit_batch = self.commit_batch as usize;
         config.sqlite.wal_restart_bytes = u64::from(self.wal_restart_mib) * 1024 * 1024;
+        config.sqlite.min_free_disk_bytes = self.min_free_disk_mib.saturating_mul(1024 * 1024);
         config.postgres.pool = self.postgres_pool.max(1);
         config.redis.presence_ttl = secs("--presence-ttl", self.presence_ttl)?;
         config.redis.fit_sweep_to_ttl();
@@ -177,13 +183,24 @@ impl ServeArgs {
     }
 }
 
-fn main() -> ExitCode {
-    no_transparent_huge_pages();
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+/// Logs to stderr at the level `RUST_LOG` asks (default `info`), with secrets kept out.
+///
+/// Below `info`, libraries print what passes through them: tungstenite every frame (tokens in
+/// `hello`, message bodies), tokio-postgres every statement's parameters (password hashes,
+/// bodies), hyper request heads (bearer tokens). So only confab's own code may log below
+/// `info`, and it never logs a token, a password or a body: `RUST_LOG=trace` is safe to turn
+/// on in production. (A library's debug output, if ever needed, is for a test machine: there
+/// is no switch for it on purpose.)
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter};
+
+    let level = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let no_library_detail = filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO || is_confabs_own(meta.target())
+    });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only for a terminal (and not there either under NO_COLOR): a log redirected
         // to a file or a journal stays plain text.
@@ -191,7 +208,20 @@ fn main() -> ExitCode {
             std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
-        .init();
+        .with_filter(no_library_detail);
+    tracing_subscriber::registry().with(level).with(fmt).init();
+}
+
+/// Whether a log target is confab's own code (its crates are `confab` and `confab_*`).
+fn is_confabs_own(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or(target);
+    krate == "confab" || krate.starts_with("confab_")
+}
+
+fn main() -> ExitCode {
+    no_transparent_huge_pages();
+    let cli = Cli::parse();
+    init_logging();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

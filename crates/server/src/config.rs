@@ -179,6 +179,11 @@ pub struct SqliteConfig {
     /// the writer for a moment and starts it over; the WAL file on disk stays near this size.
     /// A smaller bound restarts more often (the operations guide has the trade-off).
     pub wal_restart_bytes: u64,
+    /// Free bytes the data directory's disk must have for the node to report ready (0: no
+    /// floor). A small write still commits on an almost full disk (the WAL reuses its
+    /// space), while messages, which make the WAL grow, start to fail: readiness goes first,
+    /// so a load balancer moves traffic away before writes fail.
+    pub min_free_disk_bytes: u64,
 }
 
 /// The PostgreSQL store's settings.
@@ -249,6 +254,7 @@ impl Default for SqliteConfig {
         SqliteConfig {
             max_commit_batch: 16 * 1024,
             wal_restart_bytes: 256 * 1024 * 1024,
+            min_free_disk_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -1,5 +1,10 @@
 //! Shared by the tests that run the built `confab` binary.
 
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -19,12 +24,21 @@ impl Node {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Node::start_logging(args, "warn", Stdio::inherit())
+    }
+
+    /// As [`Node::start`], logging at `rust_log` to `stderr`.
+    pub fn start_logging<I, S>(args: I, rust_log: &str, stderr: Stdio) -> Node
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("confab starts");
         let mut line = String::new();

@@ -11,7 +11,7 @@ mod ops;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{delete, get, post, put};
 use confab_protocol::MAX_HTTP_BODY_BYTES;
 
@@ -22,6 +22,7 @@ pub use extract::{Caller, JsonBody, OtherUser};
 
 /// The API's routes (the WebSocket route is the gateway's: `gateway::routes`).
 pub fn routes(app: Arc<App>) -> Router {
+    let readiness = Arc::new(ops::Readiness::default());
     Router::new()
         .route("/v1/users", post(accounts::create_user))
         .route("/v1/users/{username}", get(accounts::get_user))
@@ -42,7 +43,10 @@ pub fn routes(app: Arc<App>) -> Router {
             get(history::list_messages),
         )
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ops::ready))
+        .route(
+            "/readyz",
+            get(|State(app): State<Arc<App>>| ops::ready(app, readiness)),
+        )
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { Error::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))

@@ -222,7 +222,8 @@ pub trait MessageStore:
         })
     }
 
-    /// Succeeds when the backend is reachable and writable.
+    /// Succeeds when the backend is reachable and can commit: it makes a durable write, as a
+    /// message would, so that a full or read-only disk fails here.
     async fn check(&self) -> StoreResult<()>;
     /// Finishes every accepted write and releases the backend. Later calls fail `Unavailable`.
     async fn close(&self);

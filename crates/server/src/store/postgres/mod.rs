@@ -174,6 +174,17 @@ impl MessageStore for PostgresStore {
                     "PostgreSQL is read-only (in recovery)".into(),
                 ));
             }
+            // Reachable is not enough: a commit proves the server can write its WAL.
+            client
+                .execute(
+                    "INSERT INTO readiness (id, checked_at) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    &[&crate::time::now_ms()],
+                )
+                .await
+                .map_err(|e| match classify(&e) {
+                    Failure::Retry(e) | Failure::Final(e) => e,
+                })?;
             Ok(())
         };
         tokio::time::timeout(CHECK_TIMEOUT, probe)

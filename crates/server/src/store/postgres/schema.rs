@@ -211,6 +211,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE users SET (fillfactor = 50);
     ALTER TABLE devices SET (fillfactor = 50);
     "#,
+    // 4: one row that the readiness check rewrites, so that `/readyz` proves a commit.
+    r#"
+    CREATE TABLE readiness (
+        id         SMALLINT PRIMARY KEY CHECK (id = 1),
+        checked_at BIGINT   NOT NULL
+    );
+    "#,
 ];
 
 impl PostgresStore {

@@ -363,3 +363,24 @@ async fn fails_fast_while_down_and_recovers_by_itself() {
     store.close().await;
     proxy.down();
 }
+
+/// `/readyz` must prove a commit, not a round trip: the check leaves its row for another
+/// session to read.
+#[tokio::test]
+async fn readiness_check_commits_a_write() {
+    let Some(db) = Database::from_env().await else {
+        return;
+    };
+    let store = PostgresStore::connect(&db.url(), 1).await.unwrap();
+    let before = crate::time::now_ms();
+    store.check().await.unwrap();
+    let (other, connection) = tokio_postgres::connect(&db.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = other
+        .query_one("SELECT checked_at FROM readiness WHERE id = 1", &[])
+        .await
+        .unwrap();
+    let checked_at: i64 = row.get(0);
+    assert!(checked_at >= before, "{checked_at} < {before}");
+    store.close().await;
+}

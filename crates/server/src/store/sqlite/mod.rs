@@ -34,7 +34,7 @@ mod streams;
 mod tests;
 mod writer;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -85,6 +85,10 @@ pub struct SqliteStore {
     stop_checkpoints: Arc<AtomicBool>,
     /// `<data dir>/confab.lock`, locked while the store is open (see [`lock_data_dir`]).
     lock: Mutex<Option<std::fs::File>>,
+    /// The data directory, whose disk's free space [`MessageStore::check`] reads.
+    dir: PathBuf,
+    /// See [`SqliteConfig::min_free_disk_bytes`].
+    min_free_disk_bytes: u64,
 }
 
 impl SqliteStore {
@@ -94,6 +98,7 @@ impl SqliteStore {
         let SqliteConfig {
             max_commit_batch,
             wal_restart_bytes,
+            min_free_disk_bytes,
         } = options;
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
@@ -111,6 +116,8 @@ impl SqliteStore {
             readers: ReadPool::new(path),
             stop_checkpoints,
             lock: Mutex::new(Some(lock)),
+            dir: dir.to_owned(),
+            min_free_disk_bytes,
         })
     }
 
@@ -192,8 +199,33 @@ impl MessageStore for SqliteStore {
     }
 
     async fn check(&self) -> StoreResult<()> {
-        self.write(|conn| conn.query_row("SELECT 1", [], |_| Ok(())).map_err(internal))
-            .await
+        // A real write through the group commit: answered once it is fsync'd, so a full or
+        // failing disk shows here as it does for messages.
+        let now = crate::time::now_ms();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO readiness (id, checked_at) VALUES (1, ?1) \
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                [now],
+            )
+            .map(|_| ())
+            .map_err(internal)
+        })
+        .await?;
+        let free = free_disk_bytes(&self.dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot read the free space of {}: {e}",
+                self.dir.display()
+            ))
+        })?;
+        if free < self.min_free_disk_bytes {
+            return Err(StoreError::Unavailable(format!(
+                "the data directory's disk has {} KiB free, under the {} KiB floor",
+                free / 1024,
+                self.min_free_disk_bytes / 1024
+            )));
+        }
+        Ok(())
     }
 
     async fn close(&self) {
@@ -210,4 +242,10 @@ impl MessageStore for SqliteStore {
         // The writer is gone: another process (or a store reopened here) may write now.
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
+}
+
+/// Bytes an unprivileged process may still write on the disk holding `dir`.
+fn free_disk_bytes(dir: &Path) -> std::io::Result<u64> {
+    let stats = rustix::fs::statvfs(dir)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }

@@ -89,6 +89,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE conversations DROP COLUMN last_ts;
     ALTER TABLE users DROP COLUMN stream_head;
     "#,
+    // 4: one row that the readiness check rewrites, so that `/readyz` proves a commit
+    // reaches the disk (a full disk answers 503, not 200).
+    r#"
+    CREATE TABLE readiness (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        checked_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

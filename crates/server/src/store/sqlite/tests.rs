@@ -265,6 +265,7 @@ async fn an_open_store_holds_its_data_dir() {
     let options = SqliteConfig {
         max_commit_batch: 16,
         wal_restart_bytes: 1 << 20,
+        ..SqliteConfig::default()
     };
     let second = SqliteStore::open(dir.path(), options, SqliteMetrics::default());
     match second {
@@ -297,6 +298,7 @@ async fn open_store_with(
         let options = SqliteConfig {
             max_commit_batch,
             wal_restart_bytes,
+            ..SqliteConfig::default()
         };
         let metrics = SqliteMetrics {
             wal_restarts: restarts,
@@ -362,5 +364,45 @@ async fn migration_3_continues_heads_and_seqs() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].last_seq, 3);
     assert_eq!(list[0].last_message.as_ref().unwrap().body, "three");
+    store.close().await;
+}
+
+/// `/readyz` must prove a commit, not a round trip: the check leaves its row, written and
+/// fsync'd, for a reader on another connection to see.
+#[tokio::test]
+async fn readiness_check_commits_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let before = crate::time::now_ms();
+    store.check().await.unwrap();
+    let other = Connection::open(dir.path().join("confab.db")).unwrap();
+    let checked_at: i64 = other
+        .query_row("SELECT checked_at FROM readiness WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(checked_at >= before, "{checked_at} < {before}");
+    store.close().await;
+}
+
+/// Below the free-space floor the store is not ready, though a small write still commits.
+#[tokio::test]
+async fn readiness_check_fails_under_the_free_space_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let store = tokio::task::spawn_blocking(move || {
+        let options = SqliteConfig {
+            min_free_disk_bytes: u64::MAX,
+            ..SqliteConfig::default()
+        };
+        SqliteStore::open(&path, options, SqliteMetrics::default())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    match store.check().await {
+        Err(StoreError::Unavailable(m)) => assert!(m.contains("KiB free"), "{m}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
     store.close().await;
 }
