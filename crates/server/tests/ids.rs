@@ -192,6 +192,14 @@ async fn ids_in_frames_must_be_canonical_and_in_range() {
         refused(&mut a, &send, Some(&client_id)).await;
         refused(&mut a, &json!({"type": "typing", "to": to}), None).await;
     }
+    // `0` is canonical: an id that names nobody.
+    a.send(json!({"type": "send", "to": "0", "client_id": "zero", "body": "x"}))
+        .await;
+    let e = a.next_of("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["ref"].as_str()),
+        (Some("not_found"), Some("zero"))
+    );
     // Bob got none of them (nor their typing), and his canonical id still works.
     b.expect_silence(Duration::from_millis(200)).await;
     a.send_message(&bob.id, "ok", "canonical").await;
