@@ -38,10 +38,47 @@ impl fmt::Display for Id {
     }
 }
 
+/// The largest id, `seq`, cursor or `before` the protocol carries, 2^63-1: every one of them
+/// fits SQL's signed 64-bit integers, where the store keeps them.
+pub const MAX_NUMBER: u64 = u64::MAX >> 1;
+
+/// Reads a number as the protocol writes it (ids, cursors, `before`, `limit`): ASCII digits
+/// with no sign, no leading zero (but `0` itself), no spaces, at most [`MAX_NUMBER`]. `None`
+/// for anything else. Exactly one text names each number, so `007` cannot alias `7`, and a
+/// number too large for the store is refused rather than wrapped or clamped.
+pub fn parse_number(text: &str) -> Option<u64> {
+    let digits = text.as_bytes();
+    let canonical = match digits {
+        [] => false,
+        [b'0'] => true,
+        [b'0', ..] => false,
+        _ => digits.iter().all(u8::is_ascii_digit),
+    };
+    // Twenty digits may overflow `u64` (which `parse` refuses); nineteen never do.
+    let n: u64 = text.parse().ok().filter(|_| canonical)?;
+    (n <= MAX_NUMBER).then_some(n)
+}
+
+/// A text that is not an id as [`parse_number`] reads one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvalidId;
+
+impl fmt::Display for InvalidId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an id is a string of {NUMBER_RULE}")
+    }
+}
+
+impl std::error::Error for InvalidId {}
+
+/// What [`parse_number`] accepts, in words, for error messages.
+pub const NUMBER_RULE: &str =
+    "decimal digits with no sign or leading zero, at most 9223372036854775807";
+
 impl FromStr for Id {
-    type Err = std::num::ParseIntError;
+    type Err = InvalidId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Id)
+        parse_number(s).map(Id).ok_or(InvalidId)
     }
 }
 
@@ -52,11 +89,12 @@ pub fn conversation_id(a: Id, b: Id) -> String {
     format!("{lo}-{hi}")
 }
 
-/// The two participants of a conversation id, lower id first, if it is well formed.
+/// The two participants of a conversation id, lower id first, if it is well formed: two
+/// canonical ids (so `0012-0034` is no other name for `12-34`), lower first.
 pub fn conversation_members(conversation: &str) -> Option<(Id, Id)> {
     let (lo, hi) = conversation.split_once('-')?;
     let (lo, hi): (Id, Id) = (lo.parse().ok()?, hi.parse().ok()?);
-    (lo < hi && conversation_id(lo, hi) == conversation).then_some((lo, hi))
+    (lo < hi).then_some((lo, hi))
 }
 
 impl Serialize for Id {
@@ -69,9 +107,31 @@ impl Serialize for Id {
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse()
-            .map_err(|_| serde::de::Error::custom("expected a decimal 64-bit id in a string"))
+        s.parse().map_err(|_| {
+            serde::de::Error::custom(format_args!("invalid id {:?}: {InvalidId}", truncated(&s)))
+        })
     }
+}
+
+/// The start of a client's text, to quote it in an error without echoing a whole frame.
+fn truncated(text: &str) -> &str {
+    const QUOTED: usize = 24;
+    match text.char_indices().nth(QUOTED) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
+/// A `seq` from a client: at most [`MAX_NUMBER`], as every stored one is, so that a larger
+/// one is refused rather than clamped to the newest message (which would move a read mark).
+fn client_seq<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let seq = u64::deserialize(d)?;
+    if seq > MAX_NUMBER {
+        return Err(serde::de::Error::custom(format_args!(
+            "`seq` {seq} is out of range: at most {MAX_NUMBER}"
+        )));
+    }
+    Ok(seq)
 }
 
 /// Error codes shared by HTTP and WebSocket errors. Clients branch on these, never on messages.
@@ -146,6 +206,7 @@ pub enum ClientFrame {
     },
     Read {
         conversation: String,
+        #[serde(deserialize_with = "client_seq")]
         seq: u64,
     },
     Typing {
@@ -542,9 +603,117 @@ mod tests {
         let c = conversation_id(Id(9), Id(3));
         assert_eq!(c, conversation_id(Id(3), Id(9)));
         assert_eq!(conversation_members(&c), Some((Id(3), Id(9))));
-        for bad in ["", "3", "9-3", "3-3", "03-9", "a-b", "3-9-1", "-3-9"] {
+        for bad in [
+            "",
+            "3",
+            "9-3",
+            "3-3",
+            "03-9",
+            "3-09",
+            "0012-0034",
+            "+3-9",
+            "3-+9",
+            " 3-9",
+            "3-9 ",
+            "a-b",
+            "3-9-1",
+            "-3-9",
+            "3-9223372036854775808",
+            "3-18446744073709551615",
+        ] {
             assert_eq!(conversation_members(bad), None, "{bad}");
         }
+        let top = format!("0-{MAX_NUMBER}");
+        assert_eq!(conversation_members(&top), Some((Id(0), Id(MAX_NUMBER))));
+    }
+
+    /// One text per number, and none past 2^63-1.
+    #[test]
+    fn numbers_are_canonical_decimal_up_to_2_63_minus_1() {
+        assert!(NUMBER_RULE.ends_with(&MAX_NUMBER.to_string()));
+        for (text, n) in [
+            ("0", 0),
+            ("7", 7),
+            ("10", 10),
+            ("9223372036854775807", MAX_NUMBER),
+        ] {
+            assert_eq!(parse_number(text), Some(n), "{text}");
+            assert_eq!(text.parse::<Id>(), Ok(Id(n)), "{text}");
+        }
+        for text in [
+            "",
+            "+5",
+            "-5",
+            "-0",
+            "00",
+            "007",
+            "0x10",
+            " 5",
+            "5 ",
+            "5\n",
+            "\u{200b}5",
+            "1_000",
+            "1e3",
+            "5.0",
+            "٣",  // ARABIC-INDIC DIGIT THREE
+            "５", // FULLWIDTH DIGIT FIVE
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+            "09223372036854775807",
+        ] {
+            assert_eq!(parse_number(text), None, "{text:?}");
+            assert_eq!(text.parse::<Id>(), Err(InvalidId), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn frames_refuse_ids_and_seqs_out_of_range() {
+        let refused = [
+            r#"{"type":"send","to":"9223372036854775808","client_id":"a","body":"x"}"#,
+            r#"{"type":"send","to":"18446744073709551615","client_id":"a","body":"x"}"#,
+            r#"{"type":"send","to":"007","client_id":"a","body":"x"}"#,
+            r#"{"type":"send","to":"+7","client_id":"a","body":"x"}"#,
+            r#"{"type":"send","to":"","client_id":"a","body":"x"}"#,
+            r#"{"type":"typing","to":"07"}"#,
+            r#"{"type":"typing","to":"9223372036854775808"}"#,
+            r#"{"type":"read","conversation":"1-2","seq":9223372036854775808}"#,
+            r#"{"type":"read","conversation":"1-2","seq":18446744073709551615}"#,
+            r#"{"type":"read","conversation":"1-2","seq":18446744073709551616}"#,
+            r#"{"type":"read","conversation":"1-2","seq":-1}"#,
+            r#"{"type":"read","conversation":"1-2","seq":1.0}"#,
+            r#"{"type":"read","conversation":"1-2","seq":"1"}"#,
+        ];
+        for text in refused {
+            let e = ClientFrame::parse(text).unwrap_err();
+            assert!(
+                e.message.contains("id") || e.message.contains("seq"),
+                "{text}: {}",
+                e.message
+            );
+        }
+        let e = ClientFrame::parse(
+            r#"{"type":"send","to":"9223372036854775808","client_id":"c9","body":"x"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.reference.as_deref(),
+            Some("c9"),
+            "the ref is still echoed"
+        );
+        assert!(e.message.contains("9223372036854775807"), "{}", e.message);
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"read","conversation":"1-2","seq":9223372036854775807}"#),
+            Ok(ClientFrame::Read {
+                conversation: "1-2".into(),
+                seq: MAX_NUMBER
+            })
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"typing","to":"9223372036854775807"}"#),
+            Ok(ClientFrame::Typing { to: Id(MAX_NUMBER) })
+        );
     }
 
     /// The hand-written readers of the common frames agree with the derived reading on every
@@ -593,15 +762,26 @@ mod tests {
     #[test]
     fn ids_travel_as_decimal_strings() {
         let f = ServerFrame::Welcome {
-            user_id: Id(u64::MAX),
+            user_id: Id(MAX_NUMBER),
             device_id: Id(0),
         };
         assert_eq!(
             f.to_json(),
-            r#"{"type":"welcome","user_id":"18446744073709551615","device_id":"0"}"#
+            r#"{"type":"welcome","user_id":"9223372036854775807","device_id":"0"}"#
         );
         let back: ServerFrame = serde_json::from_str(&f.to_json()).unwrap();
         assert_eq!(back, f);
+        // Any `u64` is written as it is, but one past 2^63-1 does not read back: the server
+        // makes none, and a peer that sends one is refused.
+        let past = ServerFrame::Welcome {
+            user_id: Id(u64::MAX),
+            device_id: Id(0),
+        };
+        assert_eq!(
+            past.to_json(),
+            r#"{"type":"welcome","user_id":"18446744073709551615","device_id":"0"}"#
+        );
+        assert!(serde_json::from_str::<ServerFrame>(&past.to_json()).is_err());
     }
 
     #[test]

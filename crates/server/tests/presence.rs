@@ -169,7 +169,7 @@ async fn non_friends_learn_nothing() {
         put(&s, &format!("/v1/contacts/{}", carol.id), &carol.token).await,
         400
     );
-    assert_eq!(put(&s, "/v1/contacts/abc", &carol.token).await, 400);
+    assert_eq!(put(&s, "/v1/contacts/abc", &carol.token).await, 404);
 }
 
 #[tokio::test]

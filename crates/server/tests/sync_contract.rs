@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_protocol::{Id, Message, PresenceStatus, ReceiptKind, ServerFrame};
+use confab_protocol::{Id, MAX_NUMBER, Message, PresenceStatus, ReceiptKind, ServerFrame};
 use confab_server::sync::memory::MemoryQueue;
 use confab_server::sync::nats::NatsQueue;
 use confab_server::sync::{SyncError, SyncEvent, SyncQueue};
@@ -127,7 +127,7 @@ impl Backend {
 fn message(seq: u64) -> SyncEvent {
     SyncEvent::Message {
         message: Arc::new(Message {
-            id: Id(u64::MAX - seq),
+            id: Id(MAX_NUMBER - seq),
             conversation: "11-22".into(),
             seq,
             from: Id(11),
@@ -144,7 +144,7 @@ fn every_variant() -> Vec<SyncEvent> {
         message(1),
         SyncEvent::DeviceRevoked {
             user: Id(11),
-            device: Id(u64::MAX),
+            device: Id(MAX_NUMBER),
         },
         SyncEvent::Ephemeral {
             to: vec![Id(22), Id(33)],

@@ -69,8 +69,8 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     }
 }
 
-/// The caller and the other user named by a `{user_id}` path segment: a decimal id, not the
-/// caller's own.
+/// The caller and the other user named by a `{user_id}` path segment: a canonical id, not
+/// the caller's own.
 pub struct OtherUser {
     pub caller: Caller,
     pub other: Id,
@@ -81,17 +81,23 @@ impl FromRequestParts<Arc<App>> for OtherUser {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self> {
         let caller = Caller::from_request_parts(parts, app).await?;
-        let Path(id) = Path::<String>::from_request_parts(parts, app)
+        let other = Path::<String>::from_request_parts(parts, app)
             .await
-            .map_err(path_error)?;
-        let other: Id = id
-            .parse()
-            .map_err(|_| Error::bad_request("user_id must be a decimal 64-bit id"))?;
+            .ok()
+            .and_then(|Path(id)| id_in_path(&id))
+            .ok_or_else(|| Error::not_found("no such user"))?;
         if other == caller.user {
             return Err(Error::bad_request("that is your own user_id"));
         }
         Ok(OtherUser { caller, other })
     }
+}
+
+/// The id a path segment names, if it is a canonical one. A path names a resource, and a
+/// text that is no id names none: callers answer 404, as for an id that exists nowhere, so
+/// that `007` or `+7` is not a second name for `7`.
+pub(super) fn id_in_path(segment: &str) -> Option<Id> {
+    segment.parse().ok()
 }
 
 /// A malformed path segment, in the protocol's error shape.

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use confab_protocol::Conversations;
 use serde::Deserialize;
 
-use super::extract::{Caller, path_error};
+use super::extract::Caller;
 use crate::error::{Error, Result};
 use crate::state::App;
 
@@ -24,10 +24,24 @@ pub(super) async fn list_conversations(
     Ok(Json(Conversations { conversations }))
 }
 
+/// The page's bounds as the query string has them: read as text, because serde's integers
+/// accept a sign and leading zeros, and each is then read as a canonical number.
 #[derive(Deserialize)]
 pub(super) struct PageQuery {
-    before: Option<u64>,
-    limit: Option<usize>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// A query parameter that must be a number as the protocol writes one (see
+/// [`confab_protocol::parse_number`]): past 2^63-1 it is refused, never wrapped or clamped.
+fn query_number(name: &str, value: Option<&str>) -> Result<Option<u64>> {
+    value
+        .map(|text| {
+            confab_protocol::parse_number(text).ok_or_else(|| {
+                Error::bad_request(format!("`{name}` must be {}", confab_protocol::NUMBER_RULE))
+            })
+        })
+        .transpose()
 }
 
 pub(super) async fn list_messages(
@@ -36,22 +50,27 @@ pub(super) async fn list_messages(
     conversation: std::result::Result<Path<String>, PathRejection>,
     query: std::result::Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Json<confab_protocol::MessagePage>> {
-    let Path(conversation) = conversation.map_err(path_error)?;
-    let Query(query) = query.map_err(|e| {
-        Error::bad_request(format!(
-            "`before` and `limit` must be non-negative integers: {}",
-            e.body_text()
-        ))
-    })?;
-    let limit = match query.limit {
+    // A segment that is not even text (bad percent-encoding) names no conversation either.
+    let Path(conversation) = conversation.map_err(|_| no_such_conversation())?;
+    let Query(query) = query
+        .map_err(|e| Error::bad_request(format!("malformed query string: {}", e.body_text())))?;
+    let before = query_number("before", query.before.as_deref())?;
+    let limit = match query_number("limit", query.limit.as_deref())? {
         None => DEFAULT_PAGE,
         Some(0) => return Err(Error::bad_request("limit must be 1-200")),
-        Some(n) => n.min(MAX_PAGE),
+        // Past the largest page, however far past: clamped.
+        Some(n) => usize::try_from(n).map_or(MAX_PAGE, |n| n.min(MAX_PAGE)),
     };
     let page = app
         .store
-        .messages(caller.user, &conversation, query.before, limit)
+        .messages(caller.user, &conversation, before, limit)
         .await?
-        .ok_or_else(|| Error::not_found("no such conversation"))?;
+        .ok_or_else(no_such_conversation)?;
     Ok(Json(page))
+}
+
+/// The one answer for a conversation that is malformed, unknown, or not the caller's: they
+/// are not told apart.
+fn no_such_conversation() -> Error {
+    Error::not_found("no such conversation")
 }

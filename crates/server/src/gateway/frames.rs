@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Gateway;
-use super::handshake::parse_cursor;
+use super::handshake::{malformed_cursor, parse_cursor};
 use super::limits::TokenBucket;
 use super::socket::{Conn, Replies, detached};
 use crate::error::Error;
@@ -86,7 +86,7 @@ impl Conn {
                 }
                 None => Some(ServerFrame::error(
                     ErrorCode::BadRequest,
-                    "malformed cursor",
+                    malformed_cursor(),
                     None,
                 )),
             },

@@ -126,7 +126,7 @@ pub(super) async fn handshake(
                 let _ = io
                     .send(&ServerFrame::error(
                         ErrorCode::BadRequest,
-                        "malformed cursor",
+                        malformed_cursor(),
                         None,
                     ))
                     .await;
@@ -171,10 +171,16 @@ pub(super) async fn handshake(
     })
 }
 
-/// A cursor as the client sends it: canonical decimal digits of a stream position.
+/// Why a cursor was refused.
+pub(super) fn malformed_cursor() -> String {
+    format!(
+        "malformed cursor: a cursor is a string of {}",
+        confab_protocol::NUMBER_RULE
+    )
+}
+
+/// A cursor as the client sends it: the canonical decimal of a stream position (the server
+/// writes them so), at most 2^63-1 like every stored position.
 pub(super) fn parse_cursor(c: &str) -> Option<u64> {
-    if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    c.parse().ok()
+    confab_protocol::parse_number(c)
 }

@@ -45,7 +45,12 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The server is shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// Protocol violation: no `hello`, bad token, revoked token.
+    /// A violation of RFC 6455's framing: unmasked frame, reserved bits, unknown opcode,
+    /// a control frame fragmented or over 125 bytes, a continuation of nothing.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// Policy violation: no `hello`, bad token, revoked token.
     pub const POLICY: u16 = 1008;
     /// A message over the size limit.
     pub const TOO_BIG: u16 = 1009;
