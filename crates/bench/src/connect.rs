@@ -16,6 +16,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+/// Handshakes this tool has in flight at once from one source address. A server counts a
+/// connection against its plain-HTTP cap per client address until the upgrade
+/// (`serve --max-http-connections-per-address`, by default 128) and answers 503 past it, so a
+/// run opening sockets faster would see refusals that measure nothing. (64-128 at once also
+/// gave the highest connect rate.)
+pub const HANDSHAKES_PER_ADDRESS: usize = 128;
+
 /// How long a socket may take from connect to `synced`.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -17,7 +17,7 @@ mod chat;
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig};
+use confab_server::config::{PresenceConfig, QueueConfig, StoreConfig, parse_origin};
 use confab_server::sequencer::MAX_NODE;
 use confab_server::{Config, Server};
 
@@ -130,6 +130,22 @@ struct ServeArgs {
     /// kept for files and backends). A larger value is lowered to that.
     #[arg(long, env = "CONFAB_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Most plain-HTTP connections (not upgraded to a WebSocket) at once; more are answered
+    /// 503. Fitted into the open-file limit next to the WebSockets, whose descriptors stay
+    /// reserved.
+    #[arg(long, env = "CONFAB_MAX_HTTP_CONNECTIONS", default_value_t = u32::try_from(defaults().gateway.max_http_connections).unwrap_or(u32::MAX),
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_http_connections: u32,
+    /// Most plain-HTTP connections from one client address (an IPv6 /64); 0 turns this cap
+    /// off (do so behind a proxy, whose address every connection then has).
+    #[arg(long, env = "CONFAB_MAX_HTTP_CONNECTIONS_PER_ADDRESS", default_value_t = defaults().gateway.max_http_connections_per_address)]
+    max_http_connections_per_address: usize,
+    /// A browser origin allowed to call the API and open sockets besides the server's own,
+    /// as `scheme://host[:port]` (repeatable; the variable takes a comma-separated list).
+    /// Its pages get CORS headers; other origins get 403.
+    #[arg(long = "allowed-origin", env = "CONFAB_ALLOWED_ORIGINS", value_delimiter = ',',
+          value_parser = parse_origin, value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
     /// Embedded store: most writes committed together (one fsync). Larger batches write each
     /// hot page once for more messages; a commit then takes longer.
     #[arg(long, env = "CONFAB_COMMIT_BATCH",
@@ -173,6 +189,9 @@ impl ServeArgs {
             gateway.max_connections = max;
         }
         gateway.resync_interval = secs("--resync-interval", self.resync_interval)?;
+        gateway.max_http_connections = self.max_http_connections as usize;
+        gateway.max_http_connections_per_address = self.max_http_connections_per_address;
+        gateway.allowed_origins = self.allowed_origins;
         config.sqlite.max_commit_batch = self.commit_batch as usize;
         config.sqlite.wal_restart_bytes = u64::from(self.wal_restart_mib) * 1024 * 1024;
         config.sqlite.min_free_disk_bytes = self.min_free_disk_mib.saturating_mul(1024 * 1024);

@@ -130,7 +130,8 @@ async fn the_open_file_limit_caps_connections_with_a_clear_refusal() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"ulimit -n 320 && ulimit -Sn 100 && exec "$0" serve --listen 127.0.0.1:0 --data-dir "$1""#)
+        // 256 kept back, 8 for plain HTTP, 64 for WebSockets.
+        .arg(r#"ulimit -n 328 && ulimit -Sn 100 && exec "$0" serve --listen 127.0.0.1:0 --data-dir "$1" --max-http-connections 8 --max-http-connections-per-address 100"#)
         .arg(env!("CARGO_BIN_EXE_confab"))
         .arg(dir.path())
         .env("RUST_LOG", "info")
@@ -159,7 +160,7 @@ async fn the_open_file_limit_caps_connections_with_a_clear_refusal() {
         std::fs::read_to_string(format!("/proc/{}/limits", node.child.id())).unwrap_or_default();
     if let Some(open_files) = limits.lines().find(|l| l.starts_with("Max open files")) {
         let numbers: Vec<&str> = open_files.split_whitespace().skip(3).take(2).collect();
-        assert_eq!(numbers, ["320", "320"], "soft and hard limit: {open_files}");
+        assert_eq!(numbers, ["328", "328"], "soft and hard limit: {open_files}");
     }
 
     let (token, _) = user(addr, "alice").await;
@@ -194,7 +195,10 @@ async fn the_open_file_limit_caps_connections_with_a_clear_refusal() {
     drop(node);
     let log = log.join().unwrap();
     assert!(
-        log.contains("up to 64 WebSocket connections (open-file limit 320, 256 kept"),
+        log.contains(
+            "up to 64 WebSocket connections and 8 plain-HTTP connections (100 per client \
+             address) (open-file limit 328, 256 kept"
+        ),
         "{log}"
     );
     assert!(
@@ -362,6 +366,68 @@ async fn a_second_process_cannot_open_a_running_nodes_store() {
     let mut ws = connect(node.addr, &alice).await;
     ws.send(json!({"type": "ping"})).await;
     while ws.next().await["type"] != "pong" {}
+}
+
+/// `CONFAB_ALLOWED_ORIGINS` takes a comma-separated list: those origins get CORS headers,
+/// others 403.
+#[tokio::test]
+async fn allowed_origins_come_from_the_environment() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env(
+            "CONFAB_ALLOWED_ORIGINS",
+            "https://a.example,https://b.example",
+        )
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("confab listening on http://")
+        .unwrap_or_else(|| panic!("server did not start: {line:?}"))
+        .parse()
+        .unwrap();
+    let _node = Node { child, addr };
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("http://{addr}/v1/users"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    for origin in ["https://a.example", "https://b.example"] {
+        let r = preflight(origin).await.unwrap();
+        assert!(r.status().is_success(), "{origin}: {}", r.status());
+        assert_eq!(r.headers()["access-control-allow-origin"], origin);
+    }
+    let r = preflight("https://c.example").await.unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[test]
+fn serve_refuses_an_origin_no_browser_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--allowed-origin", "https://chat.example.com/"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("confab runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--allowed-origin"), "{stderr}");
+    assert!(stderr.contains("no path or trailing slash"), "{stderr}");
 }
 
 #[test]

@@ -168,6 +168,43 @@ pub struct GatewayConfig {
     /// Cluster mode: how often each socket re-reads its stream from the store and re-checks
     /// its token, making good any event the sync queue lost.
     pub resync_interval: Duration,
+    /// Most plain-HTTP connections (not, or not yet, upgraded to a WebSocket) open at once,
+    /// and from one client address (an IPv6 client's /64); past either, a new connection is
+    /// answered 503 `unavailable` at once. Idle connections each hold a file descriptor for up
+    /// to `hello_timeout`: the caps keep them from taking those of the WebSockets.
+    /// [`crate::Server::start`] fits the total into the open-file limit next to
+    /// `max_connections`. A per-address cap of 0 turns that cap off (behind a proxy every
+    /// connection comes from the proxy's address).
+    pub max_http_connections: usize,
+    pub max_http_connections_per_address: usize,
+    /// Browser origins besides the server's own (`scheme://host[:port]`, as [`parse_origin`]
+    /// makes them) allowed to call the API and open sockets, with CORS headers.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Parses an `--allowed-origin`: `scheme://host[:port]` as a browser sends it in `Origin`
+/// (no path, no trailing slash), lowercased; or `null`. A value a browser never sends would
+/// never match, so it is refused at start instead.
+pub fn parse_origin(s: &str) -> Result<String, String> {
+    let origin = s.trim().to_ascii_lowercase();
+    if origin == "null" {
+        return Ok(origin);
+    }
+    let host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .ok_or_else(|| format!("origin {s:?} must start with http:// or https://"))?;
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    if valid {
+        Ok(origin)
+    } else {
+        Err(format!(
+            "origin {s:?} must be scheme://host[:port], with no path or trailing slash"
+        ))
+    }
 }
 
 /// The embedded store's settings (what `SqliteStore::open` takes).
@@ -236,6 +273,12 @@ impl Default for GatewayConfig {
             max_inflight_sends: 256,
             max_connections: usize::MAX,
             resync_interval: Duration::from_secs(10),
+            // 512 leaves 19,232 WebSockets under an open-file limit of 20,000. A client
+            // address may hold a quarter of them: `confab bench` opens at most 128 at once from
+            // one address.
+            max_http_connections: 512,
+            max_http_connections_per_address: 128,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -280,5 +323,34 @@ impl RedisConfig {
     /// their sockets expire.
     pub fn fit_sweep_to_ttl(&mut self) {
         self.sweep_interval = self.sweep_interval.min(self.presence_ttl / 3);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_what_browsers_send() {
+        assert_eq!(
+            parse_origin("https://Chat.Example.com").unwrap(),
+            "https://chat.example.com"
+        );
+        assert_eq!(
+            parse_origin("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(parse_origin("http://[::1]:80").unwrap(), "http://[::1]:80");
+        assert_eq!(parse_origin("null").unwrap(), "null");
+        for bad in [
+            "chat.example.com",
+            "https://chat.example.com/",
+            "https://chat.example.com/app",
+            "ftp://x",
+            "https://",
+            "*",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
     }
 }

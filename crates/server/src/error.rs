@@ -118,14 +118,20 @@ impl IntoResponse for Error {
         let code = self.code();
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: self.public_message(),
-            },
-        };
-        (status, axum::Json(body)).into_response()
+        error_response(status, code, self.public_message())
     }
+}
+
+/// An error answer whose status is not the one its code usually has (405, 414, 415, 431), in
+/// the protocol's shape: the body `{"error":{"code","message"}}`, as JSON.
+pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code,
+            message: message.into(),
+        },
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

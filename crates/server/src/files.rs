@@ -8,8 +8,9 @@ use std::io;
 
 /// Descriptors kept back for everything but WebSockets: the store's files (the writer, the
 /// checkpointer and up to 8 readers hold three each), the runtime's, the sync queue's and
-/// presence's connections, plain HTTP requests, and upgrades being refused. An idle embedded
-/// node holds about 20. A PostgreSQL pool comes on top (see [`reserved_files`]).
+/// presence's connections, and connections being refused (past the plain-HTTP caps, see
+/// `edge::places`). An idle embedded node holds about 20. A PostgreSQL pool comes on top (see
+/// [`reserved_files`]); plain-HTTP connections have a budget of their own ([`share`]).
 pub const RESERVED_FILES: u64 = 256;
 
 /// The descriptors to keep back for a node whose PostgreSQL pool (if any) holds `pool`.
@@ -34,9 +35,80 @@ pub fn socket_capacity(open_files: u64, reserved: u64) -> usize {
     usize::try_from(open_files.saturating_sub(reserved)).unwrap_or(usize::MAX)
 }
 
+/// Plain-HTTP connections a node keeps room for even when WebSockets were given every
+/// descriptor: without them nobody could log in or upgrade.
+pub const MIN_HTTP_CONNECTIONS: usize = 16;
+
+/// How the descriptors past the reserve are shared out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub websockets: usize,
+    pub http: usize,
+}
+
+/// Shares `capacity` descriptors between WebSockets (at most `max_websockets`; `usize::MAX`:
+/// as many as fit) and plain-HTTP connections (at most `max_http`), so that together they
+/// never need more than the limit and a WebSocket is refused with a clear 503 rather than an
+/// `accept` that fails. WebSockets asked for by number keep their descriptors, less the few
+/// plain HTTP must have ([`MIN_HTTP_CONNECTIONS`]); without a number they take what plain
+/// HTTP (at most half) leaves.
+pub fn share(capacity: usize, max_websockets: usize, max_http: usize) -> Budget {
+    if max_websockets == usize::MAX {
+        let http = max_http.min((capacity / 2).max(1)).min(capacity);
+        return Budget {
+            websockets: capacity - http,
+            http,
+        };
+    }
+    let floor = max_http.min(MIN_HTTP_CONNECTIONS).min(capacity);
+    let websockets = max_websockets.min(capacity - floor);
+    Budget {
+        websockets,
+        http: max_http.min(capacity - websockets),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websockets_keep_their_descriptors_next_to_plain_http() {
+        let budget = |w, h| {
+            let b = share(19_744, w, h);
+            (b.websockets, b.http)
+        };
+        // Unset: WebSockets take what plain HTTP leaves.
+        assert_eq!(budget(usize::MAX, 512), (19_232, 512));
+        // Asked for: they keep it, and plain HTTP gets the rest up to its cap...
+        assert_eq!(budget(1_000, 512), (1_000, 512));
+        assert_eq!(budget(19_400, 512), (19_400, 344));
+        // ...but never less than a few.
+        assert_eq!(budget(19_744, 512), (19_728, 16));
+        assert_eq!(budget(usize::MAX - 1, 512), (19_728, 16));
+        // A small limit is shared; plain HTTP takes at most half of it.
+        assert_eq!(
+            share(64, usize::MAX, 512),
+            Budget {
+                websockets: 32,
+                http: 32
+            }
+        );
+        assert_eq!(
+            share(1, usize::MAX, 512),
+            Budget {
+                websockets: 0,
+                http: 1
+            }
+        );
+        assert_eq!(
+            share(10, 100, 4),
+            Budget {
+                websockets: 6,
+                http: 4
+            }
+        );
+    }
 
     #[test]
     fn the_reserve_comes_off_the_limit() {

@@ -25,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod chat;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod files;
 pub mod gateway;

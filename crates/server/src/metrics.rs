@@ -14,6 +14,8 @@ pub struct Metrics {
     pub commit_batch_size: Histogram,
     pub wal_restarts: IntCounter,
     pub slow_consumers: IntCounter,
+    pub http_connections: IntGauge,
+    pub http_connections_refused: IntCounter,
 }
 
 impl Metrics {
@@ -59,6 +61,16 @@ impl Metrics {
             "Sockets closed because they could not keep up",
         )
         .expect("valid metric");
+        let http_connections = IntGauge::new(
+            "http_connections",
+            "Open plain-HTTP connections (not upgraded to a WebSocket)",
+        )
+        .expect("valid metric");
+        let http_connections_refused = IntCounter::new(
+            "http_connections_refused_total",
+            "Connections answered 503 at the plain-HTTP caps (per address or in total)",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_refused.clone()),
@@ -67,6 +79,8 @@ impl Metrics {
             Box::new(commit_batch_size.clone()),
             Box::new(wal_restarts.clone()),
             Box::new(slow_consumers.clone()),
+            Box::new(http_connections.clone()),
+            Box::new(http_connections_refused.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -79,6 +93,8 @@ impl Metrics {
             commit_batch_size,
             wal_restarts,
             slow_consumers,
+            http_connections,
+            http_connections_refused,
         }
     }
 

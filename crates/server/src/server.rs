@@ -5,11 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use axum::extract::ConnectInfo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, StoreConfig};
+use crate::edge::Edge;
+use crate::edge::parse_errors::JsonParseErrors;
+use crate::edge::places::{Place, Places};
 use crate::error::StartError;
 use crate::state::App;
 use crate::wiring::Node;
@@ -37,10 +41,12 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let gateway_config = config.gateway.clone();
         let node = crate::wiring::open(config).await?;
         let app = node.app.clone();
+        let edge = Edge::new(&gateway_config, &app.metrics);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, node, stop.clone()));
+        let task = tokio::spawn(serve(listener, node, edge, stop.clone()));
         Ok(Server {
             addr,
             app,
@@ -58,8 +64,9 @@ impl Server {
     }
 }
 
-/// Raises the open-file limit and lowers `max_connections` to the sockets it leaves room for
-/// (see [`crate::files`]), so that the connection past it is refused with a clear 503, and
+/// Raises the open-file limit and shares what it leaves between `max_connections` WebSockets
+/// and `max_http_connections` plain-HTTP connections, lowering them to fit (see
+/// [`crate::files`]), so that the connection past either is refused with a clear 503; and
 /// says how many the node can hold.
 fn fit_connections_to_open_files(config: &mut Config) -> Result<(), StartError> {
     let open_files = match crate::files::raise_open_file_limit() {
@@ -78,18 +85,37 @@ fn fit_connections_to_open_files(config: &mut Config) -> Result<(), StartError> 
             reserved,
         });
     }
-    if config.gateway.max_connections > capacity {
-        if config.gateway.max_connections != usize::MAX {
-            tracing::warn!(
-                "max_connections {} is more than the open-file limit allows; lowered to {capacity}",
-                config.gateway.max_connections
-            );
-        }
-        config.gateway.max_connections = capacity;
+    let gateway = &mut config.gateway;
+    let budget = crate::files::share(
+        capacity,
+        gateway.max_connections,
+        gateway.max_http_connections,
+    );
+    if budget.websockets < gateway.max_connections && gateway.max_connections != usize::MAX {
+        tracing::warn!(
+            "max_connections {} is more than the open-file limit allows; lowered to {}",
+            gateway.max_connections,
+            budget.websockets
+        );
     }
+    if budget.http < gateway.max_http_connections {
+        tracing::warn!(
+            "max_http_connections {} is more than the open-file limit leaves; lowered to {}",
+            gateway.max_http_connections,
+            budget.http
+        );
+    }
+    gateway.max_connections = budget.websockets;
+    gateway.max_http_connections = budget.http;
+    let per_address = match gateway.max_http_connections_per_address {
+        0 => "no cap per client address".to_owned(),
+        n => format!("{n} per client address"),
+    };
     tracing::info!(
-        "up to {} WebSocket connections (open-file limit {open_files}, {reserved} kept for files and backends)",
-        config.gateway.max_connections
+        "up to {} WebSocket connections and {} plain-HTTP connections ({per_address}) \
+         (open-file limit {open_files}, {reserved} kept for files and backends)",
+        gateway.max_connections,
+        gateway.max_http_connections
     );
     Ok(())
 }
@@ -98,13 +124,23 @@ fn fit_connections_to_open_files(config: &mut Config) -> Result<(), StartError> 
 pub async fn serve(
     listener: TcpListener,
     node: Node,
+    edge: Edge,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let Node { app, gateway, jobs } = node;
-    let router = crate::api::routes(app.clone()).merge(crate::gateway::routes(gateway.clone()));
+    let router =
+        edge.wrap(crate::api::routes(app.clone()).merge(crate::gateway::routes(gateway.clone())));
     let jobs = jobs.start(&app, &gateway);
     let connections = TaskTracker::new();
-    accept(listener, router, app.http_timeout, &connections, &stop).await;
+    accept(
+        listener,
+        router,
+        &edge.places,
+        app.http_timeout,
+        &connections,
+        &stop,
+    )
+    .await;
     app.shutdown.cancel();
     gateway.close_all();
     // Requests in progress finish and idle connections close (see `accept`). A connection
@@ -144,10 +180,12 @@ impl Drop for Handling {
 /// a keep-alive connection left idle, would hold its file descriptor for ever, and enough of
 /// them would exhaust the open-file limit for everyone. Here a connection has `head_timeout`
 /// to send each request's head (idle keep-alive time included), as a WebSocket has to send
-/// `hello`, and is then closed.
+/// `hello`, and is then closed; and it needs a place under the plain-HTTP caps
+/// ([`crate::edge::places`]), else it is answered 503 at once.
 async fn accept(
     listener: TcpListener,
     router: axum::Router,
+    places: &Arc<Places>,
     head_timeout: std::time::Duration,
     connections: &TaskTracker,
     stop: &CancellationToken,
@@ -161,14 +199,23 @@ async fn accept(
     });
     loop {
         // axum's `Listener` retries failed accepts itself (once a second on `EMFILE`).
-        let (io, _) = tokio::select! {
+        let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => return,
+        };
+        let place = match places.admit(peer.ip()) {
+            Ok(place) => place,
+            Err(refusal) => {
+                places.refuse(io, refusal);
+                continue;
+            }
         };
         // One router for all connections (a clone shares it): building one per connection
         // cost a few percent of a login's CPU.
         connections.spawn(serve_connection(
             io,
+            peer,
+            place,
             router.clone(),
             head_timeout,
             stop.clone(),
@@ -176,9 +223,13 @@ async fn accept(
     }
 }
 
-/// One HTTP/1.1 connection, with upgrades, until it ends or `stop`.
+/// One HTTP/1.1 connection, with upgrades, until it ends or `stop`. It holds its `place`
+/// under the plain-HTTP caps until then: when it is upgraded, hyper hands the socket to the
+/// WebSocket and this ends, so a WebSocket counts against `max_connections` only.
 async fn serve_connection<Io>(
     io: Io,
+    peer: SocketAddr,
+    place: Place,
     router: axum::Router,
     head_timeout: std::time::Duration,
     stop: CancellationToken,
@@ -190,7 +241,10 @@ async fn serve_connection<Io>(
     let busy = Arc::new(AtomicUsize::new(0));
     let service = {
         let busy = busy.clone();
-        hyper::service::service_fn(move |request| {
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            // The TCP peer, for whatever reads the client address (as `axum::serve` would
+            // give it with `into_make_service_with_connect_info`).
+            request.extensions_mut().insert(ConnectInfo(peer));
             let handling = Handling::start(&busy);
             let response = hyper::service::Service::call(&router, request);
             async move {
@@ -202,10 +256,10 @@ async fn serve_connection<Io>(
     };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(head_timeout);
-    let conn = http
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-        .with_upgrades();
+        .header_read_timeout(head_timeout)
+        .max_header_size(crate::edge::MAX_HEAD_BYTES);
+    let io = hyper_util::rt::TokioIo::new(JsonParseErrors::new(io));
+    let conn = http.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let served = tokio::select! {
         served = conn.as_mut() => served,
@@ -229,5 +283,48 @@ async fn serve_connection<Io>(
     };
     if let Err(e) = served {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+    drop(place);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Whatever reads the client address (login throttling) finds the TCP peer in the
+    /// request's extensions, as `ConnectInfo`.
+    #[tokio::test]
+    async fn requests_carry_the_peer_address() {
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                peer.to_string()
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let places = Arc::new(Places::new(4, 4, crate::metrics::Metrics::new()));
+        let serving = {
+            let places = places.clone();
+            tokio::spawn(async move {
+                let (io, peer) = listener.accept().await.unwrap();
+                let place = places.admit(peer.ip()).unwrap();
+                let timeout = std::time::Duration::from_secs(5);
+                serve_connection(io, peer, place, router, timeout, CancellationToken::new()).await;
+            })
+        };
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let me = client.local_addr().unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(&me.to_string()), "{answer} (from {me})");
+        serving.await.unwrap();
+        assert!(places.admit(me.ip()).is_ok(), "the place was given back");
     }
 }

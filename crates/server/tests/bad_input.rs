@@ -198,6 +198,7 @@ async fn http_bad_input() {
     let r = s
         .http
         .post(s.url("/v1/users"))
+        .header("content-type", "application/json")
         .body(format!(
             r#"{{"username":"alice","password":"{}"}}"#,
             "p".repeat(5000)
@@ -212,6 +213,7 @@ async fn http_bad_input() {
     let r = s
         .http
         .post(s.url("/v1/users"))
+        .header("content-type", "application/json")
         .body("{oops")
         .send()
         .await
@@ -369,7 +371,8 @@ async fn silent_http_connections_are_closed() {
     // A whole head, then half a body: answered with `bad_request` and closed.
     let mut trickle = raw(
         &s,
-        b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"user",
+        b"POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"user",
     )
     .await;
     let (answer, after) = read_until_closed(&mut trickle, limit).await;
@@ -406,7 +409,8 @@ async fn shutdown_answers_requests_in_hand_and_drops_silent_connections() {
     // A request whose head is in and whose body is not: it is being handled.
     let body = br#"{"username":"dora","password":"password1"}"#;
     let head = format!(
-        "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /v1/users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
         body.len()
     );
     let mut in_hand = raw(&s, head.as_bytes()).await;

@@ -24,7 +24,7 @@ pub use summary::IdleReport;
 pub(crate) use worker::worker_main;
 
 use crate::UsageError;
-use crate::connect::{SourcePlan, ephemeral_ports};
+use crate::connect::{HANDSHAKES_PER_ADDRESS, SourcePlan, ephemeral_ports};
 use crate::report::{self, OutputArgs};
 use crate::target::{Target, TargetArgs, raise_nofile_limit};
 
@@ -32,8 +32,10 @@ use crate::target::{Target, TargetArgs, raise_nofile_limit};
 pub const MAX_CONNECTIONS: usize = 1_000_000;
 /// Open files a process keeps for itself (stdio, the runtime, pipes to children).
 const FD_RESERVE: u64 = 200;
-/// Open files a server keeps back from its sockets (`confab_server::files::RESERVED_FILES`).
+/// Open files a server keeps back from its sockets (`confab_server::files::RESERVED_FILES`),
+/// and for plain-HTTP connections by default (`serve --max-http-connections`).
 const SERVER_FD_RESERVE: u64 = 256;
+const SERVER_HTTP_CONNECTIONS: u64 = 512;
 
 /// `confab bench idle`.
 #[derive(clap::Args, Clone, Debug)]
@@ -44,7 +46,9 @@ pub struct IdleArgs {
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub connections: usize,
     /// Sockets being opened at once (per process). On the reference 2-core machine 64-128
-    /// gave the highest rate; 256 gave a third less.
+    /// gave the highest rate; 256 gave a third less. Lowered so that no source address has
+    /// more than 128 handshakes in flight (a server's default cap on plain-HTTP connections
+    /// from one address).
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
     /// Seconds to hold the sockets after the last one connected; memory is read at the end.
@@ -100,7 +104,7 @@ fn per_process_limit() -> usize {
 }
 
 /// `confab bench idle`.
-pub async fn main(args: IdleArgs) -> anyhow::Result<bool> {
+pub async fn main(mut args: IdleArgs) -> anyhow::Result<bool> {
     let usage = |e: String| anyhow::Error::new(UsageError(e));
     let n = args.connections;
     if n == 0 || n > MAX_CONNECTIONS {
@@ -136,12 +140,16 @@ pub async fn main(args: IdleArgs) -> anyhow::Result<bool> {
         None => per_process_limit(),
     };
     let processes = n.div_ceil(per_process);
-    if args.target.spawn && n as u64 + SERVER_FD_RESERVE > raise_nofile_limit() {
+    args.concurrency = concurrency_per_process(args.concurrency, plan, per_process, processes);
+    let server_holds = raise_nofile_limit()
+        .saturating_sub(SERVER_FD_RESERVE)
+        .saturating_sub(SERVER_HTTP_CONNECTIONS);
+    if args.target.spawn && n as u64 > server_holds {
         report::note(format!(
-            "the spawned server inherits an open-file limit of {}: it holds at most {} sockets \
-             and refuses the rest (raise the hard limit, `ulimit -Hn`, as root to go further)",
+            "the spawned server inherits an open-file limit of {}: it holds at most {server_holds} \
+             sockets and refuses the rest (raise the hard limit, `ulimit -Hn`, as root to go \
+             further)",
             raise_nofile_limit(),
-            raise_nofile_limit().saturating_sub(SERVER_FD_RESERVE)
         ));
     }
 
@@ -154,6 +162,19 @@ pub async fn main(args: IdleArgs) -> anyhow::Result<bool> {
     Ok(report.connected == report.requested && report.dropped == 0)
 }
 
+/// Sockets one process opens at once: `wanted`, lowered so that the processes that may use
+/// one source address at the same time (their shares are consecutive, an address's block may
+/// span several) have at most [`HANDSHAKES_PER_ADDRESS`] handshakes in flight from it.
+fn concurrency_per_process(
+    wanted: usize,
+    plan: SourcePlan,
+    per_process: usize,
+    processes: usize,
+) -> usize {
+    let sharing = (plan.per_address.div_ceil(per_process.max(1)) + 1).min(processes.max(1));
+    wanted.clamp(1, (HANDSHAKES_PER_ADDRESS / sharing).max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +182,29 @@ mod tests {
     #[test]
     fn the_server_reserve_is_the_servers() {
         assert_eq!(SERVER_FD_RESERVE, confab_server::files::RESERVED_FILES);
+        let defaults = confab_server::config::GatewayConfig::default();
+        assert_eq!(
+            SERVER_HTTP_CONNECTIONS,
+            defaults.max_http_connections as u64
+        );
+        assert_eq!(
+            HANDSHAKES_PER_ADDRESS,
+            defaults.max_http_connections_per_address
+        );
+    }
+
+    #[test]
+    fn one_address_never_has_more_handshakes_than_the_server_lets_in() {
+        let plan = SourcePlan {
+            base: Ipv4Addr::LOCALHOST,
+            per_address: 25_000,
+        };
+        assert_eq!(concurrency_per_process(128, plan, 1_000_000, 1), 128);
+        assert_eq!(concurrency_per_process(512, plan, 1_000_000, 1), 128);
+        assert_eq!(concurrency_per_process(0, plan, 1_000_000, 1), 1);
+        // Two processes may meet at an address's boundary; 19,800 per process, three.
+        assert_eq!(concurrency_per_process(128, plan, 30_000, 4), 64);
+        assert_eq!(concurrency_per_process(128, plan, 19_800, 6), 42);
+        assert_eq!(concurrency_per_process(128, plan, 19_800, 2), 64);
     }
 }

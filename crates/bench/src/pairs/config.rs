@@ -82,7 +82,10 @@ impl LoadArgs {
             grace_s: self.grace,
             workers: workers.min(self.users / 2),
             ack_interval_ms: self.ack_interval,
-            connect_concurrency: self.connect_concurrency.max(1),
+            // All from one address: see `HANDSHAKES_PER_ADDRESS`.
+            connect_concurrency: self
+                .connect_concurrency
+                .clamp(1, crate::connect::HANDSHAKES_PER_ADDRESS),
         })
     }
 }

@@ -54,7 +54,8 @@ pub struct LoadArgs {
     /// out as from independent clients.
     #[arg(long, default_value_t = 1000)]
     pub ack_interval: u64,
-    /// Connections opened at once while connecting.
+    /// Connections opened at once while connecting (at most 128: a server's default cap
+    /// on plain-HTTP connections from one address).
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use confab_protocol::{ErrorCode, MAX_FRAME_BYTES};
@@ -12,7 +13,7 @@ use confab_protocol::{ErrorCode, MAX_FRAME_BYTES};
 use super::socket::{Slot, run_task};
 use super::{Gateway, READ_BUFFER, WRITE_BUFFER};
 use crate::auth::bearer_token;
-use crate::error::Error;
+use crate::error::{Error, error_response};
 use crate::time::now_ms;
 
 /// Open sockets, against `max_connections`.
@@ -39,12 +40,17 @@ impl Default for Admission {
     }
 }
 
-/// `GET /v1/ws`.
+/// `GET /v1/ws`. A request that is no WebSocket upgrade (a plain `GET`, a wrong version)
+/// gets axum's status for it, with the protocol's JSON body rather than axum's text.
 pub(super) async fn upgrade(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => return error_response(e.status(), ErrorCode::BadRequest, e.body_text()),
+    };
     let open = gateway.admission.open.fetch_add(1, Ordering::Relaxed);
     let slot = Slot(gateway.clone());
     let limit = gateway.config.max_connections;
