@@ -75,9 +75,36 @@ impl Api {
         json(req).await
     }
 
-    /// `GET /v1/conversations`: newest activity first.
+    /// The whole conversation list, newest activity first: every page of
+    /// [`Api::conversations_page`], followed until the last (`more` is then false).
     pub async fn conversations(&self, token: &str) -> Result<Conversations, Error> {
-        let req = self.request(Method::GET, &["conversations"], Some(token))?;
+        let mut all = self.conversations_page(token, None, Some(200)).await?;
+        while let Some(next) = all.next.take() {
+            let page = self
+                .conversations_page(token, Some(&next), Some(200))
+                .await?;
+            all.conversations.extend(page.conversations);
+            all.more = page.more;
+            all.next = page.next;
+        }
+        Ok(all)
+    }
+
+    /// `GET /v1/conversations`: one page, newest activity first; `before` is a previous
+    /// page's `next`, `limit` 1-200 (the server's default 50).
+    pub async fn conversations_page(
+        &self,
+        token: &str,
+        before: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Conversations, Error> {
+        let mut req = self.request(Method::GET, &["conversations"], Some(token))?;
+        if let Some(before) = before {
+            req = req.query(&[("before", before)]);
+        }
+        if let Some(limit) = limit {
+            req = req.query(&[("limit", limit)]);
+        }
         json(req).await
     }
 

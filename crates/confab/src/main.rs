@@ -103,13 +103,13 @@ struct ServeArgs {
     /// Seconds of silence after which a socket counts as dead (WebSocket pings keep live ones busy).
     #[arg(long, env = "CONFAB_IDLE_TIMEOUT", default_value_t = defaults().gateway.idle_timeout.as_secs_f64())]
     idle_timeout: f64,
-    /// Sustained `send` frames per second allowed per socket.
+    /// Sustained `send` frames per second allowed per device (all its sockets together).
     #[arg(long, env = "CONFAB_SEND_RATE", default_value_t = defaults().gateway.send_rate_per_sec)]
     send_rate: f64,
     /// Burst of `send` frames allowed above the rate.
     #[arg(long, env = "CONFAB_SEND_BURST", default_value_t = defaults().gateway.send_burst)]
     send_burst: u32,
-    /// Frames of any kind per second allowed per socket (floods get `rate_limited`).
+    /// Frames of any kind per second allowed per device (floods get `rate_limited`).
     #[arg(long, env = "CONFAB_FRAME_RATE", default_value_t = defaults().gateway.frame_rate_per_sec)]
     frame_rate: f64,
     /// Burst of frames allowed above that rate.

@@ -227,6 +227,50 @@ async fn users_on_different_nodes_chat_see_presence_and_receipts() {
     assert_eq!(p["status"], "offline");
 }
 
+/// Receipts travel the sync queue already filtered: a stranger on another node hears no
+/// `delivered`, `read` or typing, and the list on a third node shows no marks.
+#[tokio::test]
+async fn a_stranger_on_another_node_learns_nothing() {
+    let Some(engines) = all_engines() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(engines, 3).await;
+    let (n0, n1, n2) = (cluster.addr(0), cluster.addr(1), cluster.addr(2));
+    let carol = user(n2, "carol").await;
+    let bob = user(n1, "bob").await;
+    let (mut b, _) = Ws::caught_up(n1, &bob.token, None).await;
+    let (mut c, _) = Ws::caught_up(n2, &carol.token, None).await;
+    c.send(json!({"type": "send", "to": bob.id, "client_id": "s1", "body": "hi stranger"}))
+        .await;
+    c.next_of_within("sent", Duration::from_secs(5)).await;
+    let m = b.next_of_within("message", Duration::from_secs(2)).await;
+    b.send(json!({"type": "ack", "cursor": m["cursor"]})).await;
+    b.send(json!({"type": "read", "conversation": m["conversation"], "seq": 1}))
+        .await;
+    b.send(json!({"type": "typing", "to": carol.id})).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Some(f) = c
+        .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        assert!(f["type"] != "receipt" && f["type"] != "typing", "{f}");
+    }
+    let r = reqwest::Client::new()
+        .get(format!("http://{n0}/v1/conversations"))
+        .bearer_auth(&carol.token)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    let e = &list["conversations"][0];
+    assert_eq!(
+        (&e["peer_read_seq"], &e["peer_delivered_seq"]),
+        (&json!(0), &json!(0)),
+        "{list}"
+    );
+}
+
 #[tokio::test]
 async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
     let Some(engines) = all_engines() else {

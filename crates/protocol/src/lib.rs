@@ -569,10 +569,16 @@ pub struct ConversationSummary {
     pub peer_delivered_seq: u64,
 }
 
-/// `GET /v1/conversations` response.
+/// `GET /v1/conversations` response: one page, newest activity first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conversations {
     pub conversations: Vec<ConversationSummary>,
+    /// Older conversations exist past this page.
+    #[serde(default)]
+    pub more: bool,
+    /// With `more`: the `before` that asks for the next page (an opaque cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `GET /v1/conversations/{c}/messages` response.

@@ -120,8 +120,9 @@ impl Chat {
         Ok(sent)
     }
 
-    /// A `read`: advances the reader's mark; the peer and the reader's other devices hear of
-    /// it. A mark that does not move forward is ignored, as PROTOCOL.md says.
+    /// A `read`: advances the reader's mark; the reader's other devices hear of it, and the
+    /// peer too while the two are friends (a stranger learns nothing of when one reads). A
+    /// mark that does not move forward is ignored, as PROTOCOL.md says.
     pub async fn mark_read(
         &self,
         reader: DeviceSession,
@@ -135,8 +136,13 @@ impl Chat {
         else {
             return Ok(());
         };
+        let to = if advance.friends {
+            vec![advance.peer, reader.user_id]
+        } else {
+            vec![reader.user_id]
+        };
         let event = SyncEvent::Ephemeral {
-            to: vec![advance.peer, reader.user_id],
+            to,
             except_device: Some(reader.device_id),
             frame: Arc::new(ServerFrame::Receipt {
                 conversation,
@@ -151,17 +157,19 @@ impl Chat {
         Ok(())
     }
 
-    /// A `typing`: relayed to the peer's connected sockets unless a block stands either way.
-    /// Never stored; silently dropped for an offline or unknown peer, so it reveals nothing.
+    /// A `typing`: relayed to the peer's connected sockets only while the two are friends
+    /// (mutual contacts, no block either way): a stranger learns nothing of presence through
+    /// it. Never stored; silently dropped for an offline, unknown or non-friend peer alike, so
+    /// the sender cannot tell which.
     pub async fn relay_typing(&self, from: Id, to: Id) {
         if self.sync_is_node_local && !self.local.holds(to) {
-            return; // nobody to tell: skip the block lookup
+            return; // nobody to tell: skip the friendship lookup
         }
-        match self.store.blocked_between(from, to).await {
-            Ok(false) => {}
-            Ok(true) => return,
+        match self.store.are_friends(from, to).await {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => {
-                tracing::warn!(error = %e, "typing dropped: block check failed");
+                tracing::warn!(error = %e, "typing dropped: friendship check failed");
                 return;
             }
         }
@@ -177,10 +185,11 @@ impl Chat {
     }
 
     /// A device acknowledged its stream up to `pos`: the cursor is stored, and the senders of
-    /// the conversations whose delivered mark moved get a `delivered` receipt.
+    /// the conversations whose delivered mark moved get a `delivered` receipt if they are
+    /// friends (the store answers that with the advance: no read of its own per ack).
     pub async fn record_ack(&self, device: DeviceSession, pos: u64) -> StoreResult<()> {
         let advances = self.store.set_cursor(device.device_id, pos).await?;
-        for a in advances {
+        for a in advances.into_iter().filter(|a| a.friends) {
             let event = SyncEvent::Ephemeral {
                 to: vec![a.peer],
                 except_device: None,

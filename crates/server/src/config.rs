@@ -154,7 +154,7 @@ pub struct GatewayConfig {
     pub send_rate_per_sec: f64,
     /// ...and the burst it may send above that rate.
     pub send_burst: u32,
-    /// Frames of any kind per second per socket, and their burst, before `rate_limited`.
+    /// Frames of any kind per second per device, and their burst, before `rate_limited`.
     pub frame_rate_per_sec: f64,
     pub frame_burst: u32,
     /// Events queued for one socket before it counts as too slow and is disconnected.

@@ -439,3 +439,97 @@ async fn shutdown_answers_requests_in_hand_and_drops_silent_connections() {
         started.elapsed()
     );
 }
+
+/// The send limit is per device: ten sockets of one token flooding together get the burst and
+/// the rate once, not ten times (PROTOCOL.md, Guarantee 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_limits_hold_per_device_across_its_sockets() {
+    let s = TestServer::start().await; // 20 a second, bursts of 100
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(s.connect(&alice).await.0);
+    }
+    let started = std::time::Instant::now();
+    let floods = sockets.into_iter().enumerate().map(|(k, mut ws)| {
+        let to = bob.id.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                ws.send(json!({"type": "send", "to": to, "client_id": format!("s{k}-{i}"), "body": "x"}))
+                    .await;
+            }
+            let (mut sent, mut limited) = (0, 0);
+            while sent + limited < 100 {
+                let f = ws.next().await;
+                match f["type"].as_str() {
+                    Some("sent") => sent += 1,
+                    Some("error") => {
+                        assert_eq!(f["code"], "rate_limited", "{f}");
+                        limited += 1;
+                    }
+                    _ => {}
+                }
+            }
+            sent
+        })
+    });
+    let sent: usize = futures::future::join_all(floods)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    let bound = 100.0 + 20.0 * elapsed;
+    assert!(sent >= 100, "the burst passes: {sent}");
+    assert!(
+        sent as f64 <= bound + 1.0,
+        "{sent} sends accepted in {elapsed:.2} s; the device may send {bound:.0}"
+    );
+}
+
+/// Typing relays are limited per device and peer: twenty sockets of one device typing to a
+/// friend reach it at most once a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_is_limited_per_device_across_its_sockets() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    for (owner, other) in [(&alice, &bob), (&bob, &alice)] {
+        let r = s
+            .http
+            .put(s.url(&format!("/v1/contacts/{}", other.id)))
+            .bearer_auth(&owner.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let (mut b, _) = s.connect(&bob).await;
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        sockets.push(s.connect(&alice).await.0);
+    }
+    let started = std::time::Instant::now();
+    for round in 0..4 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        for ws in &mut sockets {
+            ws.send(json!({"type": "typing", "to": bob.id})).await;
+        }
+    }
+    let sending = started.elapsed().as_secs_f64();
+    let mut relayed = 0;
+    while let Some(f) = b.next_within(Duration::from_millis(500)).await {
+        if f["type"] == "typing" {
+            relayed += 1;
+        }
+    }
+    // One at the start, then at most one per further second of sending.
+    let most = 1 + sending.floor() as usize;
+    assert!(
+        (1..=most).contains(&relayed),
+        "{relayed} typing frames from 80 over {sending:.2} s; at most {most}"
+    );
+}

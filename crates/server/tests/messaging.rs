@@ -304,6 +304,8 @@ async fn history_endpoints() {
     for k in ["read_seq", "peer_read_seq", "peer_delivered_seq"] {
         assert!(list[1][k].is_u64(), "{k}");
     }
+    let (_, whole) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!((&whole["more"], whole.get("next")), (&json!(false), None));
 
     let path = format!("/v1/conversations/{conv}/messages");
     let (status, page) = s.get(&format!("{path}?limit=3"), &bob.token).await;
@@ -637,4 +639,89 @@ async fn a_sender_that_stops_reading_does_not_hold_back_its_messages() {
     }
     reader.abort();
     drop(a);
+}
+
+/// `GET /v1/conversations` in pages: `limit` (default 50, clamped to 200), `more`, and `next`
+/// to pass as `before`; a malformed cursor or limit is `bad_request`.
+#[tokio::test]
+async fn the_conversation_list_comes_in_pages() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let mut peers = Vec::new();
+    for i in 0..5 {
+        let p = s.user(&format!("peer{i}")).await;
+        a.send_message(&p.id, &format!("c{i}"), "hi").await;
+        peers.push(p.id);
+    }
+    let newest_first: Vec<String> = peers.iter().rev().cloned().collect();
+    let peers_of = |page: &Value| -> Vec<String> {
+        page["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["peer"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            None => "/v1/conversations?limit=2".to_owned(),
+            Some(n) => format!("/v1/conversations?limit=2&before={n}"),
+        };
+        let (status, page) = s.get(&path, &alice.token).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(peers_of(&page));
+        assert_eq!(page["more"].as_bool().unwrap(), page.get("next").is_some());
+        match page.get("next") {
+            Some(n) => next = Some(n.as_str().unwrap().to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+    let (_, page) = s.get("/v1/conversations?limit=1000", &alice.token).await;
+    assert_eq!(peers_of(&page), newest_first, "clamped, not refused");
+    for bad in [
+        "limit=0",
+        "limit=-1",
+        "limit=x",
+        "before=",
+        "before=01",
+        "before=-5",
+        "before=abc",
+        "before=9223372036854775808",
+        "before=%2B5",
+    ] {
+        let (status, body) = s
+            .get(&format!("/v1/conversations?{bad}"), &alice.token)
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{bad}");
+    }
+}
+
+/// The default page is bounded: 60 conversations come as 50 and a cursor to the rest.
+#[tokio::test]
+async fn the_default_conversation_page_is_fifty() {
+    let s = TestServer::start().await;
+    let app = s.server.as_ref().unwrap().app.clone();
+    let alice = s.user("alice").await;
+    let seeded = confab_server::admin::seed_into(&app, "many", 60, "password1", |_| {})
+        .await
+        .unwrap();
+    let (mut a, _) = s.connect(&alice).await;
+    for (i, p) in seeded.iter().enumerate() {
+        a.send_message(&p.user_id.to_string(), &format!("c{i}"), "hi")
+            .await;
+    }
+    let (_, page) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(page["conversations"].as_array().unwrap().len(), 50);
+    assert_eq!(page["more"], true);
+    let next = page["next"].as_str().unwrap();
+    let (_, rest) = s
+        .get(&format!("/v1/conversations?before={next}"), &alice.token)
+        .await;
+    assert_eq!(rest["conversations"].as_array().unwrap().len(), 10);
+    assert_eq!(rest["more"], false);
 }

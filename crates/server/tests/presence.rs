@@ -50,6 +50,20 @@ async fn presence_within(ws: &mut Ws, bound: Duration) -> Value {
         .expect("presence frame within the bound")
 }
 
+/// Reads frames for `wait`; fails on any of the given types.
+async fn none_of(ws: &mut Ws, types: &[&str], wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while let Some(f) = ws
+        .next_within(deadline.saturating_duration_since(Instant::now()))
+        .await
+    {
+        assert!(
+            !types.contains(&f["type"].as_str().unwrap_or("")),
+            "unexpected {f}"
+        );
+    }
+}
+
 /// Every frame from `hello` to `synced`.
 async fn connect_all(s: &TestServer, user: &TestUser) -> (Ws, Vec<Value>) {
     let mut ws = Ws::connect(s.addr).await;
@@ -319,6 +333,7 @@ async fn receipts_arrive_once_and_in_order_and_the_list_reflects_them() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
+    befriend(&s, &alice, &bob).await;
     let bob2 = s.login("bob").await;
     let (mut a, _) = s.connect(&alice).await;
     let mut conv = String::new();
@@ -401,11 +416,104 @@ async fn receipts_arrive_once_and_in_order_and_the_list_reflects_them() {
     assert_eq!(list["conversations"][0]["peer_read_seq"], 0);
 }
 
+/// What a stranger could learn from receipts, typing and the list: nothing (Guarantee 5).
+/// The marks become visible when the two become friends, and hidden again when they stop.
 #[tokio::test]
-async fn typing_reaches_an_online_peer_rate_limited_and_is_dropped_for_an_offline_one() {
+async fn strangers_get_no_receipts_typing_or_marks_and_friends_do() {
     let s = TestServer::start().await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
+    let bob2 = s.login("bob").await;
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b1, _) = s.connect(&bob).await;
+    let (mut b2, _) = s.connect(&bob2).await;
+    let marks = |list: &Value| {
+        let e = &list["conversations"][0];
+        (
+            e["peer_read_seq"].as_u64().unwrap(),
+            e["peer_delivered_seq"].as_u64().unwrap(),
+        )
+    };
+
+    // Alice, a stranger, writes; bob is online, acks and reads: alice hears nothing.
+    let sent = a.send_message(&bob.id, "m1", "hello").await;
+    let conv = sent["conversation"].as_str().unwrap().to_owned();
+    let m = b1.next_of("message").await;
+    b1.send(json!({"type": "ack", "cursor": m["cursor"]})).await;
+    b1.send(json!({"type": "read", "conversation": conv, "seq": 1}))
+        .await;
+    // Bob's other device still hears his own read.
+    let r = b2.next_of("receipt").await;
+    assert_eq!(
+        (r["kind"].as_str(), r["user_id"].as_str()),
+        (Some("read"), Some(bob.id.as_str()))
+    );
+    // Typing is not relayed either way.
+    a.send(json!({"type": "typing", "to": bob.id})).await;
+    b1.send(json!({"type": "typing", "to": alice.id})).await;
+    none_of(&mut a, &["receipt", "typing"], Duration::from_millis(400)).await;
+    none_of(&mut b1, &["typing"], Duration::from_millis(100)).await;
+    let (_, list) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(marks(&list), (0, 0), "{list}");
+    // One way is still strangers.
+    assert_eq!(
+        put(&s, &format!("/v1/contacts/{}", bob.id), &alice.token).await,
+        204
+    );
+    let (_, list) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(marks(&list), (0, 0));
+
+    // Friends: the marks already made show at once; new ones come as receipts.
+    assert_eq!(
+        put(&s, &format!("/v1/contacts/{}", alice.id), &bob.token).await,
+        204
+    );
+    let (_, list) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(marks(&list), (1, 1));
+    a.send_message(&bob.id, "m2", "again").await;
+    let m = b1.next_of("message").await;
+    b1.send(json!({"type": "ack", "cursor": m["cursor"]})).await;
+    let r = a.next_of("receipt").await;
+    assert_eq!(
+        (r["kind"].as_str(), r["seq"].as_u64()),
+        (Some("delivered"), Some(2))
+    );
+    b1.send(json!({"type": "read", "conversation": conv, "seq": 2}))
+        .await;
+    let r = a.next_of("receipt").await;
+    assert_eq!(
+        (r["kind"].as_str(), r["seq"].as_u64()),
+        (Some("read"), Some(2))
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the typing limiter's second
+    b1.send(json!({"type": "typing", "to": alice.id})).await;
+    assert_eq!(a.next_of("typing").await["from"], bob.id.as_str());
+
+    // No longer friends: hidden again, and silent.
+    assert_eq!(
+        delete(&s, &format!("/v1/contacts/{}", alice.id), &bob.token).await,
+        204
+    );
+    let (_, list) = s.get("/v1/conversations", &alice.token).await;
+    assert_eq!(marks(&list), (0, 0));
+    a.send_message(&bob.id, "m3", "still there?").await;
+    let m = b1.next_of("message").await;
+    b1.send(json!({"type": "ack", "cursor": m["cursor"]})).await;
+    b1.send(json!({"type": "read", "conversation": conv, "seq": 3}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the typing limiter's second
+    b1.send(json!({"type": "typing", "to": alice.id})).await;
+    none_of(&mut a, &["receipt", "typing"], Duration::from_millis(500)).await;
+    let (_, list) = s.get("/v1/conversations", &bob.token).await;
+    assert_eq!(list["conversations"][0]["read_seq"], 3, "bob's own mark");
+}
+
+#[tokio::test]
+async fn typing_reaches_an_online_friend_rate_limited_and_is_dropped_for_an_offline_one() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    befriend(&s, &alice, &bob).await;
     let (mut a, _) = s.connect(&alice).await;
     // Bob offline: dropped, no error.
     a.send(json!({"type": "typing", "to": bob.id})).await;

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use confab_protocol::Id;
+use confab_protocol::{ConversationSummary, Id};
 use confab_server::config::SqliteConfig;
 use confab_server::store::postgres::PostgresStore;
 use confab_server::store::sqlite::{SqliteMetrics, SqliteStore};
@@ -114,6 +114,8 @@ contract!(
     contacts_friends_and_blocks,
     mark_read_is_forward_only_and_clamped,
     conversations_newest_first_with_marks,
+    peer_marks_only_between_friends,
+    conversations_page_by_last_message,
     messages_pages_backwards,
     numbers_past_i64_max_are_not_wrapped,
     last_seen_is_kept,
@@ -126,6 +128,19 @@ contract!(
 // Helpers
 
 type Store = Arc<dyn MessageStore>;
+
+/// The first page of `user`'s conversation list, big enough for every test.
+async fn listed(store: &Store, user: Id) -> Vec<ConversationSummary> {
+    let page = store.conversations(user, None, 1000).await.unwrap();
+    assert!(!page.more);
+    page.conversations
+}
+
+/// Makes `a` and `b` friends (mutual contacts).
+async fn befriend(store: &Store, a: Id, b: Id) {
+    store.add_contact(a, b, 1).await.unwrap();
+    store.add_contact(b, a, 1).await.unwrap();
+}
 
 async fn user(store: &Store, id: u64, name: &str) -> Id {
     store
@@ -348,9 +363,9 @@ async fn duplicate_to_another_recipient_returns_the_first(store: Store, _: &Back
     assert!(dup.duplicate);
     assert_eq!(*dup.message, *first.message);
     assert_eq!(store.stream_head(c).await.unwrap(), 0);
-    let conversations = store.conversations(a).await.unwrap();
+    let conversations = listed(&store, a).await;
     assert_eq!(conversations.len(), 1, "{conversations:?}");
-    assert!(store.conversations(c).await.unwrap().is_empty());
+    assert!(listed(&store, c).await.is_empty());
     // A repeat into an existing conversation with someone else is the first one too.
     send(&store, 102, c, a, 30).await;
     let dup = store.append(msg(103, a, c, "same", 40)).await.unwrap();
@@ -531,6 +546,7 @@ async fn delivered_marks_advance_once(store: Store, _: &Backend) {
     let d2 = device(&store, 11, b, 2).await;
     let ab = conversation_id(a, b);
     let cb = conversation_id(c, b);
+    befriend(&store, a, b).await; // c stays a stranger to b
     send(&store, 100, a, b, 1).await; // b pos 1, ab seq 1
     send(&store, 101, a, b, 2).await; // b pos 2, ab seq 2
     send(&store, 102, b, a, 3).await; // b pos 3 (sent by b: no delivered mark)
@@ -543,7 +559,8 @@ async fn delivered_marks_advance_once(store: Store, _: &Backend) {
         [DeliveredAdvance {
             conversation: ab.clone(),
             peer: a,
-            seq: 2
+            seq: 2,
+            friends: true,
         }]
     );
     // Another device acknowledging the same range advances nothing.
@@ -557,21 +574,23 @@ async fn delivered_marks_advance_once(store: Store, _: &Backend) {
             conversation: ab.clone(),
             peer: a,
             seq: 4,
+            friends: true,
         },
         DeliveredAdvance {
             conversation: cb.clone(),
             peer: c,
             seq: 1,
+            friends: false,
         },
     ];
     want.sort_by(|x, y| x.conversation.cmp(&y.conversation));
     assert_eq!(adv, want);
     assert!(store.set_cursor(d2, 5).await.unwrap().is_empty());
 
-    let for_a = store.conversations(a).await.unwrap();
+    let for_a = listed(&store, a).await;
     let s = for_a.iter().find(|s| s.conversation == ab).unwrap();
     assert_eq!(s.peer_delivered_seq, 4);
-    let for_b = store.conversations(b).await.unwrap();
+    let for_b = listed(&store, b).await;
     let s = for_b.iter().find(|s| s.conversation == ab).unwrap();
     assert_eq!(s.peer_delivered_seq, 0, "a acknowledged nothing");
 }
@@ -594,9 +613,12 @@ async fn contacts_friends_and_blocks(store: Store, _: &Backend) {
             .all(|c| !c.mutual && !c.blocked && c.last_seen == 0)
     );
     assert!(store.friends(a).await.unwrap().is_empty());
+    assert!(!store.are_friends(a, bx).await.unwrap(), "one way only");
 
     assert!(store.add_contact(bx, a, 3).await.unwrap(), "now mutual");
     assert_eq!(store.friends(a).await.unwrap(), [bx]);
+    assert!(store.are_friends(a, bx).await.unwrap());
+    assert!(store.are_friends(bx, a).await.unwrap());
     assert_eq!(store.friends(bx).await.unwrap(), [a]);
     let entry = store
         .contacts(a)
@@ -614,6 +636,7 @@ async fn contacts_friends_and_blocks(store: Store, _: &Backend) {
     assert!(store.blocked_between(bx, a).await.unwrap());
     assert!(!store.blocked_between(a, cat).await.unwrap());
     assert!(store.friends(a).await.unwrap().is_empty());
+    assert!(!store.are_friends(a, bx).await.unwrap(), "a block ends it");
     assert!(store.friends(bx).await.unwrap().is_empty());
     let entry = store
         .contacts(a)
@@ -627,6 +650,7 @@ async fn contacts_friends_and_blocks(store: Store, _: &Backend) {
     store.set_block(bx, a, false, 7).await.unwrap(); // idempotent
     assert!(!store.blocked_between(a, bx).await.unwrap());
     assert_eq!(store.friends(a).await.unwrap(), [bx]);
+    assert!(store.are_friends(a, bx).await.unwrap());
 
     assert!(
         store.remove_contact(a, bx).await.unwrap(),
@@ -638,6 +662,7 @@ async fn contacts_friends_and_blocks(store: Store, _: &Backend) {
     );
     assert!(!store.remove_contact(a, cat).await.unwrap(), "never mutual");
     assert!(store.friends(a).await.unwrap().is_empty());
+    assert!(!store.are_friends(bx, a).await.unwrap());
     assert!(store.friends(bx).await.unwrap().is_empty());
     // bx still lists a; a no longer lists bx.
     assert_eq!(store.contacts(bx).await.unwrap()[0].user_id, a);
@@ -654,23 +679,36 @@ async fn mark_read_is_forward_only_and_clamped(store: Store, _: &Backend) {
     let b = user(&store, 2, "bob").await;
     let c = user(&store, 3, "carol").await;
     let ab = conversation_id(a, b);
+    befriend(&store, a, b).await;
     for i in 0..3 {
         send(&store, 100 + i, a, b, i as i64).await;
     }
     assert_eq!(
         store.mark_read(b, &ab, 2).await.unwrap(),
-        Some(ReadAdvance { peer: a, seq: 2 })
+        Some(ReadAdvance {
+            peer: a,
+            seq: 2,
+            friends: true
+        })
     );
     assert_eq!(store.mark_read(b, &ab, 1).await.unwrap(), None);
     assert_eq!(store.mark_read(b, &ab, 2).await.unwrap(), None);
     assert_eq!(
         store.mark_read(b, &ab, 99).await.unwrap(),
-        Some(ReadAdvance { peer: a, seq: 3 })
+        Some(ReadAdvance {
+            peer: a,
+            seq: 3,
+            friends: true
+        })
     );
     assert_eq!(store.mark_read(b, &ab, 99).await.unwrap(), None);
     assert_eq!(
         store.mark_read(a, &ab, 1).await.unwrap(),
-        Some(ReadAdvance { peer: b, seq: 1 })
+        Some(ReadAdvance {
+            peer: b,
+            seq: 1,
+            friends: true
+        })
     );
     for (who, conv) in [
         (c, ab.clone()),
@@ -681,9 +719,9 @@ async fn mark_read_is_forward_only_and_clamped(store: Store, _: &Backend) {
         let err = store.mark_read(who, &conv, 1).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound(_)), "{conv}: {err:?}");
     }
-    let s = store.conversations(a).await.unwrap().remove(0);
+    let s = listed(&store, a).await.remove(0);
     assert_eq!((s.read_seq, s.peer_read_seq), (1, 3));
-    let s = store.conversations(b).await.unwrap().remove(0);
+    let s = listed(&store, b).await.remove(0);
     assert_eq!((s.read_seq, s.peer_read_seq), (3, 1));
 }
 
@@ -692,11 +730,11 @@ async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
     let b = user(&store, 2, "bob").await;
     let c = user(&store, 3, "carol").await;
     let d = user(&store, 4, "dave").await;
-    assert!(store.conversations(a).await.unwrap().is_empty());
+    assert!(listed(&store, a).await.is_empty());
     send(&store, 100, a, b, 100).await;
     send(&store, 101, c, a, 200).await;
     let last = send(&store, 102, b, a, 300).await;
-    let list = store.conversations(a).await.unwrap();
+    let list = listed(&store, a).await;
     let order: Vec<Id> = list.iter().map(|s| s.peer).collect();
     assert_eq!(order, [b, c]);
     let ab = &list[0];
@@ -708,25 +746,20 @@ async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
         (0, 0, 0)
     );
     // From the other side, the peer is a.
-    let for_c = store.conversations(c).await.unwrap();
+    let for_c = listed(&store, c).await;
     assert_eq!(for_c.len(), 1);
     assert_eq!(for_c[0].peer, a);
     assert_eq!(for_c[0].last_seq, 1);
     // Equal times: the later message (higher id) first.
     send(&store, 103, d, a, 300).await;
-    let order: Vec<Id> = store
-        .conversations(a)
-        .await
-        .unwrap()
-        .iter()
-        .map(|s| s.peer)
-        .collect();
+    let order: Vec<Id> = listed(&store, a).await.iter().map(|s| s.peer).collect();
     assert_eq!(order, [d, b, c]);
-    // Fields seen from each side.
+    // Fields seen from each side (friends see each other's marks).
+    befriend(&store, a, b).await;
     store.mark_read(b, &conversation_id(a, b), 2).await.unwrap();
     let dev = device(&store, 10, a, 1).await;
     store.set_cursor(dev, 100).await.unwrap();
-    let for_b = store.conversations(b).await.unwrap();
+    let for_b = listed(&store, b).await;
     assert_eq!(
         (
             for_b[0].read_seq,
@@ -735,11 +768,103 @@ async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
         ),
         (2, 0, 2)
     );
-    let for_a = store.conversations(a).await.unwrap();
+    let for_a = listed(&store, a).await;
     let ab = for_a.iter().find(|s| s.peer == b).unwrap();
     assert_eq!(
         (ab.read_seq, ab.peer_read_seq, ab.peer_delivered_seq),
         (0, 2, 0)
+    );
+}
+
+/// A stranger learns nothing of when the other side was online or read: the advances say who
+/// is a friend, and the list shows the peer's marks only to a friend, as of now.
+async fn peer_marks_only_between_friends(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let d = device(&store, 10, b, 1).await;
+    let ab = conversation_id(a, b);
+    send(&store, 100, a, b, 1).await;
+    let adv = store.set_cursor(d, 1).await.unwrap();
+    assert_eq!(adv.len(), 1);
+    assert!(!adv[0].friends, "strangers: {adv:?}");
+    let read = store.mark_read(b, &ab, 1).await.unwrap().unwrap();
+    assert!(!read.friends);
+    let marks = |s: &ConversationSummary| (s.read_seq, s.peer_read_seq, s.peer_delivered_seq);
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 0, 0));
+    assert_eq!(
+        marks(&listed(&store, b).await[0]),
+        (1, 0, 0),
+        "own mark shown"
+    );
+
+    // One way is not enough.
+    store.add_contact(a, b, 2).await.unwrap();
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 0, 0));
+    // Friends: the marks are there at once, and new advances say so.
+    store.add_contact(b, a, 3).await.unwrap();
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 1, 1));
+    send(&store, 101, a, b, 4).await;
+    let adv = store.set_cursor(d, 2).await.unwrap();
+    assert!(adv[0].friends, "{adv:?}");
+    assert!(store.mark_read(b, &ab, 2).await.unwrap().unwrap().friends);
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 2, 2));
+
+    // A block hides them again, and so does the end of the friendship.
+    store.set_block(a, b, true, 5).await.unwrap();
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 0, 0));
+    store.set_block(a, b, false, 6).await.unwrap();
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 2, 2));
+    store.remove_contact(b, a).await.unwrap();
+    assert_eq!(marks(&listed(&store, a).await[0]), (0, 0, 0));
+    send(&store, 102, a, b, 7).await;
+    assert!(!store.set_cursor(d, 3).await.unwrap()[0].friends);
+    assert!(!store.mark_read(b, &ab, 3).await.unwrap().unwrap().friends);
+}
+
+/// The list in pages: newest activity (last message id) first, each page from just below the
+/// previous page's last message, `more` while older ones exist. A conversation that gets a
+/// new message moves above the cursor: the pages after it neither repeat nor skip another.
+async fn conversations_page_by_last_message(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let mut peers = Vec::new();
+    for i in 0..5 {
+        let p = user(&store, 10 + i, &format!("peer{i}")).await;
+        send(&store, 100 + i, p, a, 10).await; // same time: the id orders them
+        peers.push(p);
+    }
+    let page = |before: Option<u64>, limit| {
+        let store = store.clone();
+        async move {
+            let page = store.conversations(a, before.map(Id), limit).await.unwrap();
+            let ids: Vec<u64> = page
+                .conversations
+                .iter()
+                .map(|s| s.last_message.as_ref().unwrap().id.0)
+                .collect();
+            (ids, page.more)
+        }
+    };
+    assert_eq!(page(None, 2).await, (vec![104, 103], true));
+    // peer 4 (already listed) and peer 0 (not yet) write again while a pages.
+    send(&store, 200, peers[4], a, 20).await;
+    send(&store, 201, peers[0], a, 20).await;
+    // Peer 0 moved above the cursor: what is left below it is this page, and no more.
+    assert_eq!(page(Some(103), 2).await, (vec![102, 101], false));
+    assert_eq!(page(Some(101), 2).await, (vec![], false));
+    // From the top again, the moved ones come first.
+    assert_eq!(page(None, 3).await, (vec![201, 200, 103], true));
+    assert!(!page(None, 5).await.1, "exactly the rest: no more");
+    assert_eq!(page(Some(1), 5).await, (vec![], false));
+    assert_eq!(page(Some(i64::MAX as u64), 1).await, (vec![201], true));
+    // Another user's list is its own.
+    assert_eq!(
+        store
+            .conversations(peers[1], None, 10)
+            .await
+            .unwrap()
+            .conversations
+            .len(),
+        1
     );
 }
 
@@ -885,6 +1010,7 @@ async fn data_survives_reopen(store: Store, backend: &Backend) {
     let c = user(&store, 3, "carol").await;
     let d = device(&store, 10, b, 1).await;
     store.add_contact(a, b, 1).await.unwrap();
+    store.add_contact(b, a, 1).await.unwrap();
     store.set_block(a, c, true, 1).await.unwrap();
     let sent = send(&store, 100, b, a, 1).await;
     send(&store, 101, a, b, 2).await;
@@ -923,7 +1049,7 @@ async fn data_survives_reopen(store: Store, backend: &Backend) {
         (b, false, 77)
     );
     assert!(store.blocked_between(c, a).await.unwrap());
-    let s = &store.conversations(b).await.unwrap()[0];
+    let s = &listed(&store, b).await[0];
     assert_eq!((s.last_seq, s.peer_read_seq, s.read_seq), (2, 1, 0));
     // Idempotency holds across restarts, and seq continues.
     let dup = store.append(msg(999, b, a, "c100", 5)).await.unwrap();

@@ -223,6 +223,7 @@ async fn a_message_to_an_unknown_user_is_not_found_and_not_published() {
 #[tokio::test]
 async fn a_read_reaches_the_peer_and_the_readers_other_devices_once() {
     let f = fixture(true).await;
+    f.befriend().await;
     let sent = f.a_sends_b("c1").await.unwrap();
     let ServerFrame::Sent { conversation, .. } = sent else {
         panic!("expected sent");
@@ -255,6 +256,7 @@ async fn a_read_reaches_the_peer_and_the_readers_other_devices_once() {
 #[tokio::test]
 async fn an_ack_stores_the_cursor_and_tells_the_sender_it_was_delivered() {
     let f = fixture(true).await;
+    f.befriend().await;
     f.a_sends_b("c1").await.unwrap();
     f.sync.take();
     let device = f.device(f.b, 8).await;
@@ -275,8 +277,60 @@ async fn an_ack_stores_the_cursor_and_tells_the_sender_it_was_delivered() {
 }
 
 #[tokio::test]
-async fn typing_reaches_the_peer_unless_a_block_stands() {
+async fn a_stranger_hears_of_no_read_and_no_delivery() {
+    let f = fixture(true).await;
+    let ServerFrame::Sent { conversation, .. } = f.a_sends_b("c1").await.unwrap() else {
+        panic!("expected sent");
+    };
+    f.sync.take();
+    // One way is not friends.
+    f.store.add_contact(f.a, f.b, 1).await.unwrap();
+    let device = f.device(f.b, 8).await;
+    f.chat.record_ack(device, 1).await.unwrap();
+    assert!(ephemeral(f.sync.take()).is_empty(), "no delivered receipt");
+    f.chat
+        .mark_read(device, conversation.clone(), 1)
+        .await
+        .unwrap();
+    let published = ephemeral(f.sync.take());
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].0, vec![f.b], "the reader's own devices only");
+    assert_eq!(published[0].1, Some(device.device_id));
+
+    // Friends now: the next advances reach a. The marks already made are in the list.
+    f.store.add_contact(f.b, f.a, 2).await.unwrap();
+    f.a_sends_b("c2").await.unwrap();
+    f.sync.take();
+    f.chat.record_ack(device, 2).await.unwrap();
+    f.chat
+        .mark_read(device, conversation.clone(), 2)
+        .await
+        .unwrap();
+    let published = ephemeral(f.sync.take());
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(published[0].0, vec![f.a]);
+    assert_eq!(published[1].0, vec![f.a, f.b]);
+
+    // No longer friends: silent again.
+    f.store.remove_contact(f.a, f.b).await.unwrap();
+    f.a_sends_b("c3").await.unwrap();
+    f.sync.take();
+    f.chat.record_ack(device, 3).await.unwrap();
+    f.chat.mark_read(device, conversation, 3).await.unwrap();
+    let published = ephemeral(f.sync.take());
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].0, vec![f.b]);
+}
+
+#[tokio::test]
+async fn typing_reaches_a_friend_only() {
     let f = fixture(false).await;
+    f.chat.relay_typing(f.a, f.b).await;
+    assert!(f.sync.take().is_empty(), "strangers: nothing relayed");
+    f.store.add_contact(f.a, f.b, 1).await.unwrap();
+    f.chat.relay_typing(f.b, f.a).await;
+    assert!(f.sync.take().is_empty(), "one way: nothing relayed");
+    f.store.add_contact(f.b, f.a, 1).await.unwrap();
     f.chat.relay_typing(f.a, f.b).await;
     let published = ephemeral(f.sync.take());
     assert_eq!(published.len(), 1);
@@ -291,6 +345,7 @@ async fn typing_reaches_the_peer_unless_a_block_stands() {
 #[tokio::test]
 async fn on_a_single_node_typing_to_a_peer_without_a_socket_is_not_made() {
     let f = fixture(true).await;
+    f.befriend().await;
     f.chat.relay_typing(f.a, f.b).await;
     assert!(f.sync.take().is_empty());
     f.sockets.held.lock().unwrap().insert(f.b);

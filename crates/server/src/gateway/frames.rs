@@ -2,32 +2,25 @@
 //! ([`crate::chat`]); their replies come back through the socket's pending work.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use confab_protocol::{
     ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame,
 };
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use super::Gateway;
 use super::handshake::{malformed_cursor, parse_cursor};
-use super::limits::TokenBucket;
+use super::limits::DeviceLimits;
 use super::socket::{Conn, Replies, detached};
 use crate::error::Error;
 use crate::store::DeviceSession;
-
-/// Typing relays allowed per peer per socket.
-const TYPING_EVERY: Duration = Duration::from_secs(1);
-/// Peers a socket remembers typing to before it forgets the ones past [`TYPING_EVERY`].
-const TYPING_PEERS: usize = 1024;
 
 impl Conn {
     /// Handles one client text frame; returns an immediate reply, if any.
     pub(super) fn handle(
         &mut self,
         text: &str,
-        sends: &mut TokenBucket,
+        limits: &DeviceLimits,
         inflight: &mut Replies,
     ) -> Option<ServerFrame> {
         let frame = match ClientFrame::parse(text) {
@@ -56,7 +49,7 @@ impl Conn {
                 if let Err(e) = self.check_send(to, &client_id, &body) {
                     return Some(e.to_frame(reference));
                 }
-                if !sends.take() {
+                if !limits.sends.take() {
                     return Some(
                         Error::rate_limited(
                             "send rate exceeded; retry later with the same client_id",
@@ -76,7 +69,7 @@ impl Conn {
                 None
             }
             ClientFrame::Typing { to } => {
-                self.typing(to, inflight);
+                self.typing(to, limits, inflight);
                 None
             }
             ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
@@ -131,18 +124,10 @@ impl Conn {
         }
     }
 
-    /// A `typing` to `to`: relayed at most once per [`TYPING_EVERY`] per peer.
-    fn typing(&mut self, to: Id, inflight: &mut Replies) {
-        let now = Instant::now();
-        let typing = self.typing.get_or_insert_default();
-        let due = typing
-            .get(&to)
-            .is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
-        if due && to != self.session.user_id {
-            if typing.len() > TYPING_PEERS {
-                typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
-            }
-            typing.insert(to, now);
+    /// A `typing` to `to`: relayed at most once a second per peer per device, however many
+    /// sockets the device sends it on.
+    fn typing(&mut self, to: Id, limits: &DeviceLimits, inflight: &mut Replies) {
+        if to != self.session.user_id && limits.typing_due(to) {
             let (chat, from) = (self.gateway.chat.clone(), self.session.user_id);
             inflight.push(detached(async move {
                 chat.relay_typing(from, to).await;

@@ -1,40 +1,173 @@
-//! Per-socket rate limits.
+//! Rate limits per device: every socket of one device on this node takes from the same
+//! limiters, so opening more sockets buys a client nothing (PROTOCOL.md, Guarantee 8).
+//!
+//! A device's limiters are made with its first socket on this node and dropped with its
+//! last ([`DeviceLimiters::acquire`]); a device that reconnects after all its sockets closed
+//! starts with a full burst again, as a first socket did before. Each limiter is governor's
+//! GCRA cell, one atomic word updated by compare-and-swap: sockets of one device on different
+//! threads do not queue on a lock to send.
+//!
+//! In a cluster each node keeps its own limiters for the sockets it holds: see the operations
+//! guide ("Limits per device") for the bound across nodes.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-/// A token bucket: `rate` tokens a second, holding at most `burst`.
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
+use confab_protocol::Id;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
+
+use crate::config::GatewayConfig;
+
+/// Typing relays allowed per peer per device.
+const TYPING_EVERY: Duration = Duration::from_secs(1);
+/// Peers a device remembers typing to before it forgets the ones past [`TYPING_EVERY`].
+const TYPING_PEERS: usize = 1024;
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`, full at the start.
+pub struct TokenBucket<C: Clock = DefaultClock>(
+    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+);
 
 impl TokenBucket {
     pub fn new(rate: f64, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        TokenBucket {
-            rate,
-            burst,
-            tokens: burst,
-            last: Instant::now(),
-        }
+        Self::with_clock(rate, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> TokenBucket<C> {
+    fn with_clock(rate: f64, burst: u32, clock: C) -> Self {
+        TokenBucket(RateLimiter::direct_with_clock(quota(rate, burst), clock))
     }
 
     /// Takes one token if there is one.
-    pub fn take(&mut self) -> bool {
-        self.take_at(Instant::now())
+    pub fn take(&self) -> bool {
+        self.0.check().is_ok()
+    }
+}
+
+/// `rate` a second with bursts of `burst` as governor's quota. A rate of 0 (or one too small
+/// to represent) refills as slowly as the cell can count, which is never in practice.
+fn quota(rate: f64, burst: u32) -> Quota {
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    // The cell holds `period × burst` in nanoseconds in a u64: keep it well inside.
+    let longest = Duration::from_nanos(u64::MAX / 4 / u64::from(burst.get()));
+    let period = Duration::try_from_secs_f64(1.0 / rate)
+        .ok()
+        .filter(|p| !p.is_zero())
+        .map_or(longest, |p| p.min(longest));
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst)
+}
+
+/// The limits one device's sockets on this node share.
+pub struct DeviceLimits {
+    /// `send` frames (`send_rate_per_sec`, `send_burst`).
+    pub sends: TokenBucket,
+    /// Client frames of any kind (`frame_rate_per_sec`, `frame_burst`).
+    pub frames: TokenBucket,
+    /// When a typing relay to each peer last went out.
+    typing: Mutex<HashMap<Id, Instant>>,
+}
+
+impl DeviceLimits {
+    fn new(config: &GatewayConfig) -> Self {
+        DeviceLimits {
+            sends: TokenBucket::new(config.send_rate_per_sec, config.send_burst),
+            frames: TokenBucket::new(config.frame_rate_per_sec, config.frame_burst),
+            typing: Mutex::default(),
+        }
     }
 
-    fn take_at(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+    /// Whether a `typing` to `to` may be relayed now: at most once per [`TYPING_EVERY`] per
+    /// peer, whichever of the device's sockets sends it.
+    pub fn typing_due(&self, to: Id) -> bool {
+        let now = Instant::now();
+        let mut typing = self.typing.lock().unwrap_or_else(|e| e.into_inner());
+        let due = typing
+            .get(&to)
+            .is_none_or(|t| now.duration_since(*t) >= TYPING_EVERY);
+        if due {
+            if typing.len() > TYPING_PEERS {
+                typing.retain(|_, t| now.duration_since(*t) < TYPING_EVERY);
+            }
+            typing.insert(to, now);
+        }
+        due
+    }
+}
+
+/// This node's [`DeviceLimits`], by device, for as long as the device has a socket here.
+pub struct DeviceLimiters {
+    config: GatewayConfig,
+    devices: Mutex<HashMap<Id, Weak<DeviceLimits>>>,
+}
+
+impl DeviceLimiters {
+    pub fn new(config: GatewayConfig) -> Self {
+        DeviceLimiters {
+            config,
+            devices: Mutex::default(),
+        }
+    }
+
+    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Weak<DeviceLimits>>> {
+        self.devices.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limits of `device`, shared with its other sockets on this node (made if it has
+    /// none). Taken once per socket, at its start: the hot path only touches the result.
+    pub fn acquire(&self, device: Id) -> DeviceLease<'_> {
+        let mut devices = self.devices();
+        let limits = match devices.get(&device).and_then(Weak::upgrade) {
+            Some(limits) => limits,
+            None => {
+                let limits = Arc::new(DeviceLimits::new(&self.config));
+                devices.insert(device, Arc::downgrade(&limits));
+                limits
+            }
+        };
+        DeviceLease {
+            owner: self,
+            device,
+            limits,
+        }
+    }
+
+    /// Devices with limits held now (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.devices().len()
+    }
+}
+
+/// One socket's hold on its device's limits; the last one to go forgets them.
+pub struct DeviceLease<'a> {
+    owner: &'a DeviceLimiters,
+    device: Id,
+    limits: Arc<DeviceLimits>,
+}
+
+impl std::ops::Deref for DeviceLease<'_> {
+    type Target = DeviceLimits;
+    fn deref(&self) -> &DeviceLimits {
+        &self.limits
+    }
+}
+
+impl Drop for DeviceLease<'_> {
+    fn drop(&mut self) {
+        let mut devices = self.owner.devices();
+        // Under the map's lock no other socket of the device can take the limits meanwhile:
+        // if this is the last hold, nobody will upgrade the entry again.
+        if Arc::strong_count(&self.limits) == 1 {
+            devices.remove(&self.device);
         }
     }
 }
@@ -42,23 +175,63 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use governor::clock::FakeRelativeClock;
 
     #[test]
     fn burst_then_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(20.0, 100);
-        b.last = t0;
-        assert!((0..100).all(|_| b.take_at(t0)));
-        assert!(!b.take_at(t0));
+        let clock = FakeRelativeClock::default();
+        let b = TokenBucket::with_clock(20.0, 100, clock.clone());
+        assert!((0..100).all(|_| b.take()));
+        assert!(!b.take());
         // 20/s: one token every 50 ms.
-        assert!(b.take_at(t0 + Duration::from_millis(50)));
-        assert!(!b.take_at(t0 + Duration::from_millis(60)));
+        clock.advance(Duration::from_millis(50));
+        assert!(b.take());
+        clock.advance(Duration::from_millis(10));
+        assert!(!b.take());
         // A client at exactly 20/s after its burst is never limited.
-        let mut t = t0 + Duration::from_millis(60);
         for _ in 0..1000 {
-            t += Duration::from_millis(50);
-            assert!(b.take_at(t));
+            clock.advance(Duration::from_millis(50));
+            assert!(b.take());
         }
+    }
+
+    #[test]
+    fn a_zero_rate_gives_the_burst_only() {
+        let clock = FakeRelativeClock::default();
+        let b = TokenBucket::with_clock(0.0, 3, clock.clone());
+        assert!((0..3).all(|_| b.take()));
+        clock.advance(Duration::from_secs(3600));
+        assert!(!b.take());
+    }
+
+    #[test]
+    fn sockets_of_one_device_share_its_limits_until_the_last_goes() {
+        let limiters = DeviceLimiters::new(GatewayConfig {
+            send_burst: 5,
+            ..GatewayConfig::default()
+        });
+        let first = limiters.acquire(Id(7));
+        let second = limiters.acquire(Id(7));
+        let other = limiters.acquire(Id(8));
+        // The two sockets of device 7 take from one burst of 5.
+        let taken = (0..10)
+            .filter(|i| if i % 2 == 0 { &first } else { &second }.sends.take())
+            .count();
+        assert_eq!(taken, 5);
+        assert!(other.sends.take(), "another device has its own");
+        assert!(first.typing_due(Id(9)));
+        assert!(!second.typing_due(Id(9)), "typing is per device and peer");
+        assert!(second.typing_due(Id(10)));
+        drop(first);
+        assert_eq!(limiters.len(), 2, "device 7 still has a socket");
+        drop(second);
+        assert_eq!(limiters.len(), 1, "forgotten with its last socket");
+        let again = limiters.acquire(Id(7));
+        assert!(
+            again.sends.take(),
+            "a new first socket starts with a full burst"
+        );
+        drop((again, other));
+        assert_eq!(limiters.len(), 0);
     }
 }

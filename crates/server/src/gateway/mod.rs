@@ -85,6 +85,8 @@ pub struct Gateway {
     /// Every socket's task, so shutdown can wait for them.
     sockets: TaskTracker,
     admission: admission::Admission,
+    /// Rate limits by device, shared by each device's sockets on this node.
+    limiters: limits::DeviceLimiters,
     /// Acks received but possibly not yet stored, by device: a device that reconnects to this
     /// node at once resumes after them instead of seeing those events again.
     pending_acks: Mutex<HashMap<Id, u64>>,
@@ -106,6 +108,7 @@ impl Gateway {
         sends_polled_by_socket: bool,
     ) -> Self {
         Gateway {
+            limiters: limits::DeviceLimiters::new(config.clone()),
             config,
             chat,
             store,

@@ -1,7 +1,6 @@
 //! A socket past admission: its state ([`Conn`]), its start (`welcome`, presence, catch-up,
 //! `synced`), the live loop, and how it ends.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -16,7 +15,6 @@ use tracing::Instrument;
 use super::handshake::{Handshake, handshake};
 use super::hub::{CloseReason, Outbound, Registration};
 use super::io::{End, Io, Stop, text_frame, transport_error};
-use super::limits::TokenBucket;
 use super::order::Order;
 use super::queue::{QueueReceiver, TryRecvError};
 use super::{CATCH_UP_PAGE, Gateway, close};
@@ -81,7 +79,6 @@ async fn run(gateway: &Arc<Gateway>, io: &mut Io, header_token: Option<Box<str>>
         acks: None,
         out: Vec::new(),
         work: None,
-        typing: None,
     };
     // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
     // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
@@ -117,13 +114,6 @@ pub(super) struct Conn {
     pub(super) socket: u64,
     /// The hash of the token the socket authenticated with, to re-check it on resync.
     pub(super) token_hash: [u8; 32],
-    /// When a typing relay to each peer last went out; made at the first `typing` frame
-    /// (a map inline would cost every socket 48 bytes).
-    #[allow(
-        clippy::box_collection,
-        reason = "the box is the point: 8 bytes inline, not 48"
-    )]
-    pub(super) typing: Option<Box<HashMap<Id, Instant>>>,
     /// The positions sent and the live events held for a gap.
     pub(super) order: Order<Arc<MessageFrame>>,
     /// Highest position this socket acknowledged.
@@ -265,8 +255,9 @@ impl Conn {
     ) -> Result<(), Stop> {
         let gateway = self.gateway.clone();
         let cfg = &gateway.config;
-        let mut sends = TokenBucket::new(cfg.send_rate_per_sec, cfg.send_burst);
-        let mut frames = TokenBucket::new(cfg.frame_rate_per_sec, cfg.frame_burst);
+        // Shared with the device's other sockets on this node: limits are per device. Taken
+        // at the first text frame: a socket that only listens holds none.
+        let (mut limits, device) = (None, self.session.device_id);
         let mut inflight = Replies::default();
         let mut heard = Instant::now();
         // One timer serves both the ping and the gap wait: each costs a timer entry that an
@@ -307,14 +298,15 @@ impl Conn {
                         None => return Err(Stop::Gone),
                         Some(Err(e)) => return Err(transport_error(e)),
                         Some(Ok(WsMessage::Text(text))) => {
-                            if !frames.take() {
+                            let limits = limits.get_or_insert_with(|| gateway.limiters.acquire(device));
+                            if !limits.frames.take() {
                                 // Only on this refusal path is the frame parsed, for its `ref`.
                                 let reference = match ClientFrame::parse(&text) {
                                     Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
                                     _ => None,
                                 };
                                 self.queue(&ServerFrame::error(ErrorCode::RateLimited, "too many frames; slow down", reference));
-                            } else if let Some(reply) = self.handle(&text, &mut sends, &mut inflight) {
+                            } else if let Some(reply) = self.handle(&text, limits, &mut inflight) {
                                 self.queue(&reply);
                             }
                         }

@@ -161,6 +161,18 @@ pub struct DeliveredAdvance {
     /// The other participant: the one whose devices hear the receipt.
     pub peer: Id,
     pub seq: u64,
+    /// The two are friends ([`Contacts::are_friends`]) as of this write: only then may the
+    /// peer hear of it. Read in the same statement as the advance, so an ack costs no
+    /// second round trip.
+    pub friends: bool,
+}
+
+/// A page of a user's conversation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationPage {
+    pub conversations: Vec<ConversationSummary>,
+    /// Older conversations exist past the last one of this page.
+    pub more: bool,
 }
 
 /// A user's read mark moved forward.
@@ -168,6 +180,22 @@ pub struct DeliveredAdvance {
 pub struct ReadAdvance {
     pub peer: Id,
     pub seq: u64,
+    /// The reader and the peer are friends as of this write (see [`DeliveredAdvance`]).
+    pub friends: bool,
+}
+
+/// SQL true when users `a` and `b` (SQL expressions) are friends: each has the other as a
+/// contact and neither blocks the other. The same text serves both backends, so that every
+/// place that decides "friends" (the list's marks, receipts, typing, presence) agrees.
+pub(crate) fn friends_sql(a: &str, b: &str) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM contacts fa JOIN contacts fb
+                    ON fb.owner = fa.contact AND fb.contact = fa.owner
+                  WHERE fa.owner = {a} AND fa.contact = {b})
+          AND NOT EXISTS (SELECT 1 FROM blocks fx
+                          WHERE (fx.owner = {a} AND fx.blocked = {b})
+                             OR (fx.owner = {b} AND fx.blocked = {a})))"
+    )
 }
 
 /// Conversation ids are part of the protocol; the store names its rows by them.
@@ -276,6 +304,9 @@ pub trait Contacts: Send + Sync {
     async fn set_block(&self, owner: Id, other: Id, blocked: bool, now: i64) -> StoreResult<()>;
     /// Whether either user blocks the other.
     async fn blocked_between(&self, a: Id, b: Id) -> StoreResult<bool>;
+    /// Whether `a` and `b` are friends: mutual contacts, no block either way (the relation
+    /// [`Contacts::friends`] lists).
+    async fn are_friends(&self, a: Id, b: Id) -> StoreResult<bool>;
     /// Records when `user` was last online.
     async fn set_last_seen(&self, user: Id, ts: i64) -> StoreResult<()>;
 }
@@ -308,7 +339,7 @@ pub trait Streams: Send + Sync {
     /// Moves a device's cursor forward to `pos` (never back, never past the stream's head),
     /// and with it the user's delivered mark of each conversation with a message received in
     /// the acknowledged range. Returns the marks that advanced (each advance once, whichever
-    /// device acknowledged first).
+    /// device acknowledged first), each saying whether the two are friends.
     async fn set_cursor(&self, device_id: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>>;
 }
 
@@ -318,8 +349,16 @@ pub trait Streams: Send + Sync {
 /// answer is the same as for a conversation that does not exist.
 #[async_trait]
 pub trait Conversations: Send + Sync {
-    /// The user's conversations, newest activity first.
-    async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>>;
+    /// A page of the user's conversations, newest activity first: ordered by the id of each
+    /// one's last message, descending, from the one just below `before` (exclusive), at most
+    /// `limit`. The peer's marks (`peer_read_seq`, `peer_delivered_seq`) are 0 unless the
+    /// two are friends now.
+    async fn conversations(
+        &self,
+        user: Id,
+        before: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<ConversationPage>;
     /// A page of a conversation's messages, ascending; `None` if `user` is not a participant
     /// or the conversation does not exist (indistinguishable on purpose).
     async fn messages(

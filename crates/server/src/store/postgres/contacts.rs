@@ -8,7 +8,7 @@ use super::PostgresStore;
 use super::retry::PgError;
 use super::rows::{execute, id_col, query, query_opt};
 use crate::store::sql_integers::id_to_sql;
-use crate::store::{ContactEntry, Contacts, StoreError, StoreResult};
+use crate::store::{ContactEntry, Contacts, StoreError, StoreResult, friends_sql};
 
 async fn user_exists(c: &impl GenericClient, user: Id) -> Result<bool, PgError> {
     Ok(
@@ -143,6 +143,21 @@ impl Contacts for PostgresStore {
                     .await?;
                 }
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn are_friends(&self, a: Id, b: Id) -> StoreResult<bool> {
+        let sql = format!("SELECT {}", friends_sql("$1", "$2"));
+        self.run(move |c| {
+            let sql = sql.clone();
+            Box::pin(async move {
+                let row = query_opt(c, &sql, &[&id_to_sql(a), &id_to_sql(b)]).await?;
+                Ok(row
+                    .map(|r| r.try_get::<_, bool>(0))
+                    .transpose()?
+                    .unwrap_or(false))
             })
         })
         .await

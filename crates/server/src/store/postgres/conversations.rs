@@ -1,49 +1,87 @@
 //! [`Conversations`] on PostgreSQL: the conversation list, pages of history and read marks.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use confab_protocol::{ConversationSummary, Id, MessagePage};
 
 use super::PostgresStore;
-use super::rows::{MESSAGE_COLUMNS, execute, id_col, message_from_row, query, query_opt, u64_col};
+use super::rows::{MESSAGE_COLUMNS, id_col, message_from_row, query, query_opt, u64_col};
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
-use crate::store::{Conversations, ReadAdvance, Side, StoreError, StoreResult, side_of};
+use crate::store::{
+    ConversationPage, Conversations, ReadAdvance, Side, StoreError, StoreResult, friends_sql,
+    side_of,
+};
+
+/// A page of the conversation list, as in SQLite: ordered by each conversation's last message
+/// id (the cursor), with whether the peer is a friend. Made once.
+static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT c.id, c.user_lo, c.user_hi, c.last_seq,
+                c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi, {},
+                {MESSAGE_COLUMNS}
+         FROM conversations c
+         JOIN messages m ON m.conversation = c.id AND m.seq = c.last_seq
+         WHERE (c.user_lo = $1 OR c.user_hi = $1) AND m.id < $2
+         ORDER BY m.id DESC LIMIT $3",
+        friends_sql(
+            "$1",
+            "(CASE WHEN c.user_lo = $1 THEN c.user_hi ELSE c.user_lo END)"
+        )
+    )
+});
+
+/// A read mark's update, answering whether the reader ($3) and the peer ($4) are friends.
+static READ_LO_SQL: LazyLock<String> = LazyLock::new(|| read_sql("read_lo"));
+static READ_HI_SQL: LazyLock<String> = LazyLock::new(|| read_sql("read_hi"));
+
+fn read_sql(column: &str) -> String {
+    format!(
+        "UPDATE conversations SET {column} = $2 WHERE id = $1 AND {column} < $2
+         RETURNING {}",
+        friends_sql("$3::BIGINT", "$4::BIGINT")
+    )
+}
 
 #[async_trait]
 impl Conversations for PostgresStore {
-    async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>> {
+    async fn conversations(
+        &self,
+        user: Id,
+        before: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<ConversationPage> {
+        let before = before.map_or(i64::MAX, id_to_sql);
+        // One more than asked tells whether older conversations exist.
+        let fetch = limit_to_sql(limit).saturating_add(1);
         self.run(move |c| {
             Box::pin(async move {
-                let rows = query(
-                    c,
-                    &format!(
-                        "SELECT c.id, c.user_lo, c.user_hi, c.last_seq,
-                                c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi,
-                                {MESSAGE_COLUMNS}
-                         FROM conversations c
-                         JOIN messages m ON m.conversation = c.id AND m.seq = c.last_seq
-                         WHERE c.user_lo = $1 OR c.user_hi = $1
-                         ORDER BY c.last_ts DESC, m.id DESC"
-                    ),
-                    &[&id_to_sql(user)],
-                )
-                .await?;
-                let mut list = Vec::with_capacity(rows.len());
+                let rows = query(c, &LIST_SQL, &[&id_to_sql(user), &before, &fetch]).await?;
+                let mut conversations = Vec::with_capacity(rows.len());
                 for r in rows {
                     let (lo, hi) = (id_col(&r, 1)?, id_col(&r, 2)?);
                     let (read_lo, read_hi) = (u64_col(&r, 4)?, u64_col(&r, 5)?);
                     let (del_lo, del_hi) = (u64_col(&r, 6)?, u64_col(&r, 7)?);
+                    let friends: bool = r.try_get(8)?;
                     let i_am_lo = lo == user;
-                    list.push(ConversationSummary {
+                    // A non-friend learns nothing of when the user was online or read.
+                    let shown = |mark: u64| if friends { mark } else { 0 };
+                    conversations.push(ConversationSummary {
                         conversation: r.try_get(0)?,
                         peer: if i_am_lo { hi } else { lo },
                         last_seq: u64_col(&r, 3)?,
-                        last_message: Some(message_from_row(&r, 8)?),
+                        last_message: Some(message_from_row(&r, 9)?),
                         read_seq: if i_am_lo { read_lo } else { read_hi },
-                        peer_read_seq: if i_am_lo { read_hi } else { read_lo },
-                        peer_delivered_seq: if i_am_lo { del_hi } else { del_lo },
+                        peer_read_seq: shown(if i_am_lo { read_hi } else { read_lo }),
+                        peer_delivered_seq: shown(if i_am_lo { del_hi } else { del_lo }),
                     });
                 }
-                Ok(list)
+                let more = conversations.len() > limit;
+                conversations.truncate(limit);
+                Ok(ConversationPage {
+                    conversations,
+                    more,
+                })
             })
         })
         .await
@@ -118,13 +156,24 @@ impl Conversations for PostgresStore {
                 .await?
                 .ok_or_else(not_found)?;
                 let seq = seq.min(u64_col(&last, 0)?);
-                let sql = if is_lo {
-                    "UPDATE conversations SET read_lo = $2 WHERE id = $1 AND read_lo < $2"
-                } else {
-                    "UPDATE conversations SET read_hi = $2 WHERE id = $1 AND read_hi < $2"
+                // Whether the two are friends comes back with the update: no extra round trip.
+                let sql = if is_lo { &*READ_LO_SQL } else { &*READ_HI_SQL };
+                let (seq_sql, user_sql, peer_sql) =
+                    (count_to_sql(seq), id_to_sql(user), id_to_sql(peer));
+                let params = [
+                    &conversation as _,
+                    &seq_sql as _,
+                    &user_sql as _,
+                    &peer_sql as _,
+                ];
+                let Some(row) = query_opt(tx, sql, &params).await? else {
+                    return Ok(None);
                 };
-                let changed = execute(tx, sql, &[&conversation, &count_to_sql(seq)]).await?;
-                Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
+                Ok(Some(ReadAdvance {
+                    peer,
+                    seq,
+                    friends: row.try_get(0)?,
+                }))
             })
         })
         .await

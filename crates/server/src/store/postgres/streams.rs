@@ -2,7 +2,7 @@
 //! 2, and the catch-up reads. Positions come from row locks, not from any node's memory, so
 //! they stay gapless and in commit order with several writers.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use confab_protocol::Id;
@@ -17,7 +17,7 @@ use super::rows::{
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{
     Appended, DeliveredAdvance, NewMessage, StoreError, StoreResult, StreamEntry, Streams,
-    conversation_id,
+    conversation_id, friends_sql,
 };
 
 /// SQLSTATE of `confab_append`'s "no such user" (migration 2).
@@ -104,14 +104,29 @@ pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<
 /// statement per conversation, in id order: another device of this user acking at the same
 /// time locks the same rows in the same order (no deadlock), and its update sees ours and does
 /// not advance the mark a second time.
+/// An ack: `confab_set_cursor`'s advances, each with whether the acknowledging user and the
+/// sender are friends. Made once.
+static SET_CURSOR_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT a.o_conversation, a.o_peer, a.o_seq, {}
+         FROM confab_set_cursor($1, $2) a",
+        friends_sql(
+            "(SELECT d.user_id FROM devices d WHERE d.id = $1)",
+            "a.o_peer"
+        )
+    )
+});
+
 pub(super) async fn set_cursor_in(
     c: &impl GenericClient,
     device: Id,
     pos: u64,
 ) -> Result<Vec<DeliveredAdvance>, Failure> {
+    // Whether the sender is a friend is read in the same statement, after the function's
+    // writes: no second round trip per ack, and no new version of the function to migrate.
     let rows = query(
         c,
-        "SELECT * FROM confab_set_cursor($1, $2)",
+        &SET_CURSOR_SQL,
         &[&id_to_sql(device), &count_to_sql(pos)],
     )
     .await?;
@@ -121,6 +136,7 @@ pub(super) async fn set_cursor_in(
                 conversation: row.try_get(0)?,
                 peer: id_col(row, 1)?,
                 seq: u64_col(row, 2)?,
+                friends: row.try_get(3)?,
             })
         })
         .collect()

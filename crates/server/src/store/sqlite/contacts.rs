@@ -9,7 +9,7 @@ use super::SqliteStore;
 use super::rows::{id_col, internal};
 use super::writer::in_savepoint;
 use crate::store::sql_integers::id_to_sql;
-use crate::store::{ContactEntry, Contacts, StoreError, StoreResult};
+use crate::store::{ContactEntry, Contacts, StoreError, StoreResult, friends_sql};
 
 fn user_exists(conn: &Connection, user: Id) -> StoreResult<bool> {
     conn.prepare_cached("SELECT 1 FROM users WHERE id = ?1")
@@ -136,6 +136,15 @@ impl Contacts for SqliteStore {
             )
             .and_then(|mut s| s.exists(params![id_to_sql(a), id_to_sql(b)]))
             .map_err(internal)
+        })
+        .await
+    }
+
+    async fn are_friends(&self, a: Id, b: Id) -> StoreResult<bool> {
+        self.read(move |conn| {
+            conn.prepare_cached(&format!("SELECT {}", friends_sql("?1", "?2")))
+                .and_then(|mut s| s.query_row(params![id_to_sql(a), id_to_sql(b)], |r| r.get(0)))
+                .map_err(internal)
         })
         .await
     }

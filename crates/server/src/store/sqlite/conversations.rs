@@ -2,6 +2,8 @@
 //! conversation's last `seq` is read off the messages index (`max(seq)`), not kept in a column
 //! (migration 3).
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use confab_protocol::{ConversationSummary, Id, MessagePage};
 use rusqlite::params;
@@ -9,43 +11,70 @@ use rusqlite::params;
 use super::SqliteStore;
 use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
-use crate::store::{Conversations, ReadAdvance, Side, StoreError, StoreResult, side_of};
+use crate::store::{
+    ConversationPage, Conversations, ReadAdvance, Side, StoreError, StoreResult, friends_sql,
+    side_of,
+};
+
+/// A page of the conversation list: each conversation's last message (its id is the order and
+/// the cursor), the marks, and whether the peer is a friend. Made once.
+static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT c.id, c.user_lo, c.user_hi, m.seq,
+                c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi, {},
+                {MESSAGE_COLUMNS}
+         FROM conversations c
+         JOIN messages m ON m.conversation = c.id AND m.seq =
+             (SELECT max(seq) FROM messages WHERE conversation = c.id)
+         WHERE (c.user_lo = ?1 OR c.user_hi = ?1) AND m.id < ?2
+         ORDER BY m.id DESC LIMIT +?3",
+        friends_sql(
+            "?1",
+            "(CASE WHEN c.user_lo = ?1 THEN c.user_hi ELSE c.user_lo END)"
+        )
+    )
+});
 
 #[async_trait]
 impl Conversations for SqliteStore {
-    async fn conversations(&self, user: Id) -> StoreResult<Vec<ConversationSummary>> {
+    async fn conversations(
+        &self,
+        user: Id,
+        before: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<ConversationPage> {
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT c.id, c.user_lo, c.user_hi, m.seq,
-                            c.read_lo, c.read_hi, c.delivered_lo, c.delivered_hi,
-                            {MESSAGE_COLUMNS}
-                     FROM conversations c
-                     JOIN messages m ON m.conversation = c.id AND m.seq =
-                         (SELECT max(seq) FROM messages WHERE conversation = c.id)
-                     WHERE c.user_lo = ?1 OR c.user_hi = ?1
-                     ORDER BY m.id DESC"
-                ))
-                .map_err(internal)?;
+            let mut stmt = conn.prepare_cached(&LIST_SQL).map_err(internal)?;
+            let before = before.map_or(i64::MAX, id_to_sql);
+            let fetch = limit_to_sql(limit).saturating_add(1);
             let rows = stmt
-                .query_map(params![id_to_sql(user)], |r| {
+                .query_map(params![id_to_sql(user), before, fetch], |r| {
                     let lo = id_col(r, 1)?;
                     let hi = id_col(r, 2)?;
                     let col = |i| r.get::<_, u64>(i);
                     let (read_lo, read_hi, del_lo, del_hi) = (col(4)?, col(5)?, col(6)?, col(7)?);
+                    let friends: bool = r.get(8)?;
                     let i_am_lo = lo == user;
+                    // A non-friend learns nothing of when the user was online or read.
+                    let shown = |mark: u64| if friends { mark } else { 0 };
                     Ok(ConversationSummary {
                         conversation: r.get(0)?,
                         peer: if i_am_lo { hi } else { lo },
                         last_seq: col(3)?,
-                        last_message: Some(message_from_row(r, 8)?),
+                        last_message: Some(message_from_row(r, 9)?),
                         read_seq: if i_am_lo { read_lo } else { read_hi },
-                        peer_read_seq: if i_am_lo { read_hi } else { read_lo },
-                        peer_delivered_seq: if i_am_lo { del_hi } else { del_lo },
+                        peer_read_seq: shown(if i_am_lo { read_hi } else { read_lo }),
+                        peer_delivered_seq: shown(if i_am_lo { del_hi } else { del_lo }),
                     })
                 })
                 .map_err(internal)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            let mut conversations = rows.collect::<Result<Vec<_>, _>>().map_err(internal)?;
+            let more = conversations.len() > limit;
+            conversations.truncate(limit);
+            Ok(ConversationPage {
+                conversations,
+                more,
+            })
         })
         .await
     }
@@ -117,7 +146,16 @@ impl Conversations for SqliteStore {
                 .prepare_cached(sql)
                 .and_then(|mut s| s.execute(params![conversation, seq]))
                 .map_err(internal)?;
-            Ok((changed > 0).then_some(ReadAdvance { peer, seq }))
+            if changed == 0 {
+                return Ok(None);
+            }
+            let friends = conn
+                .prepare_cached(&format!("SELECT {}", friends_sql("?1", "?2")))
+                .and_then(|mut s| {
+                    s.query_row(params![id_to_sql(user), id_to_sql(peer)], |r| r.get(0))
+                })
+                .map_err(internal)?;
+            Ok(Some(ReadAdvance { peer, seq, friends }))
         })
         .await
     }

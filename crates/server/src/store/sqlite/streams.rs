@@ -1,6 +1,8 @@
 //! [`Streams`] on SQLite: the append (see [`append_in`]), catch-up reads and the devices'
 //! cursors with the delivered marks they move.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use confab_protocol::Id;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -9,7 +11,21 @@ use super::SqliteStore;
 use super::append::append_in;
 use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
-use crate::store::{Appended, DeliveredAdvance, NewMessage, StoreResult, StreamEntry, Streams};
+use crate::store::{
+    Appended, DeliveredAdvance, NewMessage, StoreResult, StreamEntry, Streams, friends_sql,
+};
+
+/// The highest received seq per conversation in an acknowledged range, and whether the sender
+/// is a friend. Made once: every ack looks its statement up by this text.
+static RECEIVED_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT m.conversation, m.sender, max(m.seq), {} FROM stream s
+         JOIN messages m ON m.id = s.message_id
+         WHERE s.user_id = ?1 AND s.pos > ?2 AND s.pos <= ?3 AND m.recipient = ?1
+         GROUP BY m.conversation, m.sender",
+        friends_sql("?1", "m.sender")
+    )
+});
 
 /// An ack, in the writer's transaction: see [`Streams::set_cursor`].
 fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<DeliveredAdvance>> {
@@ -36,17 +52,11 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
     conn.prepare_cached("UPDATE devices SET cursor = ?2 WHERE id = ?1")
         .and_then(|mut s| s.execute(params![id_to_sql(device), new]))
         .map_err(internal)?;
-    // The highest received seq per conversation in the newly acknowledged range.
-    let received: Vec<(String, Id, u64)> = conn
-        .prepare_cached(
-            "SELECT m.conversation, m.sender, max(m.seq) FROM stream s
-             JOIN messages m ON m.id = s.message_id
-             WHERE s.user_id = ?1 AND s.pos > ?2 AND s.pos <= ?3 AND m.recipient = ?1
-             GROUP BY m.conversation, m.sender",
-        )
+    let received: Vec<(String, Id, u64, bool)> = conn
+        .prepare_cached(&RECEIVED_SQL)
         .and_then(|mut s| {
             s.query_map(params![user, old, new], |r| {
-                Ok((r.get(0)?, id_col(r, 1)?, r.get(2)?))
+                Ok((r.get(0)?, id_col(r, 1)?, r.get(2)?, r.get(3)?))
             })?
             .collect()
         })
@@ -61,7 +71,7 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
                              OR (user_hi = ?3 AND delivered_hi < ?2))",
         )
         .map_err(internal)?;
-    for (conversation, sender, seq) in received {
+    for (conversation, sender, seq, friends) in received {
         if bump
             .execute(params![conversation, seq, user])
             .map_err(internal)?
@@ -71,6 +81,7 @@ fn set_cursor_in(conn: &Connection, device: Id, pos: u64) -> StoreResult<Vec<Del
                 conversation,
                 peer: sender,
                 seq,
+                friends,
             });
         }
     }

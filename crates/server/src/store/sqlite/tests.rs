@@ -360,7 +360,11 @@ async fn migration_3_continues_heads_and_seqs() {
         .unwrap();
     assert_eq!(appended.message.seq, 3);
     assert_eq!((appended.sender_pos, appended.recipient_pos), (3, 3));
-    let list = store.conversations(Id(2)).await.unwrap();
+    let list = store
+        .conversations(Id(2), None, 10)
+        .await
+        .unwrap()
+        .conversations;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].last_seq, 3);
     assert_eq!(list[0].last_message.as_ref().unwrap().body, "three");
