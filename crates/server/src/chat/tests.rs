@@ -138,6 +138,7 @@ impl Fixture {
             user_id: user,
             device_id: id,
             cursor: 0,
+            last_active: 1,
         }
     }
 }
