@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod presence;
 pub mod sequencer;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod sync;
