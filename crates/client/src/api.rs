@@ -1,7 +1,8 @@
 //! The HTTP half of the SDK: accounts, sessions, history, contacts and blocks.
 
 use confab_protocol::{
-    Contacts, Conversations, CreateSession, CreateUser, ErrorBody, Id, MessagePage, Session, User,
+    ChangePassword, Contacts, Conversations, CreateSession, CreateUser, ErrorBody, Id, MessagePage,
+    Session, Sessions, User,
 };
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
@@ -66,6 +67,37 @@ impl Api {
     /// `DELETE /v1/sessions/current`: revokes `token` (its open sockets are closed).
     pub async fn logout(&self, token: &str) -> Result<(), Error> {
         let req = self.request(Method::DELETE, &["sessions", "current"], Some(token))?;
+        empty(req).await
+    }
+
+    /// `GET /v1/sessions`: the account's logged-in devices (`current` marks `token`'s).
+    pub async fn sessions(&self, token: &str) -> Result<Sessions, Error> {
+        let req = self.request(Method::GET, &["sessions"], Some(token))?;
+        json(req).await
+    }
+
+    /// `DELETE /v1/sessions/{device}`: logs out another device of the account (its open
+    /// sockets are closed).
+    pub async fn revoke_session(&self, token: &str, device: Id) -> Result<(), Error> {
+        let id = device.to_string();
+        empty(self.request(Method::DELETE, &["sessions", &id], Some(token))?).await
+    }
+
+    /// `PUT /v1/users/me/password`: a new password; every other device of the account is
+    /// logged out, `token` stays valid.
+    pub async fn change_password(
+        &self,
+        token: &str,
+        old_password: &str,
+        new_password: &str,
+    ) -> Result<(), Error> {
+        let body = ChangePassword {
+            old_password: old_password.to_owned(),
+            new_password: new_password.to_owned(),
+        };
+        let req = self
+            .request(Method::PUT, &["users", "me", "password"], Some(token))?
+            .json(&body);
         empty(req).await
     }
 

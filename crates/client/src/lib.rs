@@ -23,5 +23,6 @@ pub use error::{BoxError, Error, ErrorKind};
 pub use confab_protocol as protocol;
 pub use confab_protocol::{
     ClientFrame, Contact, Contacts, ConversationSummary, Conversations, ErrorCode, Id, Message,
-    MessagePage, Presence, PresenceStatus, ReceiptKind, ServerFrame, Session, User,
+    MessagePage, Presence, PresenceStatus, ReceiptKind, ServerFrame, Session, SessionInfo,
+    Sessions, User,
 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use confab_client::{
     Api, Client, ClientConfig, ClientFrame, ConnectOptions, Connection, ErrorCode, ErrorKind,
-    Event, Id, Message, ServerFrame,
+    Event, Id, Message, ServerFrame, SessionInfo,
 };
 use fake::{FakeServer, STEP, http_server};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -485,14 +485,20 @@ async fn api_requests_and_error_mapping() {
         "POST /v1/users" => (201, r#"{"user_id":"42","username":"ann"}"#.into()),
         "POST /v1/sessions" => (
             201,
-            r#"{"token":"t1","user_id":"42","device_id":"7"}"#.into(),
+            r#"{"token":"t1","user_id":"42","device_id":"7","expires_at":2592000000}"#.into(),
+        ),
+        "GET /v1/sessions" => (
+            200,
+            r#"{"sessions":[{"device_id":"7","device_name":null,"created_at":1,"last_active":2,"current":true}]}"#.into(),
         ),
         "GET /v1/conversations/a%2Fb/messages?before=9&limit=2" => {
             (200, r#"{"messages":[],"more":true}"#.into())
         }
-        "PUT /v1/contacts/5" | "DELETE /v1/blocks/5" | "DELETE /v1/sessions/current" => {
-            (204, String::new())
-        }
+        "PUT /v1/contacts/5"
+        | "DELETE /v1/blocks/5"
+        | "DELETE /v1/sessions/current"
+        | "DELETE /v1/sessions/8"
+        | "PUT /v1/users/me/password" => (204, String::new()),
         _ => (502, "<html>bad gateway</html>".into()),
     })
     .await;
@@ -511,6 +517,22 @@ async fn api_requests_and_error_mapping() {
     );
     let session = api.login("ann", "password1", Some("laptop")).await.unwrap();
     assert_eq!((session.token.as_str(), session.device_id), ("t1", Id(7)));
+    assert_eq!(session.expires_at, 2_592_000_000);
+    let sessions = api.sessions("t1").await.unwrap();
+    assert_eq!(
+        sessions.sessions,
+        [SessionInfo {
+            device_id: Id(7),
+            device_name: None,
+            created_at: 1,
+            last_active: 2,
+            current: true
+        }]
+    );
+    api.revoke_session("t1", Id(8)).await.unwrap();
+    api.change_password("t1", "password1", "password2")
+        .await
+        .unwrap();
     let page = api.messages("t1", "a/b", Some(9), Some(2)).await.unwrap();
     assert!(page.more && page.messages.is_empty());
     api.add_contact("t1", Id(5)).await.unwrap();
@@ -532,6 +554,16 @@ async fn api_requests_and_error_mapping() {
         .find(|r| r.line.starts_with("DELETE /v1/sessions"))
         .unwrap();
     assert_eq!(logout.authorization.as_deref(), Some("Bearer t1"));
+    let change = seen
+        .iter()
+        .find(|r| r.line == "PUT /v1/users/me/password")
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&change.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"old_password": "password1", "new_password": "password2"})
+    );
+    assert_eq!(change.authorization.as_deref(), Some("Bearer t1"));
 }
 
 #[tokio::test]

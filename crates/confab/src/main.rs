@@ -122,6 +122,10 @@ struct ServeArgs {
     /// which makes good any event the sync queue lost.
     #[arg(long, env = "CONFAB_RESYNC_INTERVAL", default_value_t = defaults().gateway.resync_interval.as_secs_f64())]
     resync_interval: f64,
+    /// How long a session may go unused before its token expires: `30d`, `12h`, `90m`, `45s`
+    /// (or groups such as `1h30m`). An open socket counts as use. [default: 30d]
+    #[arg(long, env = "CONFAB_SESSION_TTL", value_parser = confab_server::sessions::parse_ttl)]
+    session_ttl: Option<Duration>,
     /// Seconds after which a dead node's sockets expire from Redis presence.
     #[arg(long, env = "CONFAB_PRESENCE_TTL", default_value_t = defaults().redis.presence_ttl.as_secs_f64())]
     presence_ttl: f64,
@@ -177,6 +181,9 @@ impl ServeArgs {
         };
         let mut config = self.backend.config();
         config.listen = self.listen;
+        if let Some(ttl) = self.session_ttl {
+            config.session_ttl = ttl;
+        }
         let gateway = &mut config.gateway;
         gateway.hello_timeout = secs("--hello-timeout", self.hello_timeout)?;
         gateway.idle_timeout = secs("--idle-timeout", self.idle_timeout)?;

@@ -458,6 +458,65 @@ fn refuses_out_of_range(flag: &str) {
     }
 }
 
+/// `--session-ttl` takes `30d`, `12h`, `90m`, `45s`: the login's `expires_at` is that far ahead.
+#[tokio::test]
+async fn the_session_ttl_sets_when_tokens_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start([
+        OsStr::new("--data-dir"),
+        dir.path().as_os_str(),
+        OsStr::new("--session-ttl"),
+        OsStr::new("90m"),
+    ]);
+    post(
+        node.addr,
+        "/v1/users",
+        json!({"username": "alice", "password": "password1"}),
+    )
+    .await;
+    let before = now_ms();
+    let s = post(
+        node.addr,
+        "/v1/sessions",
+        json!({"username": "alice", "password": "password1"}),
+    )
+    .await;
+    let ttl = 90 * 60 * 1000;
+    let expires_at = s["expires_at"].as_i64().expect("expires_at");
+    assert!((before + ttl..=now_ms() + ttl).contains(&expires_at), "{s}");
+}
+
+/// A malformed session ttl, from the flag or the environment, stops `serve` with a message
+/// naming the flag, before touching the data dir.
+#[test]
+fn serve_refuses_a_malformed_session_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, env) in [(Some("5x"), None), (Some("0s"), None), (None, Some("1w"))] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confab"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"));
+        if let Some(flag) = flag {
+            cmd.args(["--session-ttl", flag]);
+        }
+        if let Some(env) = env {
+            cmd.env("CONFAB_SESSION_TTL", env);
+        }
+        let out = cmd.output().expect("confab runs");
+        assert!(!out.status.success(), "{flag:?} {env:?} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--session-ttl"), "{stderr}");
+        assert!(!dir.path().join("data").exists(), "no store was created");
+    }
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
 /// `bench pairs --spawn --relay` starts the store-less relay instead of `confab serve` and
 /// measures against it: every message is answered and delivered.
 #[test]

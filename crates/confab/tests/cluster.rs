@@ -271,6 +271,70 @@ async fn a_stranger_on_another_node_learns_nothing() {
     );
 }
 
+/// `method` on `path` with `token` (and a JSON body), answering the status.
+async fn call(
+    addr: SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> u16 {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("http://{addr}{path}"))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn a_device_revoked_on_one_node_loses_its_socket_on_another() {
+    let Some(engines) = all_engines() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(engines, 2).await;
+    let (n0, n1) = (cluster.addr(0), cluster.addr(1));
+    let laptop = user(n0, "alice").await;
+    let phone = post(
+        n0,
+        "/v1/sessions",
+        json!({"username": "alice", "password": "password1"}),
+    )
+    .await;
+    let tablet = login(n0, "alice").await;
+    let (mut ws_phone, _) = Ws::caught_up(n1, phone["token"].as_str().unwrap(), None).await;
+    let (mut ws_tablet, _) = Ws::caught_up(n1, &tablet.token, None).await;
+
+    // Revoked by id on node 0: the socket on node 1 closes.
+    let path = format!("/v1/sessions/{}", phone["device_id"].as_str().unwrap());
+    let status = call(n0, reqwest::Method::DELETE, &path, &laptop.token, None).await;
+    assert_eq!(status, 204);
+    assert_eq!(ws_phone.closed().await, Some(1008));
+
+    // A new password on node 0: every other device's socket on node 1 closes.
+    let status = call(
+        n0,
+        reqwest::Method::PUT,
+        "/v1/users/me/password",
+        &laptop.token,
+        Some(json!({"old_password": "password1", "new_password": "password2"})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(ws_tablet.closed().await, Some(1008));
+    let status = call(
+        n1,
+        reqwest::Method::GET,
+        "/v1/sessions",
+        &laptop.token,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "the caller's session lives on every node");
+}
+
 #[tokio::test]
 async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
     let Some(engines) = all_engines() else {

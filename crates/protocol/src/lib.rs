@@ -539,6 +539,40 @@ pub struct Session {
     pub token: String,
     pub user_id: Id,
     pub device_id: Id,
+    /// When the token expires unless it is used before (ms); each use pushes it back.
+    pub expires_at: i64,
+}
+
+/// One entry of `GET /v1/sessions`: a logged-in device of the caller's account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub device_id: Id,
+    /// `null` when the login named none.
+    pub device_name: Option<String>,
+    pub created_at: i64,
+    pub last_active: i64,
+    /// The device of the token that asked.
+    pub current: bool,
+}
+
+/// `GET /v1/sessions` response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sessions {
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// `PUT /v1/users/me/password` request.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ChangePassword {
+    pub old_password: String,
+    pub new_password: String,
+}
+
+impl fmt::Debug for ChangePassword {
+    /// Passwords never reach a log, whatever prints the request.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChangePassword").finish_non_exhaustive()
+    }
 }
 
 /// One entry of `GET /v1/contacts`.

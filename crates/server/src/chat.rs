@@ -282,6 +282,30 @@ impl Chat {
     /// Logs a device out: its token is revoked in the store and its open sockets close.
     pub async fn revoke_device(&self, user: Id, device: Id) -> Result<()> {
         self.store.revoke_device(device, now_ms()).await?;
+        self.announce_revoked(user, device).await;
+        Ok(())
+    }
+
+    /// Gives `user` a new password hash and logs out every other device of the account
+    /// (their sockets close); `keep_device`, the one that asked, stays logged in.
+    pub async fn change_password(
+        &self,
+        user: Id,
+        password_hash: &str,
+        keep_device: Id,
+    ) -> Result<()> {
+        let revoked = self
+            .store
+            .set_password(user, password_hash, keep_device, now_ms())
+            .await?;
+        for device in revoked {
+            self.announce_revoked(user, device).await;
+        }
+        Ok(())
+    }
+
+    /// Closes the open sockets of a device whose token the store has revoked, on every node.
+    async fn announce_revoked(&self, user: Id, device: Id) {
         let event = SyncEvent::DeviceRevoked { user, device };
         // This node's sockets close at once, whatever the queue does; other nodes hear it
         // through the queue, or at their next resync if the queue is down.
@@ -290,7 +314,6 @@ impl Chat {
             // The token is revoked in the store; open sockets notice at their next reconnect.
             tracing::warn!(error = %e, "could not broadcast a revocation");
         }
-        Ok(())
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Config {
     /// Name of the cluster: prefixes Redis keys, NATS subjects and JetStream streams, so
     /// several clusters (or test runs) can share the same engines.
     pub cluster: String,
+    /// A token expires after its session goes unused this long.
+    pub session_ttl: Duration,
     /// The chat service: sockets, their timeouts and limits.
     pub gateway: GatewayConfig,
     /// The embedded store's settings.
@@ -249,6 +251,7 @@ impl Default for Config {
             presence: PresenceConfig::Memory,
             node_id: 0,
             cluster: "confab".into(),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
             gateway: GatewayConfig::default(),
             sqlite: SqliteConfig::default(),
             postgres: PostgresConfig::default(),

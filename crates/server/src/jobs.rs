@@ -1,5 +1,6 @@
-//! The node's background jobs: the presence sweep, the node-id lease keeper and the resync
-//! ticker. Which of them run is decided by the wiring, from what the backends need.
+//! The node's background jobs: the presence sweep, the node-id lease keeper, the resync
+//! ticker and the session toucher. Which of them run is decided by the wiring, from what the
+//! backends need.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,9 @@ pub struct Jobs {
     pub lease: Option<(String, String)>,
     /// Have every socket re-read its stream this often (a sync queue that can lose events).
     pub resync: Option<Duration>,
+    /// Record that the devices of this node's open sockets are in use, this often, so that a
+    /// socket held open for days keeps its session alive (`crate::sessions`).
+    pub touch_sessions: Option<Duration>,
 }
 
 /// The running jobs; they stop when this is dropped.
@@ -51,6 +55,13 @@ impl Jobs {
         }
         if let Some(every) = self.resync {
             tasks.push(tokio::spawn(resync_sockets(gateway.clone(), every)));
+        }
+        if let Some(every) = self.touch_sessions {
+            tasks.push(tokio::spawn(touch_sessions(
+                app.clone(),
+                gateway.clone(),
+                every,
+            )));
         }
         Running(tasks)
     }
@@ -119,5 +130,23 @@ async fn resync_sockets(gateway: Arc<Gateway>, every: Duration) {
     loop {
         tick.tick().await;
         gateway.resync_all();
+    }
+}
+
+/// Every `every`, records that the devices with a socket open here are in use: one batched
+/// write for all of them, off the sockets' own loops.
+async fn touch_sessions(app: Arc<App>, gateway: Arc<Gateway>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let devices = gateway.open_devices();
+        if devices.is_empty() {
+            continue;
+        }
+        if let Err(e) = app.sessions.touch(devices).await {
+            tracing::warn!(error = %e, "could not record the open sockets' sessions as used");
+        }
     }
 }

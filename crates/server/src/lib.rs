@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod presence;
 pub mod sequencer;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod sync;

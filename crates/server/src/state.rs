@@ -12,6 +12,7 @@ use crate::chat::Chat;
 use crate::metrics::Metrics;
 use crate::presence::PresenceService;
 use crate::sequencer::IdSource;
+use crate::sessions::Sessions;
 use crate::store::MessageStore;
 use crate::sync::SyncQueue;
 
@@ -19,6 +20,8 @@ use crate::sync::SyncQueue;
 pub struct App {
     /// The message store (design messaging step 4): accounts, devices, contacts, messages.
     pub store: Arc<dyn MessageStore>,
+    /// Which tokens are live: the store's devices under the expiry rule.
+    pub sessions: Arc<Sessions>,
     /// The message sync queue (step 5); here for its readiness check.
     pub sync: Arc<dyn SyncQueue>,
     /// The presence service (login steps 2-4): contact lists show friends' presence.

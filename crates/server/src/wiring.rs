@@ -18,6 +18,7 @@ use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
 use crate::sequencer::IdSource;
 use crate::sequencer::lease::NodeLease;
+use crate::sessions::Sessions;
 use crate::state::App;
 use crate::store::MessageStore;
 use crate::store::postgres::PostgresStore;
@@ -91,6 +92,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
     // a socket may poll its sends itself. A PostgreSQL append holds a pooled connection
     // until its future finishes, so each runs in a task of its own.
     let sends_polled_by_socket = config.store == StoreConfig::Sqlite;
+    let sessions = Arc::new(Sessions::new(store.clone(), config.session_ttl));
     let jobs = Jobs {
         sweep: matches!(config.presence, PresenceConfig::Redis(_))
             .then_some(config.redis.sweep_interval),
@@ -99,6 +101,8 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
             PresenceConfig::Memory => None,
         },
         resync: (!sync_is_node_local).then_some(config.gateway.resync_interval),
+        // Every node's sockets keep their sessions alive, whatever the backends.
+        touch_sessions: Some(sessions.touch_every()),
     };
 
     let chat = Arc::new(Chat::new(
@@ -115,6 +119,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         config.gateway.clone(),
         chat.clone(),
         store.clone(),
+        sessions.clone(),
         hub,
         metrics.clone(),
         shutdown.clone(),
@@ -122,6 +127,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
     ));
     let app = Arc::new(App {
         store,
+        sessions,
         sync,
         presence,
         ids,

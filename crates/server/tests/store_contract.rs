@@ -16,8 +16,8 @@ use confab_server::config::SqliteConfig;
 use confab_server::store::postgres::PostgresStore;
 use confab_server::store::sqlite::{SqliteMetrics, SqliteStore};
 use confab_server::store::{
-    DeliveredAdvance, MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount, StoreError,
-    conversation_id,
+    DeliveredAdvance, DeviceRecord, MessageStore, NewDevice, NewMessage, ReadAdvance, SeedAccount,
+    StoreError, conversation_id,
 };
 use confab_testkit::postgres::Database;
 
@@ -99,6 +99,8 @@ contract!(
     create_user_conflicts_ignoring_case,
     users_by_name_and_id,
     devices_and_tokens,
+    devices_record_their_last_use,
+    set_password_revokes_every_other_device,
     append_assigns_seq_and_positions,
     append_duplicate_returns_the_first_and_writes_nothing,
     append_to_unknown_recipient_is_not_found,
@@ -265,6 +267,152 @@ async fn devices_and_tokens(store: Store, _: &Backend) {
         .expect("other device lives");
     assert_eq!(s.device_id, d2);
     store.revoke_device(Id(999), 6).await.unwrap(); // unknown: nothing to do
+}
+
+async fn devices_record_their_last_use(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let d1 = device(&store, 10, a, 1).await;
+    store
+        .create_device(NewDevice {
+            id: Id(11),
+            user_id: a,
+            name: None,
+            token_hash: token(2),
+            now: 3,
+        })
+        .await
+        .unwrap();
+    let d2 = Id(11);
+    let d3 = device(&store, 12, a, 3).await;
+    device(&store, 20, b, 4).await;
+    let s = store.device_by_token(token(2)).await.unwrap().unwrap();
+    assert_eq!(
+        s.last_active, 3,
+        "a new device was last used when it was made"
+    );
+
+    let listed = store.devices(a).await.unwrap();
+    assert_eq!(
+        listed,
+        [
+            DeviceRecord {
+                device_id: d1,
+                name: Some("device 10".into()),
+                created_at: 1,
+                last_active: 1
+            },
+            DeviceRecord {
+                device_id: d3,
+                name: Some("device 12".into()),
+                created_at: 1,
+                last_active: 1
+            },
+            DeviceRecord {
+                device_id: d2,
+                name: None,
+                created_at: 3,
+                last_active: 3
+            },
+        ],
+        "oldest first, this account's only"
+    );
+
+    store
+        .touch_devices(vec![d1, d2, Id(999)], 50)
+        .await
+        .unwrap();
+    store.touch_devices(vec![d1], 40).await.unwrap(); // never back
+    store.touch_devices(Vec::new(), 60).await.unwrap();
+    let active = |store: Store, t: u8| async move {
+        store
+            .device_by_token(token(t))
+            .await
+            .unwrap()
+            .map(|s| s.last_active)
+    };
+    assert_eq!(active(store.clone(), 1).await, Some(50));
+    assert_eq!(active(store.clone(), 2).await, Some(50));
+    assert_eq!(active(store.clone(), 3).await, Some(1));
+    assert_eq!(active(store.clone(), 4).await, Some(1), "bob's untouched");
+
+    store.revoke_device(d3, 55).await.unwrap();
+    store.touch_devices(vec![d3], 70).await.unwrap();
+    assert_eq!(
+        active(store.clone(), 3).await,
+        None,
+        "a touch revives nothing"
+    );
+    let listed: Vec<Id> = store
+        .devices(a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.device_id)
+        .collect();
+    assert_eq!(listed, [d1, d2], "revoked devices are not listed");
+    assert!(store.devices(Id(999)).await.unwrap().is_empty());
+}
+
+async fn set_password_revokes_every_other_device(store: Store, _: &Backend) {
+    let a = user(&store, 1, "alice").await;
+    let b = user(&store, 2, "bob").await;
+    let keep = device(&store, 10, a, 1).await;
+    let d2 = device(&store, 11, a, 2).await;
+    let d3 = device(&store, 12, a, 3).await;
+    let revoked_before = device(&store, 13, a, 4).await;
+    device(&store, 20, b, 5).await;
+    store.revoke_device(revoked_before, 2).await.unwrap();
+
+    let mut revoked = store.set_password(a, "new hash", keep, 9).await.unwrap();
+    revoked.sort();
+    assert_eq!(revoked, [d2, d3], "only the devices it revoked");
+    let rec = store.user_by_id(a).await.unwrap().expect("found by id");
+    assert_eq!(
+        (rec.id, rec.username.as_str(), rec.password_hash.as_str()),
+        (a, "alice", "new hash")
+    );
+    assert_eq!(
+        store
+            .user_by_name("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "new hash"
+    );
+    assert_eq!(
+        store.user_by_id(b).await.unwrap().unwrap().password_hash,
+        "hash",
+        "another account keeps its password"
+    );
+    assert!(store.device_by_token(token(1)).await.unwrap().is_some());
+    for t in [2, 3, 4] {
+        assert!(store.device_by_token(token(t)).await.unwrap().is_none());
+    }
+    assert!(store.device_by_token(token(5)).await.unwrap().is_some());
+    let listed: Vec<Id> = store
+        .devices(a)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.device_id)
+        .collect();
+    assert_eq!(listed, [keep]);
+
+    assert!(
+        store
+            .set_password(a, "again", keep, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = store
+        .set_password(Id(999), "h", keep, 10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(store.user_by_id(Id(999)).await.unwrap().is_none());
 }
 
 async fn append_assigns_seq_and_positions(store: Store, _: &Backend) {
@@ -987,8 +1135,8 @@ async fn seed_accounts_writes_all_or_nothing(store: Store, _: &Backend) {
             .unwrap()
             .expect("seeded device");
         assert_eq!(
-            (s.user_id, s.device_id, s.cursor),
-            (a.user_id, a.device_id, 0)
+            (s.user_id, s.device_id, s.cursor, s.last_active),
+            (a.user_id, a.device_id, 0, a.now)
         );
     }
     // One taken name (in another case) rejects the whole call.

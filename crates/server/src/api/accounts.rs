@@ -87,13 +87,14 @@ pub(super) async fn create_session(
     let name = req
         .device_name
         .map(|n| n.chars().take(MAX_DEVICE_NAME).collect());
+    let now = now_ms();
     app.store
         .create_device(NewDevice {
             id: device,
             user_id: user.id,
             name,
             token_hash: hash,
-            now: now_ms(),
+            now,
         })
         .await?;
     Ok((
@@ -102,6 +103,7 @@ pub(super) async fn create_session(
             token,
             user_id: user.id,
             device_id: device,
+            expires_at: app.sessions.expires_at(now),
         }),
     ))
 }

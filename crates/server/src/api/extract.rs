@@ -16,7 +16,8 @@ use crate::auth::{bearer_token, token_hash};
 use crate::error::{Error, Result, error_response};
 use crate::state::App;
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request: a live (unrevoked, unexpired) token. Its use is
+/// recorded (`Sessions::authenticate`).
 pub struct Caller {
     pub user: Id,
     pub device: Id,
@@ -28,8 +29,8 @@ impl FromRequestParts<Arc<App>> for Caller {
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self> {
         let token = bearer_token(&parts.headers).ok_or_else(Error::unauthorized)?;
         let session = app
-            .store
-            .device_by_token(token_hash(token))
+            .sessions
+            .authenticate(token_hash(token))
             .await?
             .ok_or_else(Error::unauthorized)?;
         Ok(Caller {

@@ -7,6 +7,7 @@ mod contacts;
 mod extract;
 mod history;
 mod ops;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -26,8 +27,13 @@ pub fn routes(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/users", post(accounts::create_user))
         .route("/v1/users/{username}", get(accounts::get_user))
-        .route("/v1/sessions", post(accounts::create_session))
+        .route(
+            "/v1/sessions",
+            post(accounts::create_session).get(sessions::list_sessions),
+        )
         .route("/v1/sessions/current", delete(accounts::delete_session))
+        .route("/v1/sessions/{device_id}", delete(sessions::revoke_session))
+        .route("/v1/users/me/password", put(sessions::change_password))
         .route("/v1/contacts", get(contacts::list_contacts))
         .route(
             "/v1/contacts/{user_id}",

@@ -138,6 +138,7 @@ impl Fixture {
             user_id: user,
             device_id: id,
             cursor: 0,
+            last_active: 1,
         }
     }
 }
@@ -416,4 +417,38 @@ async fn revoking_a_device_closes_its_sockets_here_and_on_every_node() {
         everywhere.as_slice(),
         [SyncEvent::DeviceRevoked { .. }]
     ));
+}
+
+#[tokio::test]
+async fn a_password_change_closes_every_other_device_here_and_on_every_node() {
+    let f = fixture(false).await;
+    let keep = f.device(f.a, 9).await;
+    let other = f.device(f.a, 10).await;
+    let bobs = f.device(f.b, 11).await;
+    f.chat
+        .change_password(f.a, "new hash", keep.device_id)
+        .await
+        .unwrap();
+    let revoked = |events: &[SyncEvent]| -> Vec<(Id, Id)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SyncEvent::DeviceRevoked { user, device } => Some((*user, *device)),
+                _ => None,
+            })
+            .collect()
+    };
+    let want = [(f.a, other.device_id)];
+    assert_eq!(revoked(&f.sockets.delivered.lock().unwrap()), want);
+    assert_eq!(revoked(&f.sync.take()), want);
+    assert!(f.store.device_by_token([9; 32]).await.unwrap().is_some());
+    assert!(f.store.device_by_token([10; 32]).await.unwrap().is_none());
+    assert_eq!(
+        f.store
+            .device_by_token([11; 32])
+            .await
+            .unwrap()
+            .map(|s| s.device_id),
+        Some(bobs.device_id)
+    );
 }

@@ -31,10 +31,11 @@ impl Conn {
         }
     }
 
-    /// Periodic repair in a cluster: closes the socket if its token was revoked meanwhile,
+    /// Periodic repair in a cluster: closes the socket if its token was revoked (or expired)
+    /// meanwhile,
     /// and sends whatever the store has after the last position sent.
     pub(super) async fn resync(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
-        match self.gateway.store.device_by_token(self.token_hash).await {
+        match self.gateway.sessions.check(self.token_hash).await {
             Ok(Some(_)) => {}
             Ok(None) => return Err(Stop::Close(close::POLICY, "token revoked")),
             Err(_) => return Ok(()), // store trouble: try again next time

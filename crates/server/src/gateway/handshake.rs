@@ -89,13 +89,13 @@ async fn hello(
         .await;
     };
     let hash = token_hash(&token);
-    match gateway.store.device_by_token(hash).await {
+    match gateway.sessions.authenticate(hash).await {
         Ok(Some(session)) => Ok((session, cursor, hash)),
         Ok(None) => {
             refuse(
                 io,
                 ErrorCode::Unauthorized,
-                "invalid or revoked token",
+                "invalid, expired or revoked token",
                 "unauthorized",
             )
             .await

@@ -138,6 +138,18 @@ impl Hub {
         self.shard(user).get(&user).map_or(0, Vec::len)
     }
 
+    /// The devices with at least one socket on this node, each once.
+    pub fn devices(&self) -> Vec<Id> {
+        let mut devices = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            devices.extend(shard.values().flatten().map(|s| s.device));
+        }
+        devices.sort_unstable();
+        devices.dedup();
+        devices
+    }
+
     /// Tells every socket on this node to close (graceful shutdown). A socket that registers
     /// afterwards checks the shutdown token itself.
     pub fn close_all(&self, reason: CloseReason) {

@@ -36,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::chat::Chat;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
+use crate::sessions::Sessions;
 use crate::store::MessageStore;
 use hub::{CloseReason, Hub};
 
@@ -74,8 +75,10 @@ pub struct Gateway {
     config: GatewayConfig,
     /// The design's flows that frames start.
     chat: Arc<Chat>,
-    /// Read by sockets: tokens at `hello`, the login state, catch-up pages.
+    /// Read by sockets: the login state, catch-up pages.
     store: Arc<dyn MessageStore>,
+    /// Tokens at `hello` and at each resync, under the expiry rule.
+    sessions: Arc<Sessions>,
     /// This node's sockets by user, where the sync queue's events land.
     hub: Arc<Hub>,
     metrics: Metrics,
@@ -98,10 +101,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// The chat service over these handles.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per handle the gateway holds; the wiring is the only caller"
+    )]
     pub fn new(
         config: GatewayConfig,
         chat: Arc<Chat>,
         store: Arc<dyn MessageStore>,
+        sessions: Arc<Sessions>,
         hub: Arc<Hub>,
         metrics: Metrics,
         shutdown: CancellationToken,
@@ -112,6 +120,7 @@ impl Gateway {
             config,
             chat,
             store,
+            sessions,
             hub,
             metrics,
             shutdown,
@@ -130,6 +139,11 @@ impl Gateway {
     /// Asks every socket to re-read its stream from the store and re-check its token.
     pub fn resync_all(&self) {
         self.hub.resync_all();
+    }
+
+    /// The devices with a socket open on this node (each once): they are in use.
+    pub fn open_devices(&self) -> Vec<Id> {
+        self.hub.devices()
     }
 
     /// Waits until every socket's task has ended (after [`Gateway::close_all`]).

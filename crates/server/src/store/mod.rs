@@ -77,13 +77,26 @@ pub struct SeedAccount {
     pub now: i64,
 }
 
-/// A live (unrevoked) device, found by its token.
+/// An unrevoked device, found by its token. Whether it has expired is the server's to decide
+/// from `last_active` (`crate::sessions`): the store keeps the time, not the policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceSession {
     pub user_id: Id,
     pub device_id: Id,
     /// The last stream position this device acknowledged.
     pub cursor: u64,
+    /// When the device was last used, as last persisted (ms).
+    pub last_active: i64,
+}
+
+/// One unrevoked device of an account, as the session list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub device_id: Id,
+    pub name: Option<String>,
+    pub created_at: i64,
+    /// When the device was last used, as last persisted (ms).
+    pub last_active: i64,
 }
 
 /// A message to append, its id already made by the sequencer.
@@ -273,16 +286,34 @@ pub trait Accounts: Send + Sync {
     ) -> StoreResult<User>;
     /// Finds an account by username, ignoring ASCII case.
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// Finds an account by id.
+    async fn user_by_id(&self, id: Id) -> StoreResult<Option<UserRecord>>;
 
     /// Creates many accounts, each with one device, in as few transactions as the backend
     /// allows. `Conflict` (and nothing of that chunk written) if a username is taken.
     async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()>;
 
+    /// Creates a device; its `last_active` is `now`.
     async fn create_device(&self, device: NewDevice) -> StoreResult<()>;
     /// The unrevoked device holding this token hash.
     async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>>;
     /// Revokes a device's token. Idempotent.
     async fn revoke_device(&self, device_id: Id, now: i64) -> StoreResult<()>;
+    /// `user`'s unrevoked devices, oldest first.
+    async fn devices(&self, user: Id) -> StoreResult<Vec<DeviceRecord>>;
+    /// Records that these devices were used at `now`: each unrevoked one's `last_active`
+    /// moves forward to `now` (never back). Unknown or revoked devices are skipped.
+    async fn touch_devices(&self, devices: Vec<Id>, now: i64) -> StoreResult<()>;
+    /// Replaces `user`'s password hash and revokes every other unrevoked device of the
+    /// account, in one transaction: a new password never coexists with the sessions the old
+    /// one opened. Returns the devices revoked. `NotFound` if the user does not exist.
+    async fn set_password(
+        &self,
+        user: Id,
+        password_hash: &str,
+        keep_device: Id,
+        now: i64,
+    ) -> StoreResult<Vec<Id>>;
 }
 
 /// Who knows whom: contacts, blocks and when each user was last online. Together they decide

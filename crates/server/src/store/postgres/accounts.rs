@@ -9,10 +9,11 @@ use deadpool_postgres::Transaction;
 
 use super::PostgresStore;
 use super::retry::{Failure, classify};
-use super::rows::{execute, id_col, is_unique_violation, query_opt, u64_col};
+use super::rows::{execute, id_col, is_unique_violation, query, query_opt, u64_col};
 use crate::store::sql_integers::id_to_sql;
 use crate::store::{
-    Accounts, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult, UserRecord,
+    Accounts, DeviceRecord, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult,
+    UserRecord,
 };
 
 /// Accounts per multi-row insert in `seed_accounts`.
@@ -27,8 +28,8 @@ async fn seed_in(tx: &Transaction<'_>, accounts: &[SeedAccount]) -> Result<(), F
         .await?;
     let devices = tx
         .prepare_cached(
-            "INSERT INTO devices (id, user_id, name, token_hash, created_at)
-             SELECT d, u, 'seed', t, c
+            "INSERT INTO devices (id, user_id, name, token_hash, created_at, last_active)
+             SELECT d, u, 'seed', t, c, c
              FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BYTEA[], $4::BIGINT[]) AS x(d, u, t, c)",
         )
         .await?;
@@ -127,6 +128,26 @@ impl Accounts for PostgresStore {
         .await
     }
 
+    async fn user_by_id(&self, id: Id) -> StoreResult<Option<UserRecord>> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = query_opt(
+                    c,
+                    "SELECT id, username, password_hash FROM users WHERE id = $1",
+                    &[&id_to_sql(id)],
+                )
+                .await?;
+                let Some(r) = row else { return Ok(None) };
+                Ok(Some(UserRecord {
+                    id: id_col(&r, 0)?,
+                    username: r.try_get(1)?,
+                    password_hash: r.try_get(2)?,
+                }))
+            })
+        })
+        .await
+    }
+
     async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
         let accounts = Arc::new(accounts);
         self.write(move |tx| {
@@ -142,8 +163,8 @@ impl Accounts for PostgresStore {
             Box::pin(async move {
                 execute(
                     tx,
-                    "INSERT INTO devices (id, user_id, name, token_hash, created_at)
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO devices (id, user_id, name, token_hash, created_at, last_active)
+                     VALUES ($1, $2, $3, $4, $5, $5)",
                     &[
                         &id_to_sql(d.id),
                         &id_to_sql(d.user_id),
@@ -164,7 +185,7 @@ impl Accounts for PostgresStore {
             Box::pin(async move {
                 let row = query_opt(
                     c,
-                    "SELECT user_id, id, cursor FROM devices
+                    "SELECT user_id, id, cursor, last_active FROM devices
                      WHERE token_hash = $1 AND revoked_at IS NULL",
                     &[&&token_hash[..]],
                 )
@@ -174,6 +195,7 @@ impl Accounts for PostgresStore {
                     user_id: id_col(&r, 0)?,
                     device_id: id_col(&r, 1)?,
                     cursor: u64_col(&r, 2)?,
+                    last_active: r.try_get(3)?,
                 }))
             })
         })
@@ -190,6 +212,92 @@ impl Accounts for PostgresStore {
                 )
                 .await?;
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn devices(&self, user: Id) -> StoreResult<Vec<DeviceRecord>> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let rows = query(
+                    c,
+                    "SELECT id, name, created_at, last_active FROM devices
+                     WHERE user_id = $1 AND revoked_at IS NULL
+                     ORDER BY created_at, id",
+                    &[&id_to_sql(user)],
+                )
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DeviceRecord {
+                            device_id: id_col(r, 0)?,
+                            name: r.try_get(1)?,
+                            created_at: r.try_get(2)?,
+                            last_active: r.try_get(3)?,
+                        })
+                    })
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn touch_devices(&self, devices: Vec<Id>, now: i64) -> StoreResult<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let ids: Arc<Vec<i64>> = Arc::new(devices.into_iter().map(id_to_sql).collect());
+        self.write(move |tx| {
+            let ids = ids.clone();
+            Box::pin(async move {
+                // Two nodes touching one device (it has sockets on both) may deadlock here;
+                // PostgreSQL aborts one and the retry loop runs it again.
+                execute(
+                    tx,
+                    "UPDATE devices SET last_active = $2
+                     WHERE id = ANY($1) AND revoked_at IS NULL AND last_active < $2",
+                    &[&*ids, &now],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn set_password(
+        &self,
+        user: Id,
+        password_hash: &str,
+        keep_device: Id,
+        now: i64,
+    ) -> StoreResult<Vec<Id>> {
+        let hash = password_hash.to_owned();
+        self.write(move |tx| {
+            let hash = hash.clone();
+            Box::pin(async move {
+                let changed = execute(
+                    tx,
+                    "UPDATE users SET password_hash = $2 WHERE id = $1",
+                    &[&id_to_sql(user), &hash],
+                )
+                .await?;
+                if changed == 0 {
+                    return Err(Failure::Final(StoreError::NotFound("no such user".into())));
+                }
+                let rows = query(
+                    tx,
+                    "UPDATE devices SET revoked_at = $3
+                     WHERE user_id = $1 AND id <> $2 AND revoked_at IS NULL
+                     RETURNING id",
+                    &[&id_to_sql(user), &id_to_sql(keep_device), &now],
+                )
+                .await?;
+                Ok(rows
+                    .iter()
+                    .map(|r| id_col(r, 0))
+                    .collect::<Result<_, _>>()?)
             })
         })
         .await

@@ -218,6 +218,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         checked_at BIGINT   NOT NULL
     );
     "#,
+    // 5: sessions expire after a time unused, so each device keeps when it was last used.
+    // A device from before this version counts as used now: nobody is logged out by the
+    // upgrade itself. The default is evaluated once, at this ALTER, and kept in the catalog
+    // for the existing rows, so the table is not rewritten; new rows always name the column,
+    // so the default is dropped again.
+    r#"
+    ALTER TABLE devices ADD COLUMN last_active BIGINT NOT NULL
+        DEFAULT (extract(epoch FROM now()) * 1000)::BIGINT;
+    ALTER TABLE devices ALTER COLUMN last_active DROP DEFAULT;
+    "#,
 ];
 
 impl PostgresStore {

@@ -111,6 +111,7 @@ async fn a_version_1_database_is_upgraded_in_place() {
          ALTER TABLE conversations RESET (fillfactor);
          ALTER TABLE users RESET (fillfactor);
          ALTER TABLE devices RESET (fillfactor);
+         ALTER TABLE devices DROP COLUMN last_active;
          DELETE FROM schema_migrations WHERE version >= 2",
     )
     .await
@@ -141,6 +142,58 @@ async fn a_version_1_database_is_upgraded_in_place() {
     assert_eq!(advanced.len(), 1);
     assert_eq!(advanced[0].seq, second.message.seq);
     assert_eq!(advanced[0].peer, Id(1));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_device_from_before_expiry_counts_as_used_at_the_upgrade() {
+    let Some(db) = Database::from_env().await else {
+        return;
+    };
+    let url = db.url();
+    let store = two_users(&url, 1).await;
+    // Back to version 3, with a device created then (it had no `last_active`).
+    let c = store.pool.get().await.unwrap();
+    c.batch_execute(
+        "ALTER TABLE devices DROP COLUMN last_active;
+         INSERT INTO devices (id, user_id, token_hash, created_at)
+             VALUES (20, 1, decode(repeat('07', 32), 'hex'), 1);
+         DELETE FROM schema_migrations WHERE version >= 4",
+    )
+    .await
+    .unwrap();
+    drop(c);
+    store.close().await;
+
+    let before = crate::time::now_ms();
+    let store = PostgresStore::connect(&url, 1).await.unwrap();
+    let after = crate::time::now_ms();
+    let session = store.device_by_token([7; 32]).await.unwrap().expect("live");
+    assert!(
+        (before - 1..=after + 1).contains(&session.last_active),
+        "{before} <= {} <= {after}",
+        session.last_active
+    );
+    // New devices name the column; the migration's default does not linger.
+    store
+        .create_device(NewDevice {
+            id: Id(21),
+            user_id: Id(2),
+            name: None,
+            token_hash: [8; 32],
+            now: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .device_by_token([8; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .last_active,
+        5
+    );
     store.close().await;
 }
 

@@ -9,7 +9,8 @@ use super::SqliteStore;
 use super::rows::{id_col, internal, is_unique_violation};
 use crate::store::sql_integers::id_to_sql;
 use crate::store::{
-    Accounts, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult, UserRecord,
+    Accounts, DeviceRecord, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult,
+    UserRecord,
 };
 
 #[async_trait]
@@ -72,6 +73,24 @@ impl Accounts for SqliteStore {
         .await
     }
 
+    async fn user_by_id(&self, id: Id) -> StoreResult<Option<UserRecord>> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE id = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![id_to_sql(id)], |r| {
+                        Ok(UserRecord {
+                            id: id_col(r, 0)?,
+                            username: r.get(1)?,
+                            password_hash: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(internal)
+        })
+        .await
+    }
+
     async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
         self.write(move |conn| {
             let mut user = conn
@@ -82,8 +101,8 @@ impl Accounts for SqliteStore {
                 .map_err(internal)?;
             let mut device = conn
                 .prepare_cached(
-                    "INSERT INTO devices (id, user_id, name, token_hash, created_at)
-                     VALUES (?1, ?2, 'seed', ?3, ?4)",
+                    "INSERT INTO devices (id, user_id, name, token_hash, created_at, last_active)
+                     VALUES (?1, ?2, 'seed', ?3, ?4, ?4)",
                 )
                 .map_err(internal)?;
             for a in &accounts {
@@ -118,8 +137,8 @@ impl Accounts for SqliteStore {
     async fn create_device(&self, d: NewDevice) -> StoreResult<()> {
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO devices (id, user_id, name, token_hash, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO devices (id, user_id, name, token_hash, created_at, last_active)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -139,7 +158,7 @@ impl Accounts for SqliteStore {
     async fn device_by_token(&self, token_hash: [u8; 32]) -> StoreResult<Option<DeviceSession>> {
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT user_id, id, cursor FROM devices
+                "SELECT user_id, id, cursor, last_active FROM devices
                  WHERE token_hash = ?1 AND revoked_at IS NULL",
             )
             .and_then(|mut s| {
@@ -148,6 +167,7 @@ impl Accounts for SqliteStore {
                         user_id: id_col(r, 0)?,
                         device_id: id_col(r, 1)?,
                         cursor: r.get(2)?,
+                        last_active: r.get(3)?,
                     })
                 })
                 .optional()
@@ -165,6 +185,80 @@ impl Accounts for SqliteStore {
             .and_then(|mut s| s.execute(params![id_to_sql(device_id), now]))
             .map_err(internal)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn devices(&self, user: Id) -> StoreResult<Vec<DeviceRecord>> {
+        self.read(move |conn| {
+            let mut s = conn
+                .prepare_cached(
+                    "SELECT id, name, created_at, last_active FROM devices
+                     WHERE user_id = ?1 AND revoked_at IS NULL
+                     ORDER BY created_at, id",
+                )
+                .map_err(internal)?;
+            s.query_map(params![id_to_sql(user)], |r| {
+                Ok(DeviceRecord {
+                    device_id: id_col(r, 0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                    last_active: r.get(3)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(internal)
+        })
+        .await
+    }
+
+    async fn touch_devices(&self, devices: Vec<Id>, now: i64) -> StoreResult<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        self.write(move |conn| {
+            let mut s = conn
+                .prepare_cached(
+                    "UPDATE devices SET last_active = ?2
+                     WHERE id = ?1 AND revoked_at IS NULL AND last_active < ?2",
+                )
+                .map_err(internal)?;
+            for d in devices {
+                s.execute(params![id_to_sql(d), now]).map_err(internal)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_password(
+        &self,
+        user: Id,
+        password_hash: &str,
+        keep_device: Id,
+        now: i64,
+    ) -> StoreResult<Vec<Id>> {
+        let hash = password_hash.to_owned();
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id_to_sql(user), hash]))
+                .map_err(internal)?;
+            if changed == 0 {
+                return Err(StoreError::NotFound("no such user".into()));
+            }
+            let mut s = conn
+                .prepare_cached(
+                    "UPDATE devices SET revoked_at = ?3
+                     WHERE user_id = ?1 AND id <> ?2 AND revoked_at IS NULL
+                     RETURNING id",
+                )
+                .map_err(internal)?;
+            s.query_map(params![id_to_sql(user), id_to_sql(keep_device), now], |r| {
+                id_col(r, 0)
+            })
+            .and_then(Iterator::collect)
+            .map_err(internal)
         })
         .await
     }

@@ -97,6 +97,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         checked_at INTEGER NOT NULL
     );
     "#,
+    // 5: sessions expire after a time unused, so each device keeps when it was last used.
+    // A device from before this version counts as used now: nobody is logged out by the
+    // upgrade itself.
+    r#"
+    ALTER TABLE devices ADD COLUMN last_active INTEGER NOT NULL DEFAULT 0;
+    UPDATE devices SET last_active = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+        WHERE revoked_at IS NULL;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
@@ -118,4 +126,44 @@ pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
         tracing::info!(version = i + 1, "applied store migration");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::now_ms;
+
+    /// A database made before sessions expired: its devices count as used when it upgrades.
+    #[test]
+    fn devices_from_before_expiry_count_as_used_at_the_upgrade() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 3).unwrap();
+        conn.execute_batch(
+            "INSERT INTO users (id, username, username_key, password_hash, created_at)
+                 VALUES (1, 'a', 'a', 'h', 1);
+             INSERT INTO devices (id, user_id, token_hash, created_at) VALUES (10, 1, x'01', 1);
+             INSERT INTO devices (id, user_id, token_hash, created_at, revoked_at)
+                 VALUES (11, 1, x'02', 1, 2);",
+        )
+        .unwrap();
+        let before = now_ms();
+        migrate(&mut conn).unwrap();
+        let after = now_ms();
+        let active = |id: i64| -> i64 {
+            conn.query_row("SELECT last_active FROM devices WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        // julianday has millisecond precision; allow for its rounding.
+        assert!(
+            (before - 1..=after + 1).contains(&active(10)),
+            "{}",
+            active(10)
+        );
+        assert_eq!(active(11), 0, "a revoked device stays as it was");
+    }
 }
