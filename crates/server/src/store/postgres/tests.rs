@@ -112,6 +112,7 @@ async fn a_version_1_database_is_upgraded_in_place() {
          ALTER TABLE users RESET (fillfactor);
          ALTER TABLE devices RESET (fillfactor);
          ALTER TABLE devices DROP COLUMN last_active;
+         DROP TABLE readiness;
          DELETE FROM schema_migrations WHERE version >= 2",
     )
     .await
@@ -152,13 +153,13 @@ async fn a_device_from_before_expiry_counts_as_used_at_the_upgrade() {
     };
     let url = db.url();
     let store = two_users(&url, 1).await;
-    // Back to version 3, with a device created then (it had no `last_active`).
+    // Back to version 4, with a device created then (it had no `last_active`).
     let c = store.pool.get().await.unwrap();
     c.batch_execute(
         "ALTER TABLE devices DROP COLUMN last_active;
          INSERT INTO devices (id, user_id, token_hash, created_at)
              VALUES (20, 1, decode(repeat('07', 32), 'hex'), 1);
-         DELETE FROM schema_migrations WHERE version >= 4",
+         DELETE FROM schema_migrations WHERE version >= 5",
     )
     .await
     .unwrap();
