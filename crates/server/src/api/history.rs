@@ -24,10 +24,11 @@ pub(super) async fn list_conversations(
     Ok(Json(Conversations { conversations }))
 }
 
+/// The query of `GET /v1/conversations/{c}/messages` (public for the fuzz targets in `fuzz/`).
 #[derive(Deserialize)]
-pub(super) struct PageQuery {
-    before: Option<u64>,
-    limit: Option<usize>,
+pub struct PageQuery {
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
 }
 
 pub(super) async fn list_messages(

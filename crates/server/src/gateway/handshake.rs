@@ -172,7 +172,7 @@ pub(super) async fn handshake(
 }
 
 /// A cursor as the client sends it: canonical decimal digits of a stream position.
-pub(super) fn parse_cursor(c: &str) -> Option<u64> {
+pub fn parse_cursor(c: &str) -> Option<u64> {
     if c.is_empty() || c.len() > 20 || !c.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
