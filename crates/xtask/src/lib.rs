@@ -188,6 +188,39 @@ pub fn update_readme(root: &Path, opts: &Options, mode: Mode) -> Result<Outcome,
     }
 }
 
+/// The readers of one docs file, without the folder walk around them, for the fuzz targets
+/// (`fuzz/`). Not part of the tool's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    pub use serde_norway;
+    use serde_norway::Mapping;
+
+    use crate::{Errors, Options, Problem, frontmatter, load, render};
+
+    /// The front-matter fields of `text`, as `cargo xtask readme` reads every docs file.
+    pub fn front_matter(text: &str) -> Result<Mapping, Problem> {
+        frontmatter::parse("docs/guides/fuzz.md", text)
+    }
+
+    /// The index rendered from one category file and one guide file (`(slug, text)` each), or
+    /// every problem found in them; the guide's `image` is looked up under `root`.
+    pub fn render_one(
+        root: &Path,
+        category: (&str, &str),
+        guide: (&str, &str),
+    ) -> Result<String, Errors> {
+        let mut problems = Vec::new();
+        let docs = load::load_one(root, category, guide, &mut problems);
+        if problems.is_empty() {
+            Ok(render::render(&docs, &Options::default()))
+        } else {
+            Err(Errors(problems))
+        }
+    }
+}
+
 /// Checks a `--base-url` value and returns it without a trailing `/`.
 ///
 /// Only `http` and `https` URLs with a host are accepted, and no query or fragment, because the

@@ -62,6 +62,30 @@ pub(crate) fn load(root: &Path, problems: &mut Vec<Problem>) -> Docs {
     Docs { categories, guides }
 }
 
+/// One category file and one guide file, read and checked as [`load`] reads the folders (the
+/// slugs are the file names without `.md`): for the fuzz targets, which have no folders.
+pub(crate) fn load_one(
+    root: &Path,
+    category_file: (&str, &str),
+    guide_file: (&str, &str),
+    problems: &mut Vec<Problem>,
+) -> Docs {
+    let source = |dir: &str, (slug, text): (&str, &str)| Source {
+        slug: slug.to_owned(),
+        file: format!("{dir}/{slug}.md"),
+        text: text.to_owned(),
+    };
+    let category_file = source(CATEGORIES_DIR, category_file);
+    let guide_file = source(GUIDES_DIR, guide_file);
+    let known = BTreeSet::from([category_file.slug.as_str()]);
+    Docs {
+        categories: category(&category_file, problems).into_iter().collect(),
+        guides: guide(root, &guide_file, &known, problems)
+            .into_iter()
+            .collect(),
+    }
+}
+
 /// The `*.md` files of `root/dir`, sorted by name so that output and messages are stable.
 fn list(root: &Path, dir: &str, required: bool, problems: &mut Vec<Problem>) -> Vec<Source> {
     let path = root.join(dir);

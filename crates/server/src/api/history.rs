@@ -19,11 +19,12 @@ const MAX_PAGE: usize = 200;
 
 /// A page's bounds as the query string has them (`?before=…&limit=N`, on the list and on a
 /// conversation's messages): read as text, because serde's integers accept a sign and leading
-/// zeros, and each is then read as a canonical number.
+/// zeros, and each is then read as a canonical number. (Public for the fuzz targets in
+/// `fuzz/`.)
 #[derive(Deserialize)]
-pub(super) struct PageQuery {
-    before: Option<String>,
-    limit: Option<String>,
+pub struct PageQuery {
+    pub before: Option<String>,
+    pub limit: Option<String>,
 }
 
 impl PageQuery {
@@ -33,8 +34,13 @@ impl PageQuery {
         let Query(query) = query.map_err(|e| {
             Error::bad_request(format!("malformed query string: {}", e.body_text()))
         })?;
-        let before = query_number("before", query.before.as_deref())?;
-        let limit = match query_number("limit", query.limit.as_deref())? {
+        query.bounds()
+    }
+
+    /// `before` and the page size: `before` as sent, `limit` defaulted and clamped.
+    pub fn bounds(&self) -> Result<(Option<u64>, usize)> {
+        let before = query_number("before", self.before.as_deref())?;
+        let limit = match query_number("limit", self.limit.as_deref())? {
             None => DEFAULT_PAGE,
             Some(0) => return Err(Error::bad_request("limit must be 1-200")),
             // Past the largest page, however far past: clamped.

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::state::App;
 
 pub use extract::{Caller, JsonBody, OtherUser};
+pub use history::PageQuery;
 
 /// The API's routes (the WebSocket route is the gateway's: `gateway::routes`).
 pub fn routes(app: Arc<App>) -> Router {

@@ -181,6 +181,6 @@ pub(super) fn malformed_cursor() -> String {
 
 /// A cursor as the client sends it: the canonical decimal of a stream position (the server
 /// writes them so), at most 2^63-1 like every stored position.
-pub(super) fn parse_cursor(c: &str) -> Option<u64> {
+pub fn parse_cursor(c: &str) -> Option<u64> {
     confab_protocol::parse_number(c)
 }

@@ -24,6 +24,9 @@ pub mod order;
 pub mod queue;
 mod socket;
 
+// Public for the fuzz targets (`fuzz/`), which read cursors as `hello` and `ack` do.
+pub use handshake::parse_cursor;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
