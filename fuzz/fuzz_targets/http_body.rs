@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use confab_protocol::{CreateSession, CreateUser};
+use confab_protocol::{ChangePassword, CreateSession, CreateUser};
 use confab_server::auth::{validate_password, validate_username};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
@@ -35,5 +35,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = validate_username(&req.username);
         // The handler keeps the first 64 characters of a device name.
         let _: Option<String> = req.device_name.map(|n| n.chars().take(64).collect());
+    }
+    if let Some(req) = body::<ChangePassword>(data) {
+        let _ = validate_password(&req.new_password);
     }
 });

@@ -7,9 +7,9 @@ use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use confab_protocol::{ChangePassword, Id, SessionInfo, Sessions};
+use confab_protocol::{ChangePassword, SessionInfo, Sessions};
 
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, JsonBody, id_in_path};
 use crate::auth::validate_password;
 use crate::error::{Error, Result};
 use crate::state::App;
@@ -45,7 +45,7 @@ pub(super) async fn revoke_session(
     let not_found = || Error::not_found("no such session");
     let device = device
         .ok()
-        .and_then(|Path(d)| canonical_id(&d))
+        .and_then(|Path(d)| id_in_path(&d))
         .ok_or_else(not_found)?;
     let live = app.sessions.live_devices(caller.user).await?;
     if !live.iter().any(|d| d.device_id == device) {
@@ -82,40 +82,4 @@ pub(super) async fn change_password(
         .await?;
     tracing::info!(user = %caller.user, "password changed; other sessions revoked");
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// An id as PROTOCOL.md writes them in paths: decimal digits, no sign, no leading zero, at
-/// most 2^63-1.
-fn canonical_id(text: &str) -> Option<Id> {
-    let id: Id = text.parse().ok()?;
-    (id.0 < 1 << 63 && id.to_string() == text).then_some(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_canonical_ids() {
-        assert_eq!(canonical_id("0"), Some(Id(0)));
-        assert_eq!(canonical_id("42"), Some(Id(42)));
-        assert_eq!(
-            canonical_id("9223372036854775807"),
-            Some(Id(9_223_372_036_854_775_807))
-        );
-        for bad in [
-            "",
-            "+42",
-            "-1",
-            "042",
-            "00",
-            " 42",
-            "4 2",
-            "9223372036854775808",
-            "18446744073709551616",
-            "current2",
-        ] {
-            assert_eq!(canonical_id(bad), None, "{bad:?}");
-        }
-    }
 }
