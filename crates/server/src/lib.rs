@@ -36,6 +36,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod throttle;
 pub mod time;
 pub mod wiring;
 

@@ -161,7 +161,7 @@ async fn accept(
     });
     loop {
         // axum's `Listener` retries failed accepts itself (once a second on `EMFILE`).
-        let (io, _) = tokio::select! {
+        let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => return,
         };
@@ -169,6 +169,7 @@ async fn accept(
         // cost a few percent of a login's CPU.
         connections.spawn(serve_connection(
             io,
+            peer,
             router.clone(),
             head_timeout,
             stop.clone(),
@@ -179,6 +180,7 @@ async fn accept(
 /// One HTTP/1.1 connection, with upgrades, until it ends or `stop`.
 async fn serve_connection<Io>(
     io: Io,
+    peer: SocketAddr,
     router: axum::Router,
     head_timeout: std::time::Duration,
     stop: CancellationToken,
@@ -190,8 +192,12 @@ async fn serve_connection<Io>(
     let busy = Arc::new(AtomicUsize::new(0));
     let service = {
         let busy = busy.clone();
-        hyper::service::service_fn(move |request| {
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             let handling = Handling::start(&busy);
+            // The TCP peer, for whatever counts per client address.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let response = hyper::service::Service::call(&router, request);
             async move {
                 let response = response.await;

@@ -1,11 +1,15 @@
 //! Accounts and sessions: register, look up, log in (one session per device), log out.
+//! Logins and registrations are throttled per client address (and logins per account) first:
+//! see [`crate::throttle`].
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use confab_protocol::{CreateSession, CreateUser, Session, User};
 
 use super::extract::{Caller, JsonBody, path_error};
@@ -18,12 +22,36 @@ use crate::time::now_ms;
 /// Longest `device_name` kept.
 const MAX_DEVICE_NAME: usize = 64;
 
+/// The client's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
+pub(super) struct ClientAddr(IpAddr);
+
+impl FromRequestParts<Arc<App>> for ClientAddr {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self> {
+        // The accept loop puts the peer on every request; a router served some other way
+        // (none is, outside tests) counts all its clients as one.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(app.throttle.client_address(peer, forwarded)))
+    }
+}
+
 pub(super) async fn create_user(
     State(app): State<Arc<App>>,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<CreateUser>,
 ) -> Result<(StatusCode, Json<User>)> {
     validate_username(&req.username)?;
     validate_password(&req.password)?;
+    app.throttle.registration(client)?;
     // Cheap check first so a taken name does not cost a hash; the store's unique index
     // still decides races.
     if app.store.user_by_name(&req.username).await?.is_some() {
@@ -63,8 +91,11 @@ pub(super) async fn get_user(
 
 pub(super) async fn create_session(
     State(app): State<Arc<App>>,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<CreateSession>,
 ) -> Result<(StatusCode, Json<Session>)> {
+    // Before the store and the hash: a throttled guess costs neither.
+    let attempt = app.throttle.login(&req.username, client)?;
     let user = app.store.user_by_name(&req.username).await?;
     let ok = app
         .auth
@@ -72,10 +103,14 @@ pub(super) async fn create_session(
             &req.password,
             user.as_ref().map(|u| u.password_hash.as_str()),
         )
-        .await;
+        .await?;
     let user = match user {
-        Some(u) if ok => u,
+        Some(u) if ok => {
+            attempt.succeeded();
+            u
+        }
         _ => {
+            attempt.failed();
             return Err(Error::Client {
                 code: confab_protocol::ErrorCode::Unauthorized,
                 message: "wrong username or password".into(),
