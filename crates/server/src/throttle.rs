@@ -494,7 +494,7 @@ mod tests {
     fn the_tables_are_bounded() {
         let t = throttle(10);
         let t0 = Instant::now();
-        for i in 0..(TABLE_CAPACITY as u32 + 1000) {
+        for i in 0..u32::try_from(TABLE_CAPACITY + 1000).unwrap() {
             let a = IpAddr::from(i.to_be_bytes());
             t.login_at(&i.to_string(), a, t0).unwrap().failed();
         }
