@@ -6,6 +6,7 @@
 //! - `sweep`: `pairs` at rising rates until throughput stops growing; an SVG plot.
 //! - `idle`: many authenticated idle sockets; connect rate and server memory per socket.
 //! - `catchup`: one device offline while messages pile up; time from reconnect to `synced`.
+//! - `login-flood`: a pair's message latency, alone and while clients guess a password.
 //! - `relay`: a store-less stand-in server, the floor under any server's `pairs` numbers.
 //!
 //! The `confab` binary mounts [`BenchArgs`] as `confab bench …` and calls [`run`].
@@ -16,6 +17,7 @@ mod connect;
 #[cfg(test)]
 mod e2e;
 mod idle;
+mod login_flood;
 mod pairs;
 mod relay;
 mod report;
@@ -29,6 +31,7 @@ use std::process::ExitCode;
 
 pub use catchup::{CatchupArgs, CatchupReport};
 pub use idle::{IdleArgs, IdleReport, IdleWorkerArgs};
+pub use login_flood::{LoginFloodArgs, LoginFloodReport};
 pub use pairs::{LoadArgs, PairsArgs, PairsConfig, PairsReport, run_pairs};
 pub use relay::RelayArgs;
 pub use report::OutputArgs;
@@ -58,6 +61,10 @@ pub enum BenchCommand {
     /// One device offline while M messages arrive for it; reports the time from reconnect to
     /// `synced` and checks that all M arrive.
     Catchup(CatchupArgs),
+    /// A pair of users chats at a steady rate, alone and then while clients guess another
+    /// account's password as fast as they are answered; reports the pair's message latency
+    /// in both phases and the guesses' answers by status.
+    LoginFlood(LoginFloodArgs),
     /// A yardstick, not a chat server: answers the frames `pairs` sends with confab's frames
     /// over the same WebSocket stack, with no store, presence or limits (what `pairs --spawn
     /// --relay` starts).
@@ -79,6 +86,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
         BenchCommand::Sweep(a) => sweep::main(a).await,
         BenchCommand::Idle(a) => idle::main(a).await,
         BenchCommand::Catchup(a) => catchup::main(a).await,
+        BenchCommand::LoginFlood(a) => login_flood::main(a).await,
         BenchCommand::Relay(a) => relay::main(a).await,
         BenchCommand::IdleWorker(a) => idle::worker_main(a).await,
     };

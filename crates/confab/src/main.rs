@@ -41,7 +41,7 @@ enum Command {
     Admin(admin::AdminCommand),
     /// A terminal chat client: prints incoming messages, sends each stdin line to `--to`.
     Chat(chat::ChatArgs),
-    /// Load generator: pairs, sweep, idle, catchup (loopback only).
+    /// Load generator: pairs, sweep, idle, catchup, login-flood (loopback only).
     Bench(confab_bench::BenchArgs),
 }
 
@@ -168,6 +168,23 @@ struct ServeArgs {
     #[arg(long, env = "CONFAB_MIN_FREE_DISK_MIB",
           default_value_t = defaults().sqlite.min_free_disk_bytes >> 20)]
     min_free_disk_mib: u64,
+    /// Registrations a minute per client address (0: no limit).
+    #[arg(long, env = "CONFAB_REGISTRATIONS_PER_MINUTE", default_value_t = defaults().auth.registrations_per_minute)]
+    registrations_per_minute: u32,
+    /// Failed logins a minute per account, and 3× that per client address (0: no limit).
+    #[arg(long, env = "CONFAB_LOGIN_FAILURES_PER_MINUTE", default_value_t = defaults().auth.login_failures_per_minute)]
+    login_failures_per_minute: u32,
+    /// A proxy (address or CIDR range; repeatable) whose `X-Forwarded-For` names the client
+    /// address. Default: none, every client address is the TCP peer's.
+    #[arg(long = "trusted-proxy", env = "CONFAB_TRUSTED_PROXIES", value_delimiter = ',',
+          value_parser = confab_server::config::parse_proxy)]
+    trusted_proxies: Vec<confab_server::config::IpNet>,
+    /// Password hashes (logins, registrations) run at once [default: half the cores, at least 1].
+    #[arg(long, env = "CONFAB_HASH_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    hash_concurrency: Option<u32>,
+    /// Logins and registrations waiting for a hash; more are refused with 503 and `Retry-After: 1`.
+    #[arg(long, env = "CONFAB_HASH_QUEUE", default_value_t = defaults().auth.hash_queue)]
+    hash_queue: usize,
 }
 
 impl ServeArgs {
@@ -205,6 +222,14 @@ impl ServeArgs {
         config.postgres.pool = self.postgres_pool.max(1);
         config.redis.presence_ttl = secs("--presence-ttl", self.presence_ttl)?;
         config.redis.fit_sweep_to_ttl();
+        let auth = &mut config.auth;
+        auth.registrations_per_minute = self.registrations_per_minute;
+        auth.login_failures_per_minute = self.login_failures_per_minute;
+        auth.trusted_proxies = self.trusted_proxies;
+        if let Some(n) = self.hash_concurrency {
+            auth.hash_concurrency = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        auth.hash_queue = self.hash_queue;
         Ok(config)
     }
 }

@@ -578,3 +578,52 @@ fn bench_refuses_relay_without_spawn_or_with_serve_args() {
         assert!(stderr.contains("--relay"), "{stderr}");
     }
 }
+
+/// `bench login-flood --spawn`: the pair's messages all arrive in both phases, and the flood's
+/// answers are counted by status; with a low limit (a `serve` flag) the guesses soon get 429.
+#[test]
+fn bench_login_flood_measures_both_phases() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["bench", "login-flood", "--spawn", "-g", "4", "-d", "1"])
+        .args(["-r", "20", "--json", "-q"])
+        .arg("--serve-arg=--login-failures-per-minute=2")
+        .output()
+        .expect("confab runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    for phase in ["quiet", "flood"] {
+        assert_eq!(report[phase]["sent"], 20, "{report}");
+        assert_eq!(report[phase]["delivered"], 20, "{report}");
+    }
+    let answers = &report["flood_counts"]["answers"];
+    assert_eq!(
+        answers["401"], 2,
+        "2 failures a minute for the account: {report}"
+    );
+    assert!(answers["429"].as_u64().unwrap() > 0, "{report}");
+}
+
+/// `--trusted-proxy` takes addresses and CIDR ranges, and names itself when given neither.
+#[test]
+fn serve_refuses_a_trusted_proxy_that_is_no_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args([
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "--trusted-proxy",
+            "proxy.local",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("confab runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--trusted-proxy") && stderr.contains("proxy.local"),
+        "{stderr}"
+    );
+}

@@ -4,6 +4,11 @@
 //! for an unknown user verifies against a dummy hash so that it costs as much as a wrong
 //! password: response time does not reveal which usernames exist. Tokens are 256 random bits;
 //! only their SHA-256 is stored, so a leaked database does not hold usable tokens.
+//!
+//! Hashing has its own bounded queue ([`Auth::new`]): a few hashes at once, fewer than the
+//! cores, so a login flood cannot take every core from message handling, and a bounded number
+//! waiting, past which a request is refused at once (503 `unavailable`, `Retry-After: 1`)
+//! rather than queued for ever.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -13,6 +18,8 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::config::AuthConfig;
+
 use crate::error::{Error, Result};
 
 /// Argon2id cost: OWASP's floor.
@@ -20,12 +27,17 @@ const M_COST_KIB: u32 = 19_456;
 const T_COST: u32 = 2;
 const P_COST: u32 = 1;
 
+/// How long a client refused for a full hashing queue is asked to wait: the queue drains in
+/// well under a second when it is not flooded.
+const BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Password hashing and token minting for one server.
 pub struct Auth {
     dummy_hash: String,
-    /// Bounds concurrent hashes: each takes 19 MiB and a core for tens of milliseconds, so a
-    /// login flood queues instead of exhausting memory.
-    hashing: Semaphore,
+    /// A place in line: the hashes running plus those waiting. None left: refused at once.
+    admitted: Semaphore,
+    /// The hashes running at once: each takes 19 MiB and a core for tens of milliseconds.
+    running: Semaphore,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -50,43 +62,52 @@ fn verify_blocking(password: &[u8], hash: &str) -> bool {
 }
 
 impl Auth {
-    pub fn new() -> Result<Self> {
+    /// Runs at most `hash_concurrency` hashes at once with at most `hash_queue` waiting (both
+    /// at least as given, the concurrency at least 1). Makes one hash itself (the dummy).
+    pub fn new(config: &AuthConfig) -> Result<Self> {
         let mut random = [0u8; 32];
         rand::rng().fill_bytes(&mut random);
+        let running = config.hash_concurrency.max(1);
         Ok(Auth {
             dummy_hash: hash_blocking(&random)?,
-            hashing: Semaphore::new(
-                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
-            ),
+            admitted: Semaphore::new(running.saturating_add(config.hash_queue)),
+            running: Semaphore::new(running),
         })
+    }
+
+    /// Runs `work` on the blocking pool once a hashing slot is free, or refuses at once when
+    /// the queue for the slots is full.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let _in_line = self.admitted.try_acquire().map_err(|_| {
+            Error::busy(
+                "too many logins and registrations at once; retry shortly",
+                BUSY_RETRY,
+            )
+        })?;
+        let _running = self
+            .running
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("hashing closed".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
     }
 
     /// Argon2id PHC string of `password`.
     pub async fn hash(&self, password: &str) -> Result<String> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("closed".into()))?;
         let password = password.as_bytes().to_vec();
-        tokio::task::spawn_blocking(move || hash_blocking(&password))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
+        self.run(move || hash_blocking(&password)).await?
     }
 
     /// Checks `password` against `hash`, or against the dummy hash when there is no user, so
-    /// both failures take the same time.
-    pub async fn verify(&self, password: &str, hash: Option<&str>) -> bool {
-        let Ok(_permit) = self.hashing.acquire().await else {
-            return false;
-        };
+    /// both failures take the same time. An error only when hashing is refused (busy).
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> Result<bool> {
         let known = hash.is_some();
         let hash = hash.unwrap_or(&self.dummy_hash).to_owned();
         let password = password.as_bytes().to_vec();
-        let ok = tokio::task::spawn_blocking(move || verify_blocking(&password, &hash))
-            .await
-            .unwrap_or(false);
-        ok && known
+        let ok = self.run(move || verify_blocking(&password, &hash)).await?;
+        Ok(ok && known)
     }
 }
 
@@ -147,12 +168,58 @@ mod tests {
 
     #[tokio::test]
     async fn hash_and_verify() {
-        let auth = Auth::new().unwrap();
+        let auth = Auth::new(&AuthConfig::default()).unwrap();
         let h = auth.hash("correct horse").await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(auth.verify("correct horse", Some(&h)).await);
-        assert!(!auth.verify("wrong horse", Some(&h)).await);
-        assert!(!auth.verify("correct horse", None).await);
+        assert!(auth.verify("correct horse", Some(&h)).await.unwrap());
+        assert!(!auth.verify("wrong horse", Some(&h)).await.unwrap());
+        assert!(!auth.verify("correct horse", None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_full_hashing_queue_refuses_at_once() {
+        let auth = std::sync::Arc::new(
+            Auth::new(&AuthConfig {
+                hash_concurrency: 1,
+                hash_queue: 2,
+                ..AuthConfig::default()
+            })
+            .unwrap(),
+        );
+        // One hash running (held on a gate) and two waiting fill the line.
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(gate));
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (auth, gate) = (auth.clone(), gate.clone());
+            held.push(tokio::spawn(async move {
+                auth.run(move || {
+                    let _ = gate.lock().unwrap().recv();
+                })
+                .await
+            }));
+        }
+        while auth.admitted.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let refused = auth.verify("password1", None).await.unwrap_err();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "at once"
+        );
+        assert_eq!(refused.code(), confab_protocol::ErrorCode::Unavailable);
+        assert!(
+            matches!(refused, Error::RetryLater { retry_after, .. } if retry_after == BUSY_RETRY)
+        );
+        // Once the line moves, hashing works again.
+        for _ in 0..3 {
+            open.send(()).unwrap();
+        }
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        assert!(!auth.verify("password1", None).await.unwrap());
     }
 
     #[test]

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// An IP address range, as `--trusted-proxy` takes it.
+pub use ipnet::IpNet;
+
 /// Which message store to use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreConfig {
@@ -137,6 +140,8 @@ pub struct Config {
     pub postgres: PostgresConfig,
     /// Redis presence's settings.
     pub redis: RedisConfig,
+    /// Password hashing and login throttling.
+    pub auth: AuthConfig,
 }
 
 /// The chat service's settings: per-socket timeouts, limits and queues.
@@ -256,6 +261,7 @@ impl Default for Config {
             sqlite: SqliteConfig::default(),
             postgres: PostgresConfig::default(),
             redis: RedisConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -327,6 +333,50 @@ impl RedisConfig {
     pub fn fit_sweep_to_ttl(&mut self) {
         self.sweep_interval = self.sweep_interval.min(self.presence_ttl / 3);
     }
+}
+
+/// Password hashing and the throttling of logins and registrations.
+///
+/// The limits are kept by each node on its own: a cluster of N nodes behind a load balancer
+/// lets an account or an address at most N times each limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Argon2id hashes running at once. Each holds a core for tens of milliseconds (and
+    /// 19 MiB): fewer than the cores, so that message handling keeps a core under a login flood.
+    pub hash_concurrency: usize,
+    /// Hashes waiting for one of those; a login or registration past this is refused at once
+    /// with 503 `unavailable` and `Retry-After: 1` instead of waiting without bound.
+    pub hash_queue: usize,
+    /// Failed logins a minute per account, and three times as many per client address, before
+    /// 429 `rate_limited`; 0 turns the limit off.
+    pub login_failures_per_minute: u32,
+    /// Registrations a minute per client address; 0 turns the limit off.
+    pub registrations_per_minute: u32,
+    /// Proxies whose `X-Forwarded-For` names the client address (addresses or CIDR ranges).
+    /// For any other peer, the TCP peer address is the client's.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        AuthConfig {
+            // Half the cores, at least one: the runtime's workers keep the rest.
+            hash_concurrency: (cores / 2).max(1),
+            hash_queue: 64,
+            login_failures_per_minute: 10,
+            registrations_per_minute: 30,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Parses a trusted proxy: an address (`10.0.0.1`, `::1`) or a range (`10.0.0.0/8`).
+pub fn parse_proxy(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR range"))
 }
 
 #[cfg(test)]

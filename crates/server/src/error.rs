@@ -16,6 +16,14 @@ pub enum Error {
     /// The client's fault; the message is shown to it.
     #[error("{message}")]
     Client { code: ErrorCode, message: String },
+    /// Refused for now, with when to come back: a limit (`rate_limited`) or a full queue
+    /// (`unavailable`). Expected under load, so not logged; over HTTP it carries `Retry-After`.
+    #[error("{message}")]
+    RetryLater {
+        code: ErrorCode,
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A backend is unreachable; the request may be retried.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -68,9 +76,28 @@ impl Error {
         }
     }
 
+    /// `rate_limited`, to be retried after `retry_after`.
+    pub fn throttled(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Error::RetryLater {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            retry_after,
+        }
+    }
+
+    /// `unavailable` because this node is busy (not because a backend is down), to be retried
+    /// after `retry_after`.
+    pub fn busy(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Error::RetryLater {
+            code: ErrorCode::Unavailable,
+            message: message.into(),
+            retry_after,
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Client { code, .. } => *code,
+            Error::Client { code, .. } | Error::RetryLater { code, .. } => *code,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Internal(_) => ErrorCode::Internal,
         }
@@ -79,7 +106,7 @@ impl Error {
     /// What the client is told. Server-side causes stay in the log.
     pub fn public_message(&self) -> String {
         match self {
-            Error::Client { message, .. } => message.clone(),
+            Error::Client { message, .. } | Error::RetryLater { message, .. } => message.clone(),
             Error::Unavailable(_) => "a backend is unavailable; retry later".into(),
             Error::Internal(_) => "internal error".into(),
         }
@@ -87,7 +114,7 @@ impl Error {
 
     fn log(&self) {
         match self {
-            Error::Client { .. } => {}
+            Error::Client { .. } | Error::RetryLater { .. } => {}
             Error::Unavailable(cause) => tracing::warn!(%cause, "request failed: unavailable"),
             Error::Internal(cause) => tracing::error!(%cause, "request failed: internal error"),
         }
@@ -118,7 +145,18 @@ impl IntoResponse for Error {
         let code = self.code();
         let status =
             StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        error_response(status, code, self.public_message())
+        let retry_after = match &self {
+            Error::RetryLater { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        };
+        let mut response = error_response(status, code, self.public_message());
+        if let Some(wait) = retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs(wait)),
+            );
+        }
+        response
     }
 }
 
@@ -132,6 +170,13 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<St
         },
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// `Retry-After` counts whole seconds: rounded up, so that a client that waits that long is
+/// not refused again, and at least 1.
+pub fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

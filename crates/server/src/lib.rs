@@ -38,6 +38,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod sync;
+pub mod throttle;
 pub mod time;
 pub mod wiring;
 

@@ -15,6 +15,7 @@ use crate::sequencer::IdSource;
 use crate::sessions::Sessions;
 use crate::store::MessageStore;
 use crate::sync::SyncQueue;
+use crate::throttle::Throttle;
 
 /// The shared handles. There is no global: each is passed where it is used.
 pub struct App {
@@ -32,6 +33,8 @@ pub struct App {
     pub chat: Arc<Chat>,
     /// Password hashing and verification, on a bounded pool of threads.
     pub auth: Auth,
+    /// Failed logins and registrations per account and client address; who the client is.
+    pub throttle: Throttle,
     /// The node's Prometheus metrics.
     pub metrics: Metrics,
     /// How long an HTTP connection has to send each request head, and then its body (the

@@ -26,6 +26,7 @@ use crate::store::sqlite::{SqliteMetrics, SqliteStore};
 use crate::sync::SyncQueue;
 use crate::sync::memory::MemoryQueue;
 use crate::sync::nats::NatsQueue;
+use crate::throttle::Throttle;
 
 /// A node's parts, wired: the shared handles, the gateway, and the jobs it needs.
 pub struct Node {
@@ -71,7 +72,8 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
             IdSource::fixed(config.node_id)
         }
     });
-    let auth = tokio::task::spawn_blocking(Auth::new)
+    let auth_config = config.auth.clone();
+    let auth = tokio::task::spawn_blocking(move || Auth::new(&auth_config))
         .await
         .map_err(|e| StartError::Backend(e.to_string()))?
         .map_err(|e| StartError::Backend(e.to_string()))?;
@@ -133,6 +135,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         ids,
         chat,
         auth,
+        throttle: Throttle::new(&config.auth),
         metrics,
         http_timeout: config.gateway.hello_timeout,
         shutdown,

@@ -1,4 +1,6 @@
 //! Accounts and sessions: register, look up, log in (one session per device), log out.
+//! Logins and registrations are throttled per client address (and logins per account) first:
+//! see [`crate::throttle`].
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use confab_protocol::{CreateSession, CreateUser, Session, User};
 
-use super::extract::{Caller, JsonBody, path_error};
+use super::extract::{Caller, ClientAddr, JsonBody, path_error};
 use crate::auth::{new_token, validate_password, validate_username};
 use crate::error::{Error, Result};
 use crate::state::App;
@@ -20,10 +22,12 @@ const MAX_DEVICE_NAME: usize = 64;
 
 pub(super) async fn create_user(
     State(app): State<Arc<App>>,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<CreateUser>,
 ) -> Result<(StatusCode, Json<User>)> {
     validate_username(&req.username)?;
     validate_password(&req.password)?;
+    app.throttle.registration(client)?;
     // Cheap check first so a taken name does not cost a hash; the store's unique index
     // still decides races.
     if app.store.user_by_name(&req.username).await?.is_some() {
@@ -63,8 +67,11 @@ pub(super) async fn get_user(
 
 pub(super) async fn create_session(
     State(app): State<Arc<App>>,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<CreateSession>,
 ) -> Result<(StatusCode, Json<Session>)> {
+    // Before the store and the hash: a throttled guess costs neither.
+    let attempt = app.throttle.login(&req.username, client)?;
     let user = app.store.user_by_name(&req.username).await?;
     let ok = app
         .auth
@@ -72,10 +79,14 @@ pub(super) async fn create_session(
             &req.password,
             user.as_ref().map(|u| u.password_hash.as_str()),
         )
-        .await;
+        .await?;
     let user = match user {
-        Some(u) if ok => u,
+        Some(u) if ok => {
+            attempt.succeeded();
+            u
+        }
         _ => {
+            attempt.failed();
             return Err(Error::Client {
                 code: confab_protocol::ErrorCode::Unauthorized,
                 message: "wrong username or password".into(),

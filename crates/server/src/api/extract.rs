@@ -1,10 +1,12 @@
-//! Extractors: the authenticated caller, a JSON body in time, another user named in the path.
+//! Extractors: the authenticated caller, the client's address, a JSON body in time, another user
+//! named in the path.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -37,6 +39,28 @@ impl FromRequestParts<Arc<App>> for Caller {
             user: session.user_id,
             device: session.device_id,
         })
+    }
+}
+
+/// The client's address: the TCP peer, or what a trusted proxy says in `X-Forwarded-For`.
+pub struct ClientAddr(pub IpAddr);
+
+impl FromRequestParts<Arc<App>> for ClientAddr {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self> {
+        // The accept loop puts the peer on every request; a router served some other way
+        // (none is, outside tests) counts all its clients as one.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        Ok(ClientAddr(app.throttle.client_address(peer, forwarded)))
     }
 }
 

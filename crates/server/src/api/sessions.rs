@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use confab_protocol::{ChangePassword, SessionInfo, Sessions};
 
-use super::extract::{Caller, JsonBody, id_in_path};
+use super::extract::{Caller, ClientAddr, JsonBody, id_in_path};
 use crate::auth::validate_password;
 use crate::error::{Error, Result};
 use crate::state::App;
@@ -58,9 +58,13 @@ pub(super) async fn revoke_session(
 /// `PUT /v1/users/me/password`: a new password for the caller's account, given the old one.
 /// Every other session of the account is revoked; the caller's stays. A wrong old password is
 /// 403 `forbidden`: the token is valid, the request is refused.
+///
+/// A wrong old password counts as a failed login of the account, from the caller's address:
+/// a stolen token must not become a way around the login throttle to guess the password.
 pub(super) async fn change_password(
     State(app): State<Arc<App>>,
     caller: Caller,
+    ClientAddr(client): ClientAddr,
     JsonBody(req): JsonBody<ChangePassword>,
 ) -> Result<StatusCode> {
     validate_password(&req.new_password)?;
@@ -69,13 +73,16 @@ pub(super) async fn change_password(
         .user_by_id(caller.user)
         .await?
         .ok_or_else(Error::unauthorized)?;
+    let attempt = app.throttle.login(&user.username, client)?;
     let ok = app
         .auth
         .verify(&req.old_password, Some(user.password_hash.as_str()))
-        .await;
+        .await?;
     if !ok {
+        attempt.failed();
         return Err(Error::forbidden("old_password is wrong"));
     }
+    attempt.succeeded();
     let hash = app.auth.hash(&req.new_password).await?;
     app.chat
         .change_password(caller.user, &hash, caller.device)
