@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::Node;
+use common::{Node, post};
 
 /// `confab serve` on a free port with its data in `data_dir`.
 fn start(data_dir: &Path) -> Node {
@@ -28,17 +28,6 @@ fn signal(node: &Node, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig}");
-}
-
-async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
 }
 
 /// Creates `name` and returns (token, user_id).

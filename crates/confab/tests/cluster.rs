@@ -41,7 +41,7 @@ fn all_engines() -> Option<Engines> {
 
 mod common;
 
-use common::Node;
+use common::{Node, post};
 
 /// Nodes sharing one fresh database and cluster name; on drop the nodes are killed, then the
 /// database dropped.
@@ -120,17 +120,6 @@ impl Cluster {
     fn kill(&mut self, i: usize) {
         drop(self.nodes[i].take()); // SIGKILL
     }
-}
-
-async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
 }
 
 async fn put(addr: SocketAddr, path: &str, token: &str) {

@@ -12,21 +12,10 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::Node;
+use common::{Node, post};
 
 const PASSWORD: &str = "pw-7f3a9c-never-logged";
 const BODY: &str = "body-51d2e8-never-logged";
-
-async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
-    let r = reqwest::Client::new()
-        .post(format!("http://{addr}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap()
-}
 
 /// Registers and logs in `name`: (token, user_id).
 async fn user(addr: SocketAddr, name: &str) -> (String, String) {

@@ -40,18 +40,6 @@ fn segment(text: &str) -> String {
         .collect()
 }
 
-async fn request(s: &TestServer, method: &str, path: &str, token: &str) -> (u16, Value) {
-    let r = s
-        .http
-        .request(method.parse().unwrap(), s.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// a sends b `n` messages; returns their 1:1 conversation id.
 async fn messages(s: &TestServer, a: &TestUser, b: &TestUser, n: usize) -> String {
     let (mut ws, _) = s.connect(a).await;
@@ -72,20 +60,22 @@ async fn a_user_id_in_a_path_that_is_not_canonical_is_404() {
         for method in ["PUT", "DELETE"] {
             for text in non_canonical(&bob.id) {
                 let path = format!("{base}/{}", segment(&text));
-                let (status, body) = request(&s, method, &path, &alice.token).await;
+                let (status, body) = s.request(method, &path, &alice.token, None).await;
                 assert_eq!(status, 404, "{method} {path}: {body}");
                 assert_eq!(body["error"]["code"], "not_found", "{method} {path}");
             }
         }
     }
     // A segment that is not UTF-8 names nobody either.
-    let (status, body) = request(&s, "PUT", "/v1/contacts/%FF", &alice.token).await;
+    let (status, body) = s
+        .request("PUT", "/v1/contacts/%FF", &alice.token, None)
+        .await;
     assert_eq!((status, &body["error"]["code"]), (404, &json!("not_found")));
     // None of them added bob; his canonical id does.
     let (_, contacts) = s.get("/v1/contacts", &alice.token).await;
     assert_eq!(contacts["contacts"], json!([]));
     let path = format!("/v1/contacts/{}", bob.id);
-    assert_eq!(request(&s, "PUT", &path, &alice.token).await.0, 204);
+    assert_eq!(s.request("PUT", &path, &alice.token, None).await.0, 204);
 }
 
 #[tokio::test]

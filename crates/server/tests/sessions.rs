@@ -18,31 +18,6 @@ fn now_ms() -> i64 {
     .unwrap()
 }
 
-async fn delete(s: &TestServer, path: &str, token: &str) -> (u16, Value) {
-    let r = s
-        .http
-        .delete(s.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn put_json(s: &TestServer, path: &str, token: &str, body: Value) -> (u16, Value) {
-    let r = s
-        .http
-        .put(s.url(path))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// `hello` with `token` is refused with `unauthorized`, then close 1008.
 async fn hello_refused(s: &TestServer, token: &str) {
     let mut ws = Ws::connect(s.addr).await;
@@ -137,7 +112,7 @@ async fn revoking_another_device_closes_its_socket_and_refuses_its_token() {
     let (mut ws_bob, _) = s.connect(&bob).await;
 
     let phone_path = format!("/v1/sessions/{}", phone.device);
-    let (status, _) = delete(&s, &phone_path, &alice.token).await;
+    let (status, _) = s.request("DELETE", &phone_path, &alice.token, None).await;
     assert_eq!(status, 204);
     assert_eq!(ws_phone.closed().await, Some(1008), "its socket closes");
     let (status, body) = s.get("/v1/conversations", &phone.token).await;
@@ -168,17 +143,19 @@ async fn revoking_another_device_closes_its_socket_and_refuses_its_token() {
         "/v1/sessions/9223372036854775808",
         "/v1/sessions/abc",
     ] {
-        let (status, body) = delete(&s, path, &alice.token).await;
+        let (status, body) = s.request("DELETE", path, &alice.token, None).await;
         assert_eq!((status, code(&body)), (404, Some("not_found")), "{path}");
     }
     still_open(&mut ws_bob).await;
     let (status, _) = s.get("/v1/conversations", &bob.token).await;
     assert_eq!(status, 200, "bob's device was not touched");
-    let (status, _) = delete(&s, &bob_path, "not-a-token").await;
+    let (status, _) = s.request("DELETE", &bob_path, "not-a-token", None).await;
     assert_eq!(status, 401);
 
     // `current` is still the caller's own device.
-    let (status, _) = delete(&s, "/v1/sessions/current", &alice.token).await;
+    let (status, _) = s
+        .request("DELETE", "/v1/sessions/current", &alice.token, None)
+        .await;
     assert_eq!(status, 204);
     assert_eq!(ws_alice.closed().await, Some(1008));
 }
@@ -203,13 +180,10 @@ async fn a_new_password_logs_out_every_other_device() {
     let (mut ws_phone, _) = s.connect(&phone).await;
     let (mut ws_bob, _) = s.connect(&bob).await;
 
-    let (status, body) = put_json(
-        &s,
-        "/v1/users/me/password",
-        &alice.token,
-        json!({"old_password": "password1", "new_password": "a new secret"}),
-    )
-    .await;
+    let body = json!({"old_password": "password1", "new_password": "a new secret"});
+    let (status, body) = s
+        .request("PUT", "/v1/users/me/password", &alice.token, Some(body))
+        .await;
     assert_eq!(status, 204, "{body}");
     assert_eq!(ws_phone.closed().await, Some(1008), "other sockets close");
     for other in [&phone, &tablet] {
@@ -244,16 +218,15 @@ async fn a_password_change_needs_the_old_password_and_a_valid_new_one() {
         (json!({"new_password": "a new secret"}), 400, "bad_request"),
     ];
     for (body, want, want_code) in cases {
-        let (status, answer) = put_json(&s, "/v1/users/me/password", &alice.token, body).await;
+        let (status, answer) = s
+            .request("PUT", "/v1/users/me/password", &alice.token, Some(body))
+            .await;
         assert_eq!((status, code(&answer)), (want, Some(want_code)), "{answer}");
     }
-    let (status, _) = put_json(
-        &s,
-        "/v1/users/me/password",
-        "not-a-token",
-        change("password1", "a new secret"),
-    )
-    .await;
+    let body = change("password1", "a new secret");
+    let (status, _) = s
+        .request("PUT", "/v1/users/me/password", "not-a-token", Some(body))
+        .await;
     assert_eq!(status, 401);
     // Nothing changed.
     let (status, _) = s.get("/v1/conversations", &phone.token).await;
@@ -294,7 +267,14 @@ async fn a_token_expires_when_unused_and_lives_while_used() {
         [alice.device.as_str()],
         "expired devices are not listed"
     );
-    let (status, _) = delete(&s, &format!("/v1/sessions/{}", idle.device), &alice.token).await;
+    let (status, _) = s
+        .request(
+            "DELETE",
+            &format!("/v1/sessions/{}", idle.device),
+            &alice.token,
+            None,
+        )
+        .await;
     assert_eq!(status, 404, "an expired device is as good as revoked");
 
     // Then unused past the ttl: expired too.

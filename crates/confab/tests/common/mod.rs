@@ -10,6 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
+use serde_json::Value;
+
 /// A running `confab serve` process; killed (SIGKILL) when dropped.
 pub struct Node {
     pub child: Child,
@@ -60,4 +62,17 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// POSTs `body` as JSON to `path` on `addr` and returns the answer's JSON; panics unless the
+/// status is a success.
+pub async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
 }
