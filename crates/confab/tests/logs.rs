@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use confab_testkit::postgres::Database;
 use confab_testkit::ws::Ws;
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
 
