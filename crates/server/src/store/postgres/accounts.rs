@@ -111,18 +111,8 @@ impl Accounts for PostgresStore {
         self.run(move |c| {
             let key = key.clone();
             Box::pin(async move {
-                let row = query_opt(
-                    c,
-                    "SELECT id, username, password_hash FROM users WHERE username_key = $1",
-                    &[&key],
-                )
-                .await?;
-                let Some(r) = row else { return Ok(None) };
-                Ok(Some(UserRecord {
-                    id: id_col(&r, 0)?,
-                    username: r.try_get(1)?,
-                    password_hash: r.try_get(2)?,
-                }))
+                let sql = "SELECT id, username, password_hash FROM users WHERE username_key = $1";
+                user_from(query_opt(c, sql, &[&key]).await?)
             })
         })
         .await
@@ -131,18 +121,8 @@ impl Accounts for PostgresStore {
     async fn user_by_id(&self, id: Id) -> StoreResult<Option<UserRecord>> {
         self.run(move |c| {
             Box::pin(async move {
-                let row = query_opt(
-                    c,
-                    "SELECT id, username, password_hash FROM users WHERE id = $1",
-                    &[&id_to_sql(id)],
-                )
-                .await?;
-                let Some(r) = row else { return Ok(None) };
-                Ok(Some(UserRecord {
-                    id: id_col(&r, 0)?,
-                    username: r.try_get(1)?,
-                    password_hash: r.try_get(2)?,
-                }))
+                let sql = "SELECT id, username, password_hash FROM users WHERE id = $1";
+                user_from(query_opt(c, sql, &[&id_to_sql(id)]).await?)
             })
         })
         .await
@@ -302,4 +282,14 @@ impl Accounts for PostgresStore {
         })
         .await
     }
+}
+
+/// An account from a row of `SELECT id, username, password_hash`, if there is one.
+fn user_from(row: Option<tokio_postgres::Row>) -> Result<Option<UserRecord>, Failure> {
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(UserRecord {
+        id: id_col(&r, 0)?,
+        username: r.try_get(1)?,
+        password_hash: r.try_get(2)?,
+    }))
 }

@@ -54,41 +54,13 @@ impl Accounts for SqliteStore {
 
     async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
         let key = username.to_ascii_lowercase();
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, username, password_hash FROM users WHERE username_key = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![key], |r| {
-                    Ok(UserRecord {
-                        id: id_col(r, 0)?,
-                        username: r.get(1)?,
-                        password_hash: r.get(2)?,
-                    })
-                })
-                .optional()
-            })
-            .map_err(internal)
-        })
-        .await
+        self.read(move |conn| user_where(conn, "username_key = ?1", key))
+            .await
     }
 
     async fn user_by_id(&self, id: Id) -> StoreResult<Option<UserRecord>> {
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT id, username, password_hash FROM users WHERE id = ?1")
-                .and_then(|mut s| {
-                    s.query_row(params![id_to_sql(id)], |r| {
-                        Ok(UserRecord {
-                            id: id_col(r, 0)?,
-                            username: r.get(1)?,
-                            password_hash: r.get(2)?,
-                        })
-                    })
-                    .optional()
-                })
-                .map_err(internal)
-        })
-        .await
+        self.read(move |conn| user_where(conn, "id = ?1", id_to_sql(id)))
+            .await
     }
 
     async fn seed_accounts(&self, accounts: Vec<SeedAccount>) -> StoreResult<()> {
@@ -262,4 +234,26 @@ impl Accounts for SqliteStore {
         })
         .await
     }
+}
+
+/// The account whose row matches `condition` (one `?1` parameter, bound to `param`).
+fn user_where(
+    conn: &rusqlite::Connection,
+    condition: &'static str,
+    param: impl rusqlite::ToSql,
+) -> StoreResult<Option<UserRecord>> {
+    conn.prepare_cached(&format!(
+        "SELECT id, username, password_hash FROM users WHERE {condition}"
+    ))
+    .and_then(|mut s| {
+        s.query_row(params![param], |r| {
+            Ok(UserRecord {
+                id: id_col(r, 0)?,
+                username: r.get(1)?,
+                password_hash: r.get(2)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(internal)
 }
