@@ -56,8 +56,10 @@ fn account_key(username: &str) -> AccountKey {
     key
 }
 
-/// The address a limit counts by: IPv4 as it is, IPv6 by its /64.
-fn address_key(ip: IpAddr) -> IpAddr {
+/// What a client address is counted as, by every limit per address (these and the plain-HTTP
+/// caps, `edge::places`): an IPv4 address (also one mapped into IPv6), or an IPv6 /64, which
+/// a single client commonly holds whole and can pick addresses from at will.
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let prefix = v6.to_bits() & !((1u128 << 64) - 1);

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
+use crate::throttle::address_key;
 use crate::time::now_ms;
 
 /// Refused connections that may linger at once (see [`Places::refuse`]); they come out of
@@ -173,18 +174,6 @@ impl Drop for Place {
             }
         }
         self.places.metrics.http_connections.dec();
-    }
-}
-
-/// What a client address is counted as: an IPv4 address (also one mapped into IPv6), or an
-/// IPv6 /64, which a single client commonly holds whole and can pick addresses from at will.
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
     }
 }
 
