@@ -488,6 +488,54 @@ async fn send_limits_hold_per_device_across_its_sockets() {
     );
 }
 
+/// The frame limit is per device too: four sockets of one token sending pings together get
+/// the burst and the rate once, not four times (PROTOCOL.md, Guarantee 8).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_limits_hold_per_device_across_its_sockets() {
+    let s = TestServer::start_with(|c| {
+        c.gateway.frame_rate_per_sec = 1.0;
+        c.gateway.frame_burst = 10;
+    })
+    .await;
+    let alice = s.user("alice").await;
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(s.connect(&alice).await.0);
+    }
+    let started = std::time::Instant::now();
+    let floods = sockets.into_iter().map(|mut ws| {
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                ws.send(json!({"type": "ping"})).await;
+            }
+            let (mut pongs, mut limited) = (0, 0);
+            while pongs + limited < 10 {
+                let f = ws.next().await;
+                match f["type"].as_str() {
+                    Some("pong") => pongs += 1,
+                    Some("error") => {
+                        assert_eq!(f["code"], "rate_limited", "{f}");
+                        limited += 1;
+                    }
+                    _ => {}
+                }
+            }
+            pongs
+        })
+    });
+    let pongs: usize = futures::future::join_all(floods)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .sum();
+    let bound = 10.0 + started.elapsed().as_secs_f64();
+    assert!(pongs >= 10, "the burst passes: {pongs}");
+    assert!(
+        pongs as f64 <= bound + 1.0,
+        "{pongs} frames answered; the device may send {bound:.0}"
+    );
+}
+
 /// Typing relays are limited per device and peer: twenty sockets of one device typing to a
 /// friend reach it at most once a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,18 +1,19 @@
 //! Rate limits per device: every socket of one device on this node takes from the same
 //! limiters, so opening more sockets buys a client nothing (PROTOCOL.md, Guarantee 8).
 //!
-//! A device's limiters are made with its first socket on this node and dropped with its
-//! last ([`DeviceLimiters::acquire`]); a device that reconnects after all its sockets closed
-//! starts with a full burst again, as a first socket did before. Each limiter is governor's
-//! GCRA cell, one atomic word updated by compare-and-swap: sockets of one device on different
-//! threads do not queue on a lock to send.
+//! A device's limiters are made with its first socket on this node that sends a frame
+//! ([`DeviceLimiters::acquire`]) and kept after its last one closes until they would be full
+//! again: closing sockets and opening new ones (or switching to one that was open but quiet)
+//! gives back nothing that waiting would not. Each limiter is governor's GCRA cell, one atomic
+//! word updated by compare-and-swap: sockets of one device on different threads do not queue
+//! on a lock to send.
 //!
 //! In a cluster each node keeps its own limiters for the sockets it holds: see the operations
 //! guide ("Limits per device") for the bound across nodes.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use confab_protocol::Id;
@@ -103,49 +104,105 @@ impl DeviceLimits {
     }
 }
 
-/// This node's [`DeviceLimits`], by device, for as long as the device has a socket here.
+/// This node's [`DeviceLimits`], by device, for as long as the device has a socket here that
+/// took them, and then until its buckets would be full again.
 pub struct DeviceLimiters {
     config: GatewayConfig,
-    devices: Mutex<HashMap<Id, Weak<DeviceLimits>>>,
+    /// How long a device's limits outlive its last socket: the longest time any of its buckets
+    /// takes to refill from empty (see [`refill_time`]).
+    keep: Duration,
+    devices: Mutex<Devices>,
+}
+
+struct Devices {
+    by_device: HashMap<Id, Kept>,
+    /// When the next acquire forgets the limits nobody has held for `keep`.
+    next_sweep: Instant,
+}
+
+struct Kept {
+    limits: Arc<DeviceLimits>,
+    /// When the device's last socket here let go of them; `None` while one holds them.
+    released: Option<Instant>,
 }
 
 impl DeviceLimiters {
     pub fn new(config: GatewayConfig) -> Self {
+        let keep = refill_time(&config);
         DeviceLimiters {
             config,
-            devices: Mutex::default(),
+            keep,
+            devices: Mutex::new(Devices {
+                by_device: HashMap::new(),
+                next_sweep: Instant::now() + keep,
+            }),
         }
     }
 
-    fn devices(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Weak<DeviceLimits>>> {
+    fn devices(&self) -> std::sync::MutexGuard<'_, Devices> {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The limits of `device`, shared with its other sockets on this node (made if it has
-    /// none). Taken once per socket, at its start: the hot path only touches the result.
+    /// The limits of `device`, shared with its other sockets on this node and with the ones
+    /// that closed while its buckets refill (made if there are none). Taken once per socket,
+    /// at its first frame: the hot path only touches the result.
     pub fn acquire(&self, device: Id) -> DeviceLease<'_> {
+        let now = Instant::now();
         let mut devices = self.devices();
-        let limits = match devices.get(&device).and_then(Weak::upgrade) {
-            Some(limits) => limits,
-            None => {
-                let limits = Arc::new(DeviceLimits::new(&self.config));
-                devices.insert(device, Arc::downgrade(&limits));
-                limits
-            }
-        };
+        if now >= devices.next_sweep {
+            self.sweep(&mut devices, now);
+        }
+        let kept = devices.by_device.entry(device).or_insert_with(|| Kept {
+            limits: Arc::new(DeviceLimits::new(&self.config)),
+            released: None,
+        });
+        kept.released = None;
         DeviceLease {
             owner: self,
             device,
-            limits,
+            limits: kept.limits.clone(),
         }
     }
 
-    /// Devices with limits held now (for tests).
+    /// Forgets the limits that no socket has held for `keep`: they are full again, and a new
+    /// set is the same. Amortised: at most once per `keep`, from [`Self::acquire`].
+    fn sweep(&self, devices: &mut Devices, now: Instant) {
+        let keep = self.keep;
+        devices
+            .by_device
+            .retain(|_, k| k.released.is_none_or(|at| now.duration_since(at) < keep));
+        devices.next_sweep = now + keep;
+    }
+
+    /// Devices with limits kept now (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.devices().len()
+        self.devices().by_device.len()
+    }
+
+    /// Sweeps as an acquire at `now` would (for tests).
+    #[cfg(test)]
+    fn sweep_at(&self, now: Instant) {
+        let mut devices = self.devices();
+        self.sweep(&mut devices, now);
     }
 }
+
+/// Longest a device's limits may take to refill from empty: the send and frame buckets
+/// (burst / rate) and the typing interval, at most [`LONGEST_KEEP`] (a rate of 0 never refills).
+fn refill_time(config: &GatewayConfig) -> Duration {
+    let refill = |burst: u32, rate: f64| {
+        Duration::try_from_secs_f64(f64::from(burst) / rate).unwrap_or(LONGEST_KEEP)
+    };
+    refill(config.send_burst, config.send_rate_per_sec)
+        .max(refill(config.frame_burst, config.frame_rate_per_sec))
+        .max(TYPING_EVERY)
+        .min(LONGEST_KEEP)
+}
+
+/// The longest a device's limits outlive its sockets, whatever the rates: bounds the memory
+/// of devices that came and went.
+const LONGEST_KEEP: Duration = Duration::from_secs(3600);
 
 /// One socket's hold on its device's limits; the last one to go forgets them.
 pub struct DeviceLease<'a> {
@@ -165,9 +222,11 @@ impl Drop for DeviceLease<'_> {
     fn drop(&mut self) {
         let mut devices = self.owner.devices();
         // Under the map's lock no other socket of the device can take the limits meanwhile:
-        // if this is the last hold, nobody will upgrade the entry again.
-        if Arc::strong_count(&self.limits) == 1 {
-            devices.remove(&self.device);
+        // the map's hold and this one are the last two when this is the last socket.
+        if let Some(kept) = devices.by_device.get_mut(&self.device)
+            && Arc::strong_count(&self.limits) == 2
+        {
+            kept.released = Some(Instant::now());
         }
     }
 }
@@ -225,13 +284,45 @@ mod tests {
         drop(first);
         assert_eq!(limiters.len(), 2, "device 7 still has a socket");
         drop(second);
-        assert_eq!(limiters.len(), 1, "forgotten with its last socket");
+        // Closing every socket and opening another buys nothing: the limits are kept until
+        // they would be full again.
+        let reopened = limiters.acquire(Id(7));
+        assert!(
+            !reopened.sends.take(),
+            "a reopened socket finds the burst spent"
+        );
+        drop(reopened);
+        let later = Instant::now() + limiters.keep;
+        limiters.sweep_at(later);
+        assert_eq!(
+            limiters.len(),
+            1,
+            "forgotten with its last socket, once full again"
+        );
         let again = limiters.acquire(Id(7));
         assert!(
             again.sends.take(),
             "a new first socket starts with a full burst"
         );
         drop((again, other));
+        limiters.sweep_at(later + limiters.keep);
         assert_eq!(limiters.len(), 0);
+    }
+
+    #[test]
+    fn limits_are_kept_as_long_as_the_slowest_bucket_refills() {
+        let config = GatewayConfig {
+            send_rate_per_sec: 20.0,
+            send_burst: 100,
+            frame_rate_per_sec: 200.0,
+            frame_burst: 400,
+            ..GatewayConfig::default()
+        };
+        assert_eq!(refill_time(&config), Duration::from_secs(5));
+        let never = GatewayConfig {
+            send_rate_per_sec: 0.0,
+            ..config
+        };
+        assert_eq!(refill_time(&never), LONGEST_KEEP);
     }
 }
