@@ -47,16 +47,38 @@ use common::{Node, post};
 /// database dropped.
 struct Cluster {
     nodes: Vec<Option<Node>>,
+    /// The nodes' rate-limit flags.
+    limits: &'static [&'static str],
     engines: Engines,
     database: Database,
     name: String,
     dir: tempfile::TempDir,
 }
 
+/// The tests' senders keep several sends in flight as fast as the cluster answers them; the
+/// limits are tested on their own, and would only make how fast the store is decide whether a
+/// test passes.
+const UNLIMITED: &[&str] = &[
+    "--send-rate",
+    "100000",
+    "--send-burst",
+    "100000",
+    "--frame-rate",
+    "100000",
+    "--frame-burst",
+    "100000",
+];
+
 impl Cluster {
     async fn start(engines: Engines, n: usize) -> Cluster {
+        Cluster::start_limited(engines, n, UNLIMITED).await
+    }
+
+    /// Nodes started with these rate-limit flags (`&[]`: the defaults).
+    async fn start_limited(engines: Engines, n: usize, limits: &'static [&'static str]) -> Cluster {
         let mut cluster = Cluster {
             nodes: Vec::new(),
+            limits,
             name: names::fresh("t"),
             database: Database::create(&engines.postgres).await,
             engines,
@@ -82,7 +104,7 @@ impl Cluster {
         let queue = url("--queue", self.engines.nats.clone());
         let presence = url("--presence", self.engines.redis.clone());
         let data_dir = self.dir.path().to_string_lossy().into_owned();
-        Node::start([
+        let mut args = vec![
             "--data-dir",
             &data_dir,
             "--store",
@@ -99,18 +121,9 @@ impl Cluster {
             "8",
             "--resync-interval",
             "1",
-            // The tests' senders keep several sends in flight as fast as the cluster answers
-            // them; the per-socket limits are tested elsewhere, and would only make how fast
-            // the store is decide whether a test passes.
-            "--send-rate",
-            "100000",
-            "--send-burst",
-            "100000",
-            "--frame-rate",
-            "100000",
-            "--frame-burst",
-            "100000",
-        ])
+        ];
+        args.extend_from_slice(self.limits);
+        Node::start(args)
     }
 
     fn addr(&self, i: usize) -> SocketAddr {
@@ -257,6 +270,147 @@ async fn a_stranger_on_another_node_learns_nothing() {
         (&e["peer_read_seq"], &e["peer_delivered_seq"]),
         (&json!(0), &json!(0)),
         "{list}"
+    );
+}
+
+/// Sends `count` messages from `ws` as fast as it can write them and answers how many were
+/// accepted (`sent`); every other answer must be `rate_limited`.
+async fn flood(ws: &mut Ws, to: &str, tag: &str, count: usize) -> usize {
+    for i in 0..count {
+        ws.send(json!({"type": "send", "to": to, "client_id": format!("{tag}-{i}"), "body": "x"}))
+            .await;
+    }
+    let (mut sent, mut limited) = (0, 0);
+    while sent + limited < count {
+        let f = ws
+            .next_within(Duration::from_secs(10))
+            .await
+            .expect("an answer to every send");
+        match f["type"].as_str() {
+            Some("sent") => sent += 1,
+            Some("error") => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    sent
+}
+
+/// A device's send limit holds across the nodes of a cluster within about one exchange
+/// interval of rate (PROTOCOL.md, Guarantee 8; `gateway::limits::cluster`). A socket opened
+/// on a node the device has not used, after spending its burst on another, finds the burst
+/// spent; sockets of one token on both nodes flooding together get the rate once, where two
+/// nodes each keeping their own limits would grant it twice.
+#[tokio::test]
+async fn a_devices_limits_hold_across_nodes() {
+    let Some(engines) = all_engines() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let limits = &["--send-rate", "5", "--send-burst", "50"];
+    let cluster = Cluster::start_limited(engines, 2, limits).await;
+    let (n0, n1) = (cluster.addr(0), cluster.addr(1));
+    let alice = user(n0, "alice").await;
+    let bob = user(n1, "bob").await;
+    // What the device may be granted in `t`: the burst, the rate, and one second of rate for
+    // the exchange between the nodes.
+    let most = |t: Duration| 50.0 + 5.0 * (t.as_secs_f64() + 1.0);
+
+    let started = Instant::now();
+    let (mut a0, _) = Ws::caught_up(n0, &alice.token, None).await;
+    assert_eq!(
+        flood(&mut a0, &bob.id, "a", 50).await,
+        50,
+        "the burst passes"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut a1, _) = Ws::caught_up(n1, &alice.token, None).await;
+    let second = flood(&mut a1, &bob.id, "b", 50).await;
+    let bound = most(started.elapsed()) - 50.0;
+    assert!(
+        second as f64 <= bound,
+        "a new socket on another node got {second} sends; the device had {bound:.0} left"
+    );
+
+    // Then two sockets on each node flood together for three seconds.
+    let mut sockets = vec![a0, a1];
+    for node in [n0, n1] {
+        sockets.push(Ws::caught_up(node, &alice.token, None).await.0);
+    }
+    let flooding = Instant::now();
+    let floods: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut ws)| {
+            let to = bob.id.clone();
+            tokio::spawn(async move {
+                let mut sent = 0;
+                for round in 0.. {
+                    if flooding.elapsed() >= Duration::from_secs(3) {
+                        break;
+                    }
+                    sent += flood(&mut ws, &to, &format!("c{k}-{round}"), 10).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 50 + second;
+    for f in floods {
+        sent += f.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let bound = most(elapsed);
+    let apart = 2.0 * 50.0 + 5.0 * (2.0 * elapsed.as_secs_f64() - 1.0);
+    assert!(
+        sent as f64 <= bound,
+        "{sent} sends accepted on two nodes in {elapsed:.2?}; the device may send {bound:.0} \
+         (two nodes each on their own would allow about {apart:.0})"
+    );
+}
+
+/// Typing relays are claimed cluster-wide: a device typing to a friend on two nodes at once
+/// reaches the friend at most once a second.
+#[tokio::test]
+async fn typing_is_limited_per_device_across_nodes() {
+    let Some(engines) = all_engines() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_limited(engines, 2, &[]).await;
+    let (n0, n1) = (cluster.addr(0), cluster.addr(1));
+    let alice = user(n0, "alice").await;
+    let bob = user(n1, "bob").await;
+    put(n0, &format!("/v1/contacts/{}", bob.id), &alice.token).await;
+    put(n1, &format!("/v1/contacts/{}", alice.id), &bob.token).await;
+    let (mut b, _) = Ws::caught_up(n1, &bob.token, None).await;
+    let mut sockets = Vec::new();
+    for node in [n0, n1, n0, n1] {
+        sockets.push(Ws::caught_up(node, &alice.token, None).await.0);
+    }
+    let started = Instant::now();
+    for round in 0..6 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for ws in &mut sockets {
+            ws.send(json!({"type": "typing", "to": bob.id})).await;
+        }
+    }
+    let sending = started.elapsed().as_secs_f64();
+    let mut relayed = 0;
+    while let Some(f) = b.next_within(Duration::from_millis(700)).await {
+        if f["type"] == "typing" {
+            relayed += 1;
+        }
+    }
+    let most = 1 + sending.floor() as usize;
+    assert!(
+        (1..=most).contains(&relayed),
+        "{relayed} typing frames from 24 on two nodes over {sending:.2} s; at most {most}"
     );
 }
 

@@ -1,5 +1,5 @@
 //! The node's background jobs: the presence sweep, the node-id lease keeper, the resync
-//! ticker and the session toucher. Which of them run is decided by the wiring, from what the
+//! ticker, the session toucher and the exchange of rate limits. Which of them run is decided by the wiring, from what the
 //! backends need.
 
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct Jobs {
     /// Record that the devices of this node's open sockets are in use, this often, so that a
     /// socket held open for days keeps its session alive (`crate::sessions`).
     pub touch_sessions: Option<Duration>,
+    /// Share what each device was granted with the other nodes this often (a cluster).
+    pub exchange_limits: Option<Duration>,
 }
 
 /// The running jobs; they stop when this is dropped.
@@ -62,6 +64,9 @@ impl Jobs {
                 gateway.clone(),
                 every,
             )));
+        }
+        if let Some(every) = self.exchange_limits {
+            tasks.push(tokio::spawn(exchange_limits(gateway.clone(), every)));
         }
         Running(tasks)
     }
@@ -148,5 +153,16 @@ async fn touch_sessions(app: Arc<App>, gateway: Arc<Gateway>, every: Duration) {
         if let Err(e) = app.sessions.touch(devices).await {
             tracing::warn!(error = %e, "could not record the open sockets' sessions as used");
         }
+    }
+}
+
+/// Every `every`, shares what this node granted each device with the cluster and charges its
+/// buckets what the other nodes granted (`gateway::limits::cluster`).
+async fn exchange_limits(gateway: Arc<Gateway>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        gateway.exchange_limits().await;
     }
 }

@@ -11,6 +11,8 @@ use crate::config::{Config, PresenceConfig, QueueConfig, StoreConfig};
 use crate::error::StartError;
 use crate::gateway::Gateway;
 use crate::gateway::hub::Hub;
+use crate::gateway::limits::cluster::{ClusterLimits, EXCHANGE_EVERY};
+use crate::gateway::limits::redis::RedisLimits;
 use crate::jobs::{Jobs, LEASE_TTL};
 use crate::metrics::Metrics;
 use crate::presence::PresenceService;
@@ -72,6 +74,15 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
             IdSource::fixed(config.node_id)
         }
     });
+    // In a cluster the nodes share what they grant each device, where presence is shared.
+    let cluster_limits: Option<Arc<dyn ClusterLimits>> = match &config.presence {
+        PresenceConfig::Redis(url) => Some(Arc::new(
+            RedisLimits::connect(url, &config.cluster)
+                .await
+                .map_err(|e| StartError::Backend(format!("redis limits: {e}")))?,
+        )),
+        PresenceConfig::Memory => None,
+    };
     let auth_config = config.auth.clone();
     let auth = tokio::task::spawn_blocking(move || Auth::new(&auth_config))
         .await
@@ -105,6 +116,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         resync: (!sync_is_node_local).then_some(config.gateway.resync_interval),
         // Every node's sockets keep their sessions alive, whatever the backends.
         touch_sessions: Some(sessions.touch_every()),
+        exchange_limits: cluster_limits.is_some().then_some(EXCHANGE_EVERY),
     };
 
     let chat = Arc::new(Chat::new(
@@ -126,6 +138,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         metrics.clone(),
         shutdown.clone(),
         sends_polled_by_socket,
+        cluster_limits,
     ));
     let app = Arc::new(App {
         store,

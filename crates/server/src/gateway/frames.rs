@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::Gateway;
 use super::handshake::{malformed_cursor, parse_cursor};
-use super::limits::DeviceLimits;
+use super::limits::{DeviceLimits, TYPING_EVERY};
 use super::socket::{Conn, Replies, detached};
 use crate::error::Error;
 use crate::store::DeviceSession;
@@ -125,12 +125,24 @@ impl Conn {
     }
 
     /// A `typing` to `to`: relayed at most once a second per peer per device, however many
-    /// sockets the device sends it on.
+    /// sockets the device sends it on, on however many nodes (the cluster's claim is asked
+    /// only once this node's own check has passed; if it cannot be asked, the relay goes).
     fn typing(&mut self, to: Id, limits: &DeviceLimits, inflight: &mut Replies) {
         if to != self.session.user_id && limits.typing_due(to) {
-            let (chat, from) = (self.gateway.chat.clone(), self.session.user_id);
+            let (gateway, from, device) = (
+                self.gateway.clone(),
+                self.session.user_id,
+                self.session.device_id,
+            );
             inflight.push(detached(async move {
-                chat.relay_typing(from, to).await;
+                if let Some(shared) = &gateway.cluster_limits {
+                    match shared.claim_typing(device, to, TYPING_EVERY).await {
+                        Ok(true) => {}
+                        Ok(false) => return None,
+                        Err(e) => tracing::debug!(error = %e, "claiming a typing relay failed"),
+                    }
+                }
+                gateway.chat.relay_typing(from, to).await;
                 None
             }));
         }

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use axum::extract::ws::Message as WsMessage;
-use confab_protocol::{ClientFrame, ErrorCode, ServerFrame};
+use confab_protocol::{ClientFrame, ErrorCode, Id, ServerFrame};
 use futures::StreamExt;
 use tokio::time::Instant;
 
 use super::hub::Registration;
 use super::io::{End, Io, Stop, transport_error};
+use super::limits::cluster::{Periods, Used};
 use super::{CATCH_UP_PAGE, Gateway, close};
 use crate::auth::token_hash;
 use crate::error::Error;
@@ -141,11 +142,13 @@ pub(super) async fn handshake(
     if gateway.shutdown.is_cancelled() {
         return Err(Some((close::GOING_AWAY, "server shutting down")));
     }
-    let login = match gateway
-        .store
-        .login_state(user, start_pos, CATCH_UP_PAGE)
-        .await
-    {
+    // In a cluster the device's limits here start from its state cluster-wide, read beside
+    // the store so that the socket waits for neither alone.
+    let (login, ()) = tokio::join!(
+        gateway.store.login_state(user, start_pos, CATCH_UP_PAGE),
+        prime_limits(gateway, session.device_id)
+    );
+    let login = match login {
         Ok(login) if start_pos > login.head => {
             let _ = io
                 .send(&ServerFrame::error(
@@ -169,6 +172,28 @@ pub(super) async fn handshake(
         registration,
         login: Box::new(login),
     })
+}
+
+/// Starts `device`'s limits on this node from the cluster's state (see
+/// `limits::cluster`); without it, or if it cannot be read, the node's own limits apply.
+async fn prime_limits(gateway: &Gateway, device: Id) {
+    let Some(shared) = &gateway.cluster_limits else {
+        return;
+    };
+    let used = [Used {
+        device,
+        sends: 0,
+        frames: 0,
+    }];
+    match shared
+        .exchange(Periods::of(&gateway.config), &used)
+        .await
+        .map(|states| states.first().copied())
+    {
+        Ok(Some(state)) => gateway.limiters.prime(device, state),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "reading a device's limits from the cluster failed"),
+    }
 }
 
 /// Why a cursor was refused.

@@ -19,7 +19,7 @@ mod frames;
 mod handshake;
 pub mod hub;
 mod io;
-mod limits;
+pub mod limits;
 pub mod order;
 pub mod queue;
 mod socket;
@@ -93,6 +93,9 @@ pub struct Gateway {
     admission: admission::Admission,
     /// Rate limits by device, shared by each device's sockets on this node.
     limiters: limits::DeviceLimiters,
+    /// Where the nodes of a cluster share what they granted each device (none for a single
+    /// process, whose limiters see every socket).
+    cluster_limits: Option<Arc<dyn limits::cluster::ClusterLimits>>,
     /// Acks received but possibly not yet stored, by device: a device that reconnects to this
     /// node at once resumes after them instead of seeing those events again.
     pending_acks: Mutex<HashMap<Id, u64>>,
@@ -117,9 +120,11 @@ impl Gateway {
         metrics: Metrics,
         shutdown: CancellationToken,
         sends_polled_by_socket: bool,
+        cluster_limits: Option<Arc<dyn limits::cluster::ClusterLimits>>,
     ) -> Self {
         Gateway {
             limiters: limits::DeviceLimiters::new(config.clone()),
+            cluster_limits,
             config,
             chat,
             store,
@@ -147,6 +152,16 @@ impl Gateway {
     /// The devices with a socket open on this node (each once): they are in use.
     pub fn open_devices(&self) -> Vec<Id> {
         self.hub.devices()
+    }
+
+    /// Shares what this node granted each device with the rest of the cluster, and charges
+    /// its buckets what the others granted (a no-op for a single process).
+    pub async fn exchange_limits(&self) {
+        if let Some(shared) = &self.cluster_limits
+            && let Err(e) = self.limiters.exchange(shared.as_ref()).await
+        {
+            tracing::warn!(error = %e, "sharing rate limits with the cluster failed; limits hold per node meanwhile");
+        }
     }
 
     /// Waits until every socket's task has ended (after [`Gateway::close_all`]).

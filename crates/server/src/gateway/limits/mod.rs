@@ -8,11 +8,17 @@
 //! word updated by compare-and-swap: sockets of one device on different threads do not queue
 //! on a lock to send.
 //!
-//! In a cluster each node keeps its own limiters for the sockets it holds: see the operations
-//! guide ("Limits per device") for the bound across nodes.
+//! In a cluster each node keeps the limiters of the sockets it holds, and the nodes share what
+//! they granted once per [`cluster::EXCHANGE_EVERY`]: each node's buckets are charged what the
+//! device was granted on the others ([`SharedBucket`]'s debt), so the device's limits hold
+//! across the cluster within about one exchange interval of rate (see [`cluster`]).
+
+pub mod cluster;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +32,7 @@ use tokio::time::Instant;
 use crate::config::GatewayConfig;
 
 /// Typing relays allowed per peer per device.
-const TYPING_EVERY: Duration = Duration::from_secs(1);
+pub const TYPING_EVERY: Duration = Duration::from_secs(1);
 /// Peers a device remembers typing to before it forgets the ones past [`TYPING_EVERY`].
 const TYPING_PEERS: usize = 1024;
 
@@ -67,12 +73,92 @@ fn quota(rate: f64, burst: u32) -> Quota {
         .allow_burst(burst)
 }
 
+/// A device's bucket on this node, which also pays for what the device was granted on other
+/// nodes of the cluster.
+///
+/// What other nodes granted arrives as a debt ([`SharedBucket::charge`]): every token the
+/// bucket yields goes to the debt first, so a device that spent its budget elsewhere gets
+/// nothing here until it has waited as long as one node would have made it wait. Governor's
+/// cell cannot go below empty, hence the separate count.
+pub struct SharedBucket {
+    bucket: TokenBucket,
+    /// Tokens granted here since the last exchange (what the other nodes will be charged).
+    used: AtomicU64,
+    /// Tokens granted on other nodes that this bucket has not paid for yet.
+    debt: AtomicU64,
+}
+
+impl SharedBucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        SharedBucket {
+            bucket: TokenBucket::new(rate, burst),
+            used: AtomicU64::new(0),
+            debt: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one token if there is one after the debt is paid.
+    pub fn take(&self) -> bool {
+        // Each token goes to the debt while there is one; the loop ends when the bucket is
+        // empty or a token is left over for this frame (at most a burst of iterations).
+        loop {
+            if !self.bucket.take() {
+                return false;
+            }
+            if self.pay_one().is_err() {
+                self.used.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+        }
+    }
+
+    /// Pays one token of the debt; `Err` if there was none.
+    fn pay_one(&self) -> Result<u64, u64> {
+        self.debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+    }
+
+    /// Adds `tokens` granted elsewhere to the debt.
+    fn charge(&self, tokens: u64) {
+        if tokens > 0 {
+            self.debt.fetch_add(tokens, Ordering::AcqRel);
+        }
+    }
+
+    /// Pays the debt from what the bucket holds now, so that tokens refilled while the
+    /// device was quiet here are not lost to the bucket's cap.
+    fn settle(&self) {
+        while self.debt.load(Ordering::Acquire) > 0 && self.bucket.take() {
+            if self.pay_one().is_err() {
+                // Another socket paid the last of it meanwhile: the token was this bucket's,
+                // and counts as granted here.
+                self.used.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The tokens granted here since the last call.
+    fn take_used(&self) -> u64 {
+        self.used.swap(0, Ordering::AcqRel)
+    }
+
+    /// Gives back a count [`Self::take_used`] took, for an exchange that failed.
+    fn unreport(&self, used: u64) {
+        self.used.fetch_add(used, Ordering::AcqRel);
+    }
+
+    #[cfg(test)]
+    fn debt(&self) -> u64 {
+        self.debt.load(Ordering::Acquire)
+    }
+}
+
 /// The limits one device's sockets on this node share.
 pub struct DeviceLimits {
     /// `send` frames (`send_rate_per_sec`, `send_burst`).
-    pub sends: TokenBucket,
+    pub sends: SharedBucket,
     /// Client frames of any kind (`frame_rate_per_sec`, `frame_burst`).
-    pub frames: TokenBucket,
+    pub frames: SharedBucket,
     /// When a typing relay to each peer last went out.
     typing: Mutex<HashMap<Id, Instant>>,
 }
@@ -80,8 +166,8 @@ pub struct DeviceLimits {
 impl DeviceLimits {
     fn new(config: &GatewayConfig) -> Self {
         DeviceLimits {
-            sends: TokenBucket::new(config.send_rate_per_sec, config.send_burst),
-            frames: TokenBucket::new(config.frame_rate_per_sec, config.frame_burst),
+            sends: SharedBucket::new(config.send_rate_per_sec, config.send_burst),
+            frames: SharedBucket::new(config.frame_rate_per_sec, config.frame_burst),
             typing: Mutex::default(),
         }
     }
@@ -124,6 +210,9 @@ struct Kept {
     limits: Arc<DeviceLimits>,
     /// When the device's last socket here let go of them; `None` while one holds them.
     released: Option<Instant>,
+    /// The cluster-wide counts of sends and frames granted to the device, as of this node's
+    /// last exchange (see [`cluster`]); `None` before the first.
+    seen: Option<(u64, u64)>,
 }
 
 impl DeviceLimiters {
@@ -155,6 +244,7 @@ impl DeviceLimiters {
         let kept = devices.by_device.entry(device).or_insert_with(|| Kept {
             limits: Arc::new(DeviceLimits::new(&self.config)),
             released: None,
+            seen: None,
         });
         kept.released = None;
         DeviceLease {
