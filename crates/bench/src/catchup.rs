@@ -429,7 +429,8 @@ async fn fill(
             };
             body::encode(&stamp, body_len, &mut body);
             let frame = ClientFrame::Send {
-                to,
+                to: Some(to),
+                conversation: None,
                 client_id: body::client_id(run, seq),
                 body: body.clone(),
             };

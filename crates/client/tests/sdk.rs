@@ -164,8 +164,12 @@ async fn split_halves_work_from_two_tasks_and_answer_pings() {
         let end = rx.next().await.unwrap();
         (frame, end, rx.close_code())
     });
-    tx.send(&ClientFrame::Typing { to: Id(2) }).await.unwrap();
-    assert_eq!(fake.recv().await, ClientFrame::Typing { to: Id(2) });
+    let typing = ClientFrame::Typing {
+        to: Some(Id(2)),
+        conversation: None,
+    };
+    tx.send(&typing).await.unwrap();
+    assert_eq!(fake.recv().await, typing);
 
     // The reader half alone (the sender is idle) must get the pong out.
     fake.send_raw(WsMessage::Ping(b"hb".to_vec().into())).await;
@@ -252,7 +256,8 @@ async fn send_with_id_resends_the_same_client_id_after_a_drop() {
     assert_eq!(
         first,
         ClientFrame::Send {
-            to: Id(2),
+            to: Some(Id(2)),
+            conversation: None,
             client_id: "cid-1".into(),
             body: "hello".into()
         }
@@ -443,7 +448,13 @@ async fn manual_ack_read_and_typing_go_on_the_wire() {
         }
     );
     client.typing(Id(2)).await.unwrap();
-    assert_eq!(conn.recv().await, ClientFrame::Typing { to: Id(2) });
+    assert_eq!(
+        conn.recv().await,
+        ClientFrame::Typing {
+            to: Some(Id(2)),
+            conversation: None
+        }
+    );
 }
 
 #[tokio::test]

@@ -95,8 +95,13 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<String>,
     },
+    /// A message to a user (`to`, 1:1) or into a conversation (`conversation`): exactly one
+    /// of the two ([`Destination::of`]).
     Send {
-        to: Id,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Id>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<String>,
         client_id: String,
         body: String,
     },
@@ -108,10 +113,35 @@ pub enum ClientFrame {
         #[serde(deserialize_with = "client_seq")]
         seq: u64,
     },
+    /// Typing to a user or in a conversation, as [`ClientFrame::Send`] names them.
     Typing {
-        to: Id,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Id>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        conversation: Option<String>,
     },
     Ping,
+}
+
+/// Where a `send` or a `typing` goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination<'a> {
+    /// A user, by id: the 1:1 conversation with them.
+    User(Id),
+    /// A conversation the sender is in, by its id (a group, or a 1:1).
+    Conversation(&'a str),
+}
+
+impl<'a> Destination<'a> {
+    /// The frame's destination: exactly one of `to` and `conversation`, else why not.
+    pub fn of(to: Option<Id>, conversation: Option<&'a str>) -> Result<Self, &'static str> {
+        match (to, conversation) {
+            (Some(user), None) => Ok(Destination::User(user)),
+            (None, Some(c)) => Ok(Destination::Conversation(c)),
+            (None, None) => Err("missing field `to` or `conversation`"),
+            (Some(_), Some(_)) => Err("give `to` or `conversation`, not both"),
+        }
+    }
 }
 
 impl ClientFrame {
@@ -154,7 +184,10 @@ impl ClientFrame {
     fn parse_common(text: &str) -> Option<ClientFrame> {
         #[derive(Deserialize)]
         struct SendIn {
-            to: Id,
+            #[serde(default)]
+            to: Option<Id>,
+            #[serde(default)]
+            conversation: Option<String>,
             client_id: String,
             body: String,
         }
@@ -167,6 +200,7 @@ impl ClientFrame {
                 .ok()
                 .map(|f| ClientFrame::Send {
                     to: f.to,
+                    conversation: f.conversation,
                     client_id: f.client_id,
                     body: f.body,
                 }),
@@ -651,7 +685,51 @@ mod tests {
         );
         assert_eq!(
             ClientFrame::parse(r#"{"type":"typing","to":"9223372036854775807"}"#),
-            Ok(ClientFrame::Typing { to: Id(MAX_NUMBER) })
+            Ok(ClientFrame::Typing {
+                to: Some(Id(MAX_NUMBER)),
+                conversation: None
+            })
+        );
+    }
+
+    #[test]
+    fn a_send_or_typing_names_a_user_or_a_conversation() {
+        let send = ClientFrame::parse(
+            r#"{"type":"send","conversation":"g12","client_id":"a","body":"x"}"#,
+        );
+        assert_eq!(
+            send,
+            Ok(ClientFrame::Send {
+                to: None,
+                conversation: Some("g12".into()),
+                client_id: "a".into(),
+                body: "x".into()
+            })
+        );
+        let typing = ClientFrame::parse(r#"{"type":"typing","conversation":"3-9"}"#).unwrap();
+        assert_eq!(
+            typing,
+            ClientFrame::Typing {
+                to: None,
+                conversation: Some("3-9".into())
+            }
+        );
+        assert_eq!(
+            Destination::of(None, Some("3-9")),
+            Ok(Destination::Conversation("3-9"))
+        );
+        assert_eq!(
+            Destination::of(Some(Id(3)), None),
+            Ok(Destination::User(Id(3)))
+        );
+        assert!(Destination::of(None, None).is_err());
+        assert!(Destination::of(Some(Id(3)), Some("3-9")).is_err());
+        // A `to` that is not an id is refused, not read as absent.
+        assert!(
+            ClientFrame::parse(
+                r#"{"type":"send","to":"07","conversation":"3-9","client_id":"a","body":"x"}"#
+            )
+            .is_err()
         );
     }
 

@@ -725,3 +725,89 @@ async fn the_default_conversation_page_is_fifty() {
     assert_eq!(rest["conversations"].as_array().unwrap().len(), 10);
     assert_eq!(rest["more"], false);
 }
+
+/// A 1:1 conversation can be named by its id instead of the peer: `send` and `typing` with
+/// `conversation` reach the same conversation. A conversation the sender is not in, or one
+/// that does not exist, is `not_found`; naming both `to` and `conversation`, or neither, is
+/// `bad_request` (PROTOCOL.md, the `send` and `typing` rows).
+#[tokio::test]
+async fn a_send_or_typing_can_name_the_conversation() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    for (owner, other) in [(&alice, &bob), (&bob, &alice)] {
+        let (status, _) = s
+            .request(
+                "PUT",
+                &format!("/v1/contacts/{}", other.id),
+                &owner.token,
+                None,
+            )
+            .await;
+        assert_eq!(status, 204);
+    }
+    let (mut a, _) = s.connect(&alice).await;
+    let (mut b, _) = s.connect(&bob).await;
+    let first = a.send_message(&bob.id, "c1", "by user").await;
+    let conv = first["conversation"].as_str().unwrap().to_owned();
+    b.next_of("message").await;
+
+    a.send(
+        json!({"type": "send", "conversation": conv, "client_id": "c2", "body": "by conversation"}),
+    )
+    .await;
+    let sent = a.next_of("sent").await;
+    assert_eq!(
+        (sent["conversation"].as_str(), seq(&sent)),
+        (Some(conv.as_str()), 2)
+    );
+    let got = b.next_of("message").await;
+    assert_eq!(
+        (got["body"].as_str(), got["to"].as_str()),
+        (Some("by conversation"), Some(bob.id.as_str()))
+    );
+
+    a.send(json!({"type": "typing", "conversation": conv}))
+        .await;
+    let typing = b.next_of("typing").await;
+    assert_eq!(typing["from"], alice.id.as_str());
+
+    // Carol is not in it; a group id names nothing yet; a malformed id is unknown too.
+    let (mut c, _) = s.connect(&carol).await;
+    for (i, other) in [conv.as_str(), "g1", "not-a-conversation"]
+        .into_iter()
+        .enumerate()
+    {
+        let client_id = format!("x{i}");
+        c.send(
+            json!({"type": "send", "conversation": other, "client_id": client_id, "body": "hi"}),
+        )
+        .await;
+        let e = c.next_of("error").await;
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("not_found"), Some(client_id.as_str())),
+            "{other}"
+        );
+    }
+    c.send(json!({"type": "typing", "conversation": conv}))
+        .await;
+    b.expect_silence(Duration::from_millis(300)).await;
+
+    for frame in [
+        json!({"type": "send", "client_id": "y1", "body": "hi"}),
+        json!({"type": "send", "to": bob.id, "conversation": conv, "client_id": "y2", "body": "hi"}),
+        json!({"type": "typing"}),
+        json!({"type": "typing", "to": bob.id, "conversation": conv}),
+    ] {
+        a.send(frame.clone()).await;
+        let e = a.next_of("error").await;
+        assert_eq!(e["code"], "bad_request", "{frame}: {e}");
+    }
+    // Nothing was stored by the refused frames.
+    let (_, page) = s
+        .get(&format!("/v1/conversations/{conv}/messages"), &alice.token)
+        .await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+}

@@ -100,7 +100,8 @@ pub(super) async fn send_loop(
                         &mut body,
                     );
                     let frame = ClientFrame::Send {
-                        to: users[i ^ 1],
+                        to: Some(users[i ^ 1]),
+                        conversation: None,
                         client_id: body::client_id(ctx.run, p.seq),
                         body: body.clone(),
                     };

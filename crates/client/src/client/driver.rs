@@ -279,7 +279,8 @@ impl Driver {
                 }
                 self.sends.insert(PendingSend {
                     frame: ClientFrame::Send {
-                        to,
+                        to: Some(to),
+                        conversation: None,
                         client_id: client_id.clone(),
                         body,
                     },
@@ -307,7 +308,10 @@ impl Driver {
                 let mark = self.reads.entry(conversation).or_insert(seq);
                 *mark = (*mark).max(seq);
             }
-            Command::Typing { to } => self.outbox.push(ClientFrame::Typing { to }),
+            Command::Typing { to } => self.outbox.push(ClientFrame::Typing {
+                to: Some(to),
+                conversation: None,
+            }),
             Command::Close { done } => {
                 self.stopping = true;
                 self.close_waiters.push(done);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use confab_protocol::{
-    ClientFrame, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame,
+    ClientFrame, Destination, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame,
 };
 use tokio::sync::watch;
 
@@ -13,7 +13,7 @@ use super::handshake::{malformed_cursor, parse_cursor};
 use super::limits::{DeviceLimits, TYPING_EVERY};
 use super::socket::{Conn, Replies, detached};
 use crate::error::Error;
-use crate::store::DeviceSession;
+use crate::store::{DeviceSession, side_of};
 
 impl Conn {
     /// Handles one client text frame; returns an immediate reply, if any.
@@ -42,10 +42,15 @@ impl Conn {
             )),
             ClientFrame::Send {
                 to,
+                conversation,
                 client_id,
                 body,
             } => {
                 let reference = Some(client_id.clone());
+                let to = match self.peer_of(to, conversation.as_deref()) {
+                    Ok(to) => to,
+                    Err(e) => return Some(e.to_frame(reference)),
+                };
                 if let Err(e) = self.check_send(to, &client_id, &body) {
                     return Some(e.to_frame(reference));
                 }
@@ -68,8 +73,14 @@ impl Conn {
                 }));
                 None
             }
-            ClientFrame::Typing { to } => {
-                self.typing(to, limits, inflight);
+            ClientFrame::Typing { to, conversation } => {
+                match self.peer_of(to, conversation.as_deref()) {
+                    Ok(to) => self.typing(to, limits, inflight),
+                    // Typing into a conversation the user is not in is dropped like typing
+                    // to a stranger; only a frame naming no destination, or two, is an error.
+                    Err(e) if e.code() == ErrorCode::BadRequest => return Some(e.to_frame(None)),
+                    Err(_) => {}
+                }
                 None
             }
             ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
@@ -83,6 +94,18 @@ impl Conn {
                     None,
                 )),
             },
+        }
+    }
+
+    /// The other participant a `send` or `typing` goes to: `to` itself, or the peer of the
+    /// 1:1 conversation named. A conversation the user is not in is `not_found`, as one that
+    /// does not exist (groups are not served yet: every group id is one of those).
+    fn peer_of(&self, to: Option<Id>, conversation: Option<&str>) -> Result<Id, Error> {
+        match Destination::of(to, conversation).map_err(Error::bad_request)? {
+            Destination::User(user) => Ok(user),
+            Destination::Conversation(c) => side_of(c, self.session.user_id)
+                .map(|side| side.peer)
+                .ok_or_else(|| Error::not_found("no such conversation")),
         }
     }
 
