@@ -1,7 +1,10 @@
 //! Prometheus metrics. Each server instance has its own registry, so several servers in one
 //! process (as in the tests) do not mix their numbers.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 
 /// The server's metrics.
 #[derive(Clone)]
@@ -16,6 +19,9 @@ pub struct Metrics {
     pub slow_consumers: IntCounter,
     pub http_connections: IntGauge,
     pub http_connections_refused: IntCounter,
+    /// Requests and frames refused by a rate limit, by `limit`: `login`, `registration`
+    /// (429 over HTTP), `send`, `frame` (`rate_limited` over the WebSocket).
+    pub rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -71,6 +77,14 @@ impl Metrics {
             "Connections answered 503 at the plain-HTTP caps (per address or in total)",
         )
         .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests and frames refused by a rate limit (login, registration, send, frame)",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_refused.clone()),
@@ -81,6 +95,7 @@ impl Metrics {
             Box::new(slow_consumers.clone()),
             Box::new(http_connections.clone()),
             Box::new(http_connections_refused.clone()),
+            Box::new(rate_limited.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -95,6 +110,7 @@ impl Metrics {
             slow_consumers,
             http_connections,
             http_connections_refused,
+            rate_limited,
         }
     }
 

@@ -486,6 +486,18 @@ async fn send_limits_hold_per_device_across_its_sockets() {
         sent as f64 <= bound + 1.0,
         "{sent} sends accepted in {elapsed:.2} s; the device may send {bound:.0}"
     );
+    // Every refusal is counted, by the limit that refused it (the frame limit, 200 a second
+    // with bursts of 400, refuses some of these floods before the send limit sees them).
+    let metrics = s.metrics().await;
+    let refused = |limit: &str| {
+        let line = format!(r#"confab_rate_limited_total{{limit="{limit}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |v| v.parse::<usize>().unwrap())
+    };
+    assert!(refused("send") > 0, "{metrics}");
+    assert_eq!(refused("send") + refused("frame"), 1000 - sent, "{metrics}");
 }
 
 /// The frame limit is per device too: four sockets of one token sending pings together get
@@ -530,6 +542,14 @@ async fn frame_limits_hold_per_device_across_its_sockets() {
         .sum();
     let bound = 10.0 + started.elapsed().as_secs_f64();
     assert!(pongs >= 10, "the burst passes: {pongs}");
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            r#"confab_rate_limited_total{{limit="frame"}} {}"#,
+            40 - pongs
+        )),
+        "{metrics}"
+    );
     assert!(
         pongs as f64 <= bound + 1.0,
         "{pongs} frames answered; the device may send {bound:.0}"

@@ -71,6 +71,12 @@ async fn ten_failed_logins_for_an_account_then_429_with_retry_after() {
         assert!(a.retry_after <= Some(6), "{:?}", a.retry_after);
         // Case does not make another account.
         assert_throttled(&s.log_in(None, "ALICE", "guess-11").await);
+        // Operators see the refusals.
+        let metrics = s.metrics().await;
+        assert!(
+            metrics.contains(r#"confab_rate_limited_total{limit="login"} 2"#),
+            "{metrics}"
+        );
     }
 }
 
@@ -191,6 +197,11 @@ async fn registrations_are_limited_per_address() {
     // 3 a minute: one every 20 s.
     assert!(a.retry_after <= Some(20), "{:?}", a.retry_after);
     assert_eq!(register("198.51.100.8", "user3".into()).await.status, 201);
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(r#"confab_rate_limited_total{limit="registration"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

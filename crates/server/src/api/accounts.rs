@@ -27,7 +27,12 @@ pub(super) async fn create_user(
 ) -> Result<(StatusCode, Json<User>)> {
     validate_username(&req.username)?;
     validate_password(&req.password)?;
-    app.throttle.registration(client)?;
+    app.throttle.registration(client).inspect_err(|_| {
+        app.metrics
+            .rate_limited
+            .with_label_values(&["registration"])
+            .inc()
+    })?;
     // Cheap check first so a taken name does not cost a hash; the store's unique index
     // still decides races.
     if app.store.user_by_name(&req.username).await?.is_some() {
@@ -71,7 +76,10 @@ pub(super) async fn create_session(
     JsonBody(req): JsonBody<CreateSession>,
 ) -> Result<(StatusCode, Json<Session>)> {
     // Before the store and the hash: a throttled guess costs neither.
-    let attempt = app.throttle.login(&req.username, client)?;
+    let attempt = app
+        .throttle
+        .login(&req.username, client)
+        .inspect_err(|_| app.metrics.rate_limited.with_label_values(&["login"]).inc())?;
     let user = app.store.user_by_name(&req.username).await?;
     let ok = app
         .auth

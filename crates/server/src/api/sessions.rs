@@ -73,7 +73,10 @@ pub(super) async fn change_password(
         .user_by_id(caller.user)
         .await?
         .ok_or_else(Error::unauthorized)?;
-    let attempt = app.throttle.login(&user.username, client)?;
+    let attempt = app
+        .throttle
+        .login(&user.username, client)
+        .inspect_err(|_| app.metrics.rate_limited.with_label_values(&["login"]).inc())?;
     let ok = app
         .auth
         .verify(&req.old_password, Some(user.password_hash.as_str()))

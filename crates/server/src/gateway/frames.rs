@@ -55,6 +55,11 @@ impl Conn {
                     return Some(e.to_frame(reference));
                 }
                 if !limits.sends.take() {
+                    self.gateway
+                        .metrics
+                        .rate_limited
+                        .with_label_values(&["send"])
+                        .inc();
                     return Some(
                         Error::rate_limited(
                             "send rate exceeded; retry later with the same client_id",

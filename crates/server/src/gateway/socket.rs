@@ -300,6 +300,7 @@ impl Conn {
                         Some(Ok(WsMessage::Text(text))) => {
                             let limits = limits.get_or_insert_with(|| gateway.limiters.acquire(device));
                             if !limits.frames.take() {
+                                gateway.metrics.rate_limited.with_label_values(&["frame"]).inc();
                                 // Only on this refusal path is the frame parsed, for its `ref`.
                                 let reference = match ClientFrame::parse(&text) {
                                     Ok(ClientFrame::Send { client_id, .. }) => Some(client_id),
