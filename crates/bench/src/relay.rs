@@ -258,8 +258,9 @@ impl Relay {
                     conversation: conversation(me, to),
                     seq,
                     from: Id(me),
-                    to: Id(to),
+                    to: Some(Id(to)),
                     body,
+                    system: None,
                     ts: now_ms(),
                 };
                 let frame = MessageFrame::new(&message);

@@ -17,8 +17,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod groups;
 mod ids;
 
+pub use groups::{
+    CreateGroup, Cursor, Group, GroupCursor, GroupMember, GroupReceipts, GroupSummary,
+    MAX_TITLE_CHARS, MemberMarks, RenameGroup, Role, SetRole, SystemEvent, SystemKind,
+    group_conversation_id, group_of,
+};
 use ids::client_seq;
 pub use ids::{
     Id, InvalidId, MAX_NUMBER, NUMBER_RULE, conversation_id, conversation_members, parse_number,
@@ -232,14 +238,22 @@ pub struct FrameError {
 
 /// A message as stored: the `message` frame without its per-user `cursor`, and the
 /// `last_message` of the conversation list.
+///
+/// A 1:1 message has `to` and a `body`; a group's has no `to`; a group's membership change
+/// (a `system` message) has `system` instead of a `body` (stored and sent as absent: a text
+/// message's body is never empty).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: Id,
     pub conversation: String,
     pub seq: u64,
     pub from: Id,
-    pub to: Id,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<Id>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemEvent>,
     pub ts: i64,
 }
 
@@ -317,8 +331,12 @@ impl ServerFrame {
             conversation: String,
             seq: u64,
             from: Id,
-            to: Id,
+            #[serde(default)]
+            to: Option<Id>,
+            #[serde(default)]
             body: String,
+            #[serde(default)]
+            system: Option<SystemEvent>,
             ts: i64,
             cursor: String,
         }
@@ -342,6 +360,7 @@ impl ServerFrame {
                             from: f.from,
                             to: f.to,
                             body: f.body,
+                            system: f.system,
                             ts: f.ts,
                         },
                         cursor: f.cursor,
@@ -403,8 +422,12 @@ impl MessageFrame {
             conversation: &'a str,
             seq: u64,
             from: Id,
-            to: Id,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            to: Option<Id>,
+            #[serde(skip_serializing_if = "str::is_empty")]
             body: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            system: Option<&'a SystemEvent>,
             ts: i64,
         }
         let mut head = serde_json::to_string(&Out {
@@ -415,6 +438,7 @@ impl MessageFrame {
             from: message.from,
             to: message.to,
             body: &message.body,
+            system: message.system.as_ref(),
             ts: message.ts,
         })
         .unwrap_or_default();
@@ -430,6 +454,16 @@ impl MessageFrame {
         let mut text = String::with_capacity(self.head.len() + 22);
         text.push_str(&self.head);
         let _ = write!(text, "{cursor}\"}}");
+        text
+    }
+
+    /// The whole frame, with a cursor already written out (a group's: see
+    /// [`GroupCursor`](crate::GroupCursor)).
+    pub fn with_cursor_text(&self, cursor: &str) -> String {
+        let mut text = String::with_capacity(self.head.len() + cursor.len() + 2);
+        text.push_str(&self.head);
+        text.push_str(cursor);
+        text.push_str("\"}");
         text
     }
 }
@@ -528,12 +562,21 @@ pub struct Contacts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationSummary {
     pub conversation: String,
-    pub peer: Id,
+    /// The other participant of a 1:1 conversation (absent for a group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Id>,
     pub last_seq: u64,
     pub last_message: Option<Message>,
     pub read_seq: u64,
-    pub peer_read_seq: u64,
-    pub peer_delivered_seq: u64,
+    /// The peer's marks in a 1:1 conversation (0 unless the two are friends; absent for a
+    /// group, whose members' marks are at `GET /v1/groups/{conversation}/receipts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_read_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_delivered_seq: Option<u64>,
+    /// A group's title and size (absent for a 1:1 conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSummary>,
 }
 
 /// `GET /v1/conversations` response: one page, newest activity first.
@@ -849,8 +892,9 @@ mod tests {
                 conversation: "1-2".into(),
                 seq: 1,
                 from: Id(1),
-                to: Id(2),
+                to: Some(Id(2)),
                 body: "hi".into(),
+                system: None,
                 ts: 5,
             },
             cursor: "3".into(),

@@ -103,10 +103,7 @@ impl Chat {
         if !appended.duplicate {
             self.metrics.messages_stored.inc();
             let event = SyncEvent::Message {
-                positions: [
-                    (m.from, appended.sender_pos),
-                    (m.to, appended.recipient_pos),
-                ],
+                positions: [(m.from, appended.sender_pos), (to, appended.recipient_pos)],
                 message: appended.message,
             };
             if let Err(e) = self.sync.publish(event).await {

@@ -425,7 +425,10 @@ async fn append_assigns_seq_and_positions(store: Store, _: &Backend) {
     assert_eq!(r1.message.conversation, ab);
     assert_eq!((r1.message.seq, r1.sender_pos, r1.recipient_pos), (1, 1, 1));
     assert_eq!(r1.message.body, "body of c100");
-    assert_eq!((r1.message.from, r1.message.to, r1.message.ts), (a, b, 10));
+    assert_eq!(
+        (r1.message.from, r1.message.to, r1.message.ts),
+        (a, Some(b), 10)
+    );
     let r2 = send(&store, 101, b, a, 11).await;
     assert_eq!((r2.message.seq, r2.sender_pos, r2.recipient_pos), (2, 2, 2));
     assert_eq!(r2.message.conversation, ab);
@@ -635,7 +638,7 @@ async fn stream_after_pages_without_gaps(store: Store, _: &Backend) {
     // Bob only has the a→b messages: positions 1..=9, gapless.
     let bob = store.stream_after(b, 0, 100).await.unwrap();
     assert_eq!(positions(&bob), (1..=9).collect::<Vec<_>>());
-    assert!(bob.iter().all(|e| e.message.to == b));
+    assert!(bob.iter().all(|e| e.message.to == Some(b)));
 }
 
 async fn login_state_matches_the_separate_reads(store: Store, _: &Backend) {
@@ -737,10 +740,10 @@ async fn delivered_marks_advance_once(store: Store, _: &Backend) {
 
     let for_a = listed(&store, a).await;
     let s = for_a.iter().find(|s| s.conversation == ab).unwrap();
-    assert_eq!(s.peer_delivered_seq, 4);
+    assert_eq!(s.peer_delivered_seq, Some(4));
     let for_b = listed(&store, b).await;
     let s = for_b.iter().find(|s| s.conversation == ab).unwrap();
-    assert_eq!(s.peer_delivered_seq, 0, "a acknowledged nothing");
+    assert_eq!(s.peer_delivered_seq, Some(0), "a acknowledged nothing");
 }
 
 async fn contacts_friends_and_blocks(store: Store, _: &Backend) {
@@ -868,9 +871,9 @@ async fn mark_read_is_forward_only_and_clamped(store: Store, _: &Backend) {
         assert!(matches!(err, StoreError::NotFound(_)), "{conv}: {err:?}");
     }
     let s = listed(&store, a).await.remove(0);
-    assert_eq!((s.read_seq, s.peer_read_seq), (1, 3));
+    assert_eq!((s.read_seq, s.peer_read_seq), (1, Some(3)));
     let s = listed(&store, b).await.remove(0);
-    assert_eq!((s.read_seq, s.peer_read_seq), (3, 1));
+    assert_eq!((s.read_seq, s.peer_read_seq), (3, Some(1)));
 }
 
 async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
@@ -883,7 +886,7 @@ async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
     send(&store, 101, c, a, 200).await;
     let last = send(&store, 102, b, a, 300).await;
     let list = listed(&store, a).await;
-    let order: Vec<Id> = list.iter().map(|s| s.peer).collect();
+    let order: Vec<Id> = list.iter().filter_map(|s| s.peer).collect();
     assert_eq!(order, [b, c]);
     let ab = &list[0];
     assert_eq!(ab.conversation, conversation_id(a, b));
@@ -891,16 +894,20 @@ async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
     assert_eq!(ab.last_message.as_ref(), Some(&*last.message));
     assert_eq!(
         (ab.read_seq, ab.peer_read_seq, ab.peer_delivered_seq),
-        (0, 0, 0)
+        (0, Some(0), Some(0))
     );
     // From the other side, the peer is a.
     let for_c = listed(&store, c).await;
     assert_eq!(for_c.len(), 1);
-    assert_eq!(for_c[0].peer, a);
+    assert_eq!(for_c[0].peer, Some(a));
     assert_eq!(for_c[0].last_seq, 1);
     // Equal times: the later message (higher id) first.
     send(&store, 103, d, a, 300).await;
-    let order: Vec<Id> = listed(&store, a).await.iter().map(|s| s.peer).collect();
+    let order: Vec<Id> = listed(&store, a)
+        .await
+        .iter()
+        .filter_map(|s| s.peer)
+        .collect();
     assert_eq!(order, [d, b, c]);
     // Fields seen from each side (friends see each other's marks).
     befriend(&store, a, b).await;
@@ -914,13 +921,13 @@ async fn conversations_newest_first_with_marks(store: Store, _: &Backend) {
             for_b[0].peer_read_seq,
             for_b[0].peer_delivered_seq
         ),
-        (2, 0, 2)
+        (2, Some(0), Some(2))
     );
     let for_a = listed(&store, a).await;
-    let ab = for_a.iter().find(|s| s.peer == b).unwrap();
+    let ab = for_a.iter().find(|s| s.peer == Some(b)).unwrap();
     assert_eq!(
         (ab.read_seq, ab.peer_read_seq, ab.peer_delivered_seq),
-        (0, 2, 0)
+        (0, Some(2), Some(0))
     );
 }
 
@@ -937,7 +944,14 @@ async fn peer_marks_only_between_friends(store: Store, _: &Backend) {
     assert!(!adv[0].friends, "strangers: {adv:?}");
     let read = store.mark_read(b, &ab, 1).await.unwrap().unwrap();
     assert!(!read.friends);
-    let marks = |s: &ConversationSummary| (s.read_seq, s.peer_read_seq, s.peer_delivered_seq);
+    let marks = |s: &ConversationSummary| {
+        let peer = |m: Option<u64>| m.expect("a 1:1 conversation shows the peer's marks");
+        (
+            s.read_seq,
+            peer(s.peer_read_seq),
+            peer(s.peer_delivered_seq),
+        )
+    };
     assert_eq!(marks(&listed(&store, a).await[0]), (0, 0, 0));
     assert_eq!(
         marks(&listed(&store, b).await[0]),
@@ -1198,7 +1212,7 @@ async fn data_survives_reopen(store: Store, backend: &Backend) {
     );
     assert!(store.blocked_between(c, a).await.unwrap());
     let s = &listed(&store, b).await[0];
-    assert_eq!((s.last_seq, s.peer_read_seq, s.read_seq), (2, 1, 0));
+    assert_eq!((s.last_seq, s.peer_read_seq, s.read_seq), (2, Some(1), 0));
     // Idempotency holds across restarts, and seq continues.
     let dup = store.append(msg(999, b, a, "c100", 5)).await.unwrap();
     assert!(dup.duplicate);

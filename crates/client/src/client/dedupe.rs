@@ -46,8 +46,9 @@ mod tests {
             conversation: conversation.into(),
             seq,
             from: Id(1),
-            to: Id(2),
+            to: Some(Id(2)),
             body: "x".into(),
+            system: None,
             ts: 0,
         }
     }

@@ -211,6 +211,16 @@ pub(crate) fn friends_sql(a: &str, b: &str) -> String {
     )
 }
 
+/// A message row's recipient as the message's `to`: a group's messages store 0, no user.
+pub(crate) fn recipient(stored: Id) -> Option<Id> {
+    (stored.0 != 0).then_some(stored)
+}
+
+/// A stored `system` column (JSON) as the event it records.
+pub(crate) fn system_event(json: &str) -> Result<confab_protocol::SystemEvent, String> {
+    serde_json::from_str(json).map_err(|e| format!("malformed system event {json:?}: {e}"))
+}
+
 /// Conversation ids are part of the protocol; the store names its rows by them.
 pub use confab_protocol::{conversation_id, conversation_members};
 

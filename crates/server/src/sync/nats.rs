@@ -495,8 +495,9 @@ mod tests {
             conversation: "1-2".into(),
             seq: 7,
             from: Id(1),
-            to: Id(2),
+            to: Some(Id(2)),
             body: "hé \"there\"".into(),
+            system: None,
             ts: 1_700_000_000_000,
         };
         let events = [

@@ -8,11 +8,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
 use super::retry::{Failure, PgError};
-use crate::store::StoreError;
 use crate::store::sql_integers::id_from_sql;
+use crate::store::{StoreError, recipient, system_event};
 
 pub(super) const MESSAGE_COLUMNS: &str =
-    "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts";
+    "m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts, m.system";
 
 pub(super) fn is_unique_violation(e: &PgError, constraint: Option<&str>) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -35,14 +35,35 @@ pub(super) fn u64_col(row: &Row, i: usize) -> Result<u64, Failure> {
     })
 }
 
+/// A message from [`MESSAGE_COLUMNS`] at `at`.
 pub(super) fn message_from_row(row: &Row, at: usize) -> Result<Message, Failure> {
+    let system: Option<String> = row.try_get(at + 7)?;
     Ok(Message {
         id: id_col(row, at)?,
         conversation: row.try_get(at + 1)?,
         seq: u64_col(row, at + 2)?,
         from: id_col(row, at + 3)?,
-        to: id_col(row, at + 4)?,
+        to: recipient(id_col(row, at + 4)?),
         body: row.try_get(at + 5)?,
+        system: system
+            .map(|s| system_event(&s))
+            .transpose()
+            .map_err(|e| Failure::Final(StoreError::Internal(e)))?,
+        ts: row.try_get(at + 6)?,
+    })
+}
+
+/// A text message from the seven columns `confab_append` answers (a 1:1 send's; its stored
+/// duplicate, found by a client's own `client_id`, is never a `system` one).
+pub(super) fn text_message_from_row(row: &Row, at: usize) -> Result<Message, Failure> {
+    Ok(Message {
+        id: id_col(row, at)?,
+        conversation: row.try_get(at + 1)?,
+        seq: u64_col(row, at + 2)?,
+        from: id_col(row, at + 3)?,
+        to: recipient(id_col(row, at + 4)?),
+        body: row.try_get(at + 5)?,
+        system: None,
         ts: row.try_get(at + 6)?,
     })
 }

@@ -228,6 +228,35 @@ pub(super) const MIGRATIONS: &[&str] = &[
         DEFAULT (extract(epoch FROM now()) * 1000)::BIGINT;
     ALTER TABLE devices ALTER COLUMN last_active DROP DEFAULT;
     "#,
+    // 6: groups, as in the embedded store (its migration 6 says why spans and marks). The
+    // group's row also holds its `last_seq`, the counter its appends lock, as a 1:1
+    // conversation's row does.
+    r#"
+    ALTER TABLE messages ADD COLUMN system TEXT;
+    CREATE TABLE groups (
+        id          BIGINT  PRIMARY KEY,
+        title       TEXT    NOT NULL,
+        created_at  BIGINT  NOT NULL,
+        last_seq    BIGINT  NOT NULL DEFAULT 0
+    );
+    CREATE TABLE group_members (
+        group_id      BIGINT  NOT NULL,
+        user_id       BIGINT  NOT NULL,
+        from_seq      BIGINT  NOT NULL,
+        to_seq        BIGINT,
+        role          TEXT    NOT NULL,
+        read_seq      BIGINT  NOT NULL DEFAULT 0,
+        delivered_seq BIGINT  NOT NULL DEFAULT 0,
+        PRIMARY KEY (group_id, user_id, from_seq)
+    );
+    CREATE INDEX group_members_user ON group_members(user_id, group_id);
+    CREATE TABLE group_marks (
+        device_id BIGINT NOT NULL,
+        group_id  BIGINT NOT NULL,
+        seq       BIGINT NOT NULL,
+        PRIMARY KEY (device_id, group_id)
+    );
+    "#,
 ];
 
 impl PostgresStore {

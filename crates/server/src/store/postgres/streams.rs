@@ -12,7 +12,7 @@ use super::PostgresStore;
 use super::retry::{Failure, classify};
 use super::rows::{
     MESSAGE_COLUMNS, id_col, is_unique_violation, message_from_row, query, query_one, query_opt,
-    u64_col,
+    text_message_from_row, u64_col,
 };
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{
@@ -84,9 +84,9 @@ pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<
         "blocked" => Err(Failure::Final(StoreError::Forbidden(
             "the recipient does not accept your messages".into(),
         ))),
-        "duplicate" => Ok(Appended::duplicate(message_from_row(&row, 1)?)),
+        "duplicate" => Ok(Appended::duplicate(text_message_from_row(&row, 1)?)),
         "stored" => Ok(Appended {
-            message: Arc::new(message_from_row(&row, 1)?),
+            message: Arc::new(text_message_from_row(&row, 1)?),
             sender_pos: u64_col(&row, 8)?,
             recipient_pos: u64_col(&row, 9)?,
             duplicate: false,

@@ -59,12 +59,13 @@ impl Conversations for SqliteStore {
                     let shown = |mark: u64| if friends { mark } else { 0 };
                     Ok(ConversationSummary {
                         conversation: r.get(0)?,
-                        peer: if i_am_lo { hi } else { lo },
+                        peer: Some(if i_am_lo { hi } else { lo }),
                         last_seq: col(3)?,
                         last_message: Some(message_from_row(r, 9)?),
                         read_seq: if i_am_lo { read_lo } else { read_hi },
-                        peer_read_seq: shown(if i_am_lo { read_hi } else { read_lo }),
-                        peer_delivered_seq: shown(if i_am_lo { del_hi } else { del_lo }),
+                        peer_read_seq: Some(shown(if i_am_lo { read_hi } else { read_lo })),
+                        peer_delivered_seq: Some(shown(if i_am_lo { del_hi } else { del_lo })),
+                        group: None,
                     })
                 })
                 .map_err(internal)?;

@@ -105,6 +105,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
     UPDATE devices SET last_active = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
         WHERE revoked_at IS NULL;
     "#,
+    // 6: groups. A group's messages live in its own log (`messages` by conversation `g<id>`
+    // and `seq`, recipient 0); nothing is written per member per message (the message-store
+    // guide, "Group conversations: the layout"). A membership change is a message whose
+    // `system` holds the event as JSON. Membership is kept as spans: the member sees `seq`
+    // from `from_seq` to `to_seq` (the event that removed them; NULL while a member); a
+    // re-added member has a second span, and the span carries the member's marks. Each device
+    // keeps the highest `seq` it acknowledged per group.
+    r#"
+    ALTER TABLE messages ADD COLUMN system TEXT;
+    CREATE TABLE groups (
+        id          INTEGER PRIMARY KEY,
+        title       TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE group_members (
+        group_id      INTEGER NOT NULL,
+        user_id       INTEGER NOT NULL,
+        from_seq      INTEGER NOT NULL,
+        to_seq        INTEGER,
+        role          TEXT    NOT NULL,
+        read_seq      INTEGER NOT NULL DEFAULT 0,
+        delivered_seq INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (group_id, user_id, from_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_user ON group_members(user_id, group_id);
+    CREATE TABLE group_marks (
+        device_id INTEGER NOT NULL,
+        group_id  INTEGER NOT NULL,
+        seq       INTEGER NOT NULL,
+        PRIMARY KEY (device_id, group_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {
