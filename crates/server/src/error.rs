@@ -133,6 +133,7 @@ impl From<StoreError> for Error {
             StoreError::Conflict(m) => Error::conflict(m),
             StoreError::NotFound(m) => Error::not_found(m),
             StoreError::Forbidden(m) => Error::forbidden(m),
+            StoreError::Invalid(m) => Error::bad_request(m),
             StoreError::Unavailable(m) => Error::Unavailable(m),
             StoreError::Internal(m) => Error::Internal(m),
         }

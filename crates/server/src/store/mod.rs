@@ -14,6 +14,7 @@
 // Numbers cross a boundary here (the wire, SQL's signed 64-bit integers): the casts that
 // could wrap or truncate are denied for the whole server, at its root.
 
+pub mod groups;
 pub mod postgres;
 mod sql_integers;
 pub mod sqlite;
@@ -35,6 +36,9 @@ pub enum StoreError {
     /// The operation is not allowed (e.g. the recipient blocked the sender).
     #[error("{0}")]
     Forbidden(String),
+    /// The request breaks a rule of the data (e.g. a group past its maximum size).
+    #[error("{0}")]
+    Invalid(String),
     /// The backend cannot be reached or is shutting down. The write may or may not have
     /// happened (a connection lost during COMMIT cannot tell); a retry with the same
     /// `client_id` gives the exact outcome, which is why clients resend with the same id.
@@ -387,7 +391,12 @@ pub trait Streams: Send + Sync {
 /// Conversations as a user browses them: the list, pages of history, and read marks.
 ///
 /// A user who is not one of a conversation's two participants learns nothing of it: the
-/// answer is the same as for a conversation that does not exist.
+/// answer is the same as for a conversation that does not exist. Groups (`g<id>`) are listed
+/// and paged here too, for their current members only (see [`groups`]): a group's entry has
+/// no `peer` and no peer marks, `read_seq` is the member's own mark, and `group` holds the
+/// title and the count of current members; its history starts at the event that added the
+/// member (their current span), and anyone else gets `None`. Read marks of groups move with
+/// [`groups::Groups::mark_group_read`]; `mark_read` with a group id is `NotFound`.
 #[async_trait]
 pub trait Conversations: Send + Sync {
     /// A page of the user's conversations, newest activity first: ordered by the id of each
