@@ -12,7 +12,11 @@ use crate::store::sql_integers::id_to_sql;
 use crate::store::{Appended, NewMessage, StoreError, StoreResult, conversation_id};
 
 /// The message `sender` already sent with `client_id`, if any.
-fn find_sent(conn: &Connection, sender: Id, client_id: &str) -> StoreResult<Option<Message>> {
+pub(super) fn find_sent(
+    conn: &Connection,
+    sender: Id,
+    client_id: &str,
+) -> StoreResult<Option<Message>> {
     conn.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_id = ?2"
     ))

@@ -5,8 +5,10 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use confab_protocol::{ConversationSummary, Id, MessagePage};
-use rusqlite::params;
+use confab_protocol::{
+    ConversationSummary, GroupSummary, Id, MessagePage, group_conversation_id, group_of,
+};
+use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
@@ -34,6 +36,52 @@ static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
         )
     )
 });
+
+/// A page of the user's groups, as [`LIST_SQL`] pages the 1:1 conversations: each group's last
+/// message, the member's read mark, the title and the count of current members.
+static GROUP_LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT g.id, g.title, gm.read_seq,
+                (SELECT count(*) FROM group_members
+                 WHERE group_id = g.id AND to_seq IS NULL),
+                {MESSAGE_COLUMNS}
+         FROM group_members gm
+         JOIN groups g ON g.id = gm.group_id
+         JOIN messages m ON m.conversation = 'g' || g.id AND m.seq =
+             (SELECT max(seq) FROM messages WHERE conversation = 'g' || g.id)
+         WHERE gm.user_id = ?1 AND gm.to_seq IS NULL AND m.id < ?2
+         ORDER BY m.id DESC LIMIT +?3"
+    )
+});
+
+/// The user's groups for one page of the list (at most `fetch`).
+fn group_entries(
+    conn: &rusqlite::Connection,
+    user: Id,
+    before: i64,
+    fetch: i64,
+) -> StoreResult<Vec<ConversationSummary>> {
+    let mut stmt = conn.prepare_cached(&GROUP_LIST_SQL).map_err(internal)?;
+    let rows = stmt
+        .query_map(params![id_to_sql(user), before, fetch], |r| {
+            let message = message_from_row(r, 4)?;
+            Ok(ConversationSummary {
+                conversation: message.conversation.clone(),
+                peer: None,
+                last_seq: message.seq,
+                read_seq: r.get(2)?,
+                peer_read_seq: None,
+                peer_delivered_seq: None,
+                group: Some(GroupSummary {
+                    title: r.get(1)?,
+                    members_count: r.get(3)?,
+                }),
+                last_message: Some(message),
+            })
+        })
+        .map_err(internal)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+}
 
 #[async_trait]
 impl Conversations for SqliteStore {
@@ -70,6 +118,11 @@ impl Conversations for SqliteStore {
                 })
                 .map_err(internal)?;
             let mut conversations = rows.collect::<Result<Vec<_>, _>>().map_err(internal)?;
+            // Groups and 1:1 conversations in one order: by their last message's id.
+            conversations.extend(group_entries(conn, user, before, fetch)?);
+            conversations.sort_by_key(|c| {
+                std::cmp::Reverse(c.last_message.as_ref().map_or(Id(0), |m| m.id))
+            });
             let more = conversations.len() > limit;
             conversations.truncate(limit);
             Ok(ConversationPage {
@@ -87,6 +140,9 @@ impl Conversations for SqliteStore {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Option<MessagePage>> {
+        if let Some(group) = group_of(conversation) {
+            return self.group_page(user, group, before, limit).await;
+        }
         if side_of(conversation, user).is_none() {
             return Ok(None);
         }
@@ -157,6 +213,59 @@ impl Conversations for SqliteStore {
                 })
                 .map_err(internal)?;
             Ok(Some(ReadAdvance { peer, seq, friends }))
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// A page of a group's history as `user` sees it: from the event that added them, if they
+    /// are a member now.
+    async fn group_page(
+        &self,
+        user: Id,
+        group: Id,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<MessagePage>> {
+        self.read(move |conn| {
+            let from: Option<u64> = conn
+                .prepare_cached(
+                    "SELECT from_seq FROM group_members
+                     WHERE group_id = ?1 AND user_id = ?2 AND to_seq IS NULL",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![id_to_sql(group), id_to_sql(user)], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(internal)?;
+            let Some(from) = from else {
+                return Ok(None);
+            };
+            let before = before.map_or(i64::MAX, count_to_sql);
+            let mut messages = conn
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages m
+                     WHERE m.conversation = ?1 AND m.seq >= ?2 AND m.seq < ?3
+                     ORDER BY m.seq DESC LIMIT +?4"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(
+                        params![
+                            group_conversation_id(group),
+                            count_to_sql(from),
+                            before,
+                            limit_to_sql(limit).saturating_add(1)
+                        ],
+                        |r| message_from_row(r, 0),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(internal)?;
+            let more = messages.len() > limit;
+            messages.truncate(limit);
+            messages.reverse();
+            Ok(Some(MessagePage { messages, more }))
         })
         .await
     }

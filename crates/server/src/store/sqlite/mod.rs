@@ -25,6 +25,7 @@ mod checkpoint;
 mod connections;
 mod contacts;
 mod conversations;
+mod groups;
 mod lock;
 mod read_pool;
 mod rows;
