@@ -113,6 +113,7 @@ async fn a_version_1_database_is_upgraded_in_place() {
          ALTER TABLE devices RESET (fillfactor);
          ALTER TABLE devices DROP COLUMN last_active;
          DROP TABLE readiness;
+         DROP FUNCTION confab_append_group;
          ALTER TABLE messages DROP COLUMN system;
          DROP TABLE groups; DROP TABLE group_members; DROP TABLE group_marks;
          DELETE FROM schema_migrations WHERE version >= 2",
@@ -161,6 +162,7 @@ async fn a_device_from_before_expiry_counts_as_used_at_the_upgrade() {
         "ALTER TABLE devices DROP COLUMN last_active;
          INSERT INTO devices (id, user_id, token_hash, created_at)
              VALUES (20, 1, decode(repeat('07', 32), 'hex'), 1);
+         DROP FUNCTION confab_append_group;
          ALTER TABLE messages DROP COLUMN system;
          DROP TABLE groups; DROP TABLE group_members; DROP TABLE group_marks;
          DELETE FROM schema_migrations WHERE version >= 5",
