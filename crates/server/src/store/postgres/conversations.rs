@@ -1,11 +1,14 @@
-//! [`Conversations`] on PostgreSQL: the conversation list, pages of history and read marks.
+//! [`Conversations`] on PostgreSQL: the conversation list, pages of history and read marks,
+//! for 1:1 conversations and for the groups a user is a member of now.
 
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
-use confab_protocol::{ConversationSummary, Id, MessagePage};
+use confab_protocol::{ConversationSummary, GroupSummary, Id, MessagePage, group_of};
+use tokio_postgres::Row;
 
 use super::PostgresStore;
+use super::retry::Failure;
 use super::rows::{MESSAGE_COLUMNS, id_col, message_from_row, query, query_opt, u64_col};
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{
@@ -28,6 +31,32 @@ static LIST_SQL: LazyLock<String> = LazyLock::new(|| {
             "$1",
             "(CASE WHEN c.user_lo = $1 THEN c.user_hi ELSE c.user_lo END)"
         )
+    )
+});
+
+/// The groups of the list's page: those `$1` is a member of now, ordered as the 1:1 ones, with
+/// the member's read mark and the count of current members.
+static GROUP_LIST_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT g.last_seq, gm.read_seq, g.title,
+                (SELECT count(*) FROM group_members n
+                 WHERE n.group_id = g.id AND n.to_seq IS NULL),
+                {MESSAGE_COLUMNS}
+         FROM group_members gm
+         JOIN groups g ON g.id = gm.group_id
+         JOIN messages m ON m.conversation = 'g' || g.id::TEXT AND m.seq = g.last_seq
+         WHERE gm.user_id = $1 AND gm.to_seq IS NULL AND m.id < $2
+         ORDER BY m.id DESC LIMIT $3"
+    )
+});
+
+/// A page of a group's history for a member now: from the event that added them (their
+/// current span's start), below `$3`, newest first.
+static GROUP_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m
+         WHERE m.conversation = $1 AND m.seq >= $2 AND m.seq < $3
+         ORDER BY m.seq DESC LIMIT $4"
     )
 });
 
@@ -57,7 +86,12 @@ impl Conversations for PostgresStore {
         self.run(move |c| {
             Box::pin(async move {
                 let rows = query(c, &LIST_SQL, &[&id_to_sql(user), &before, &fetch]).await?;
-                let mut conversations = Vec::with_capacity(rows.len());
+                let groups =
+                    query(c, &GROUP_LIST_SQL, &[&id_to_sql(user), &before, &fetch]).await?;
+                let mut conversations = Vec::with_capacity(rows.len() + groups.len());
+                for r in &groups {
+                    conversations.push(group_summary(r)?);
+                }
                 for r in rows {
                     let (lo, hi) = (id_col(&r, 1)?, id_col(&r, 2)?);
                     let (read_lo, read_hi) = (u64_col(&r, 4)?, u64_col(&r, 5)?);
@@ -77,6 +111,11 @@ impl Conversations for PostgresStore {
                         group: None,
                     });
                 }
+                // Each part holds up to `limit + 1` of its newest: merged, the first
+                // `limit + 1` of both are among them.
+                conversations.sort_by_key(|s| {
+                    std::cmp::Reverse(s.last_message.as_ref().map(|m| id_to_sql(m.id)))
+                });
                 let more = conversations.len() > limit;
                 conversations.truncate(limit);
                 Ok(ConversationPage {
@@ -95,6 +134,9 @@ impl Conversations for PostgresStore {
         before: Option<u64>,
         limit: usize,
     ) -> StoreResult<Option<MessagePage>> {
+        if let Some(group) = group_of(conversation) {
+            return self.group_page(user, group, before, limit).await;
+        }
         if side_of(conversation, user).is_none() {
             return Ok(None);
         }
@@ -175,6 +217,68 @@ impl Conversations for PostgresStore {
                     seq,
                     friends: row.try_get(0)?,
                 }))
+            })
+        })
+        .await
+    }
+}
+
+/// A group's entry of the list, from a row of [`GROUP_LIST_SQL`].
+fn group_summary(r: &Row) -> Result<ConversationSummary, Failure> {
+    let message = message_from_row(r, 4)?;
+    Ok(ConversationSummary {
+        conversation: message.conversation.clone(),
+        peer: None,
+        last_seq: u64_col(r, 0)?,
+        read_seq: u64_col(r, 1)?,
+        peer_read_seq: None,
+        peer_delivered_seq: None,
+        group: Some(GroupSummary {
+            title: r.try_get(2)?,
+            members_count: u64_col(r, 3)?,
+        }),
+        last_message: Some(message),
+    })
+}
+
+impl PostgresStore {
+    /// [`Conversations::messages`] of a group: `None` unless `user` is a member now; the
+    /// history starts at the event that added them.
+    async fn group_page(
+        &self,
+        user: Id,
+        group: Id,
+        before: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Option<MessagePage>> {
+        let conversation = confab_protocol::group_conversation_id(group);
+        let before = before.map_or(i64::MAX, count_to_sql);
+        // One more than asked tells whether older messages exist.
+        let fetch = limit_to_sql(limit).saturating_add(1);
+        self.run(move |c| {
+            let conversation = conversation.clone();
+            Box::pin(async move {
+                let Some(span) = query_opt(
+                    c,
+                    "SELECT from_seq FROM group_members
+                     WHERE group_id = $1 AND user_id = $2 AND to_seq IS NULL",
+                    &[&id_to_sql(group), &id_to_sql(user)],
+                )
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let from: i64 = span.try_get(0)?;
+                let rows =
+                    query(c, &GROUP_PAGE_SQL, &[&conversation, &from, &before, &fetch]).await?;
+                let mut messages = rows
+                    .iter()
+                    .map(|r| message_from_row(r, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let more = messages.len() > limit;
+                messages.truncate(limit);
+                messages.reverse();
+                Ok(Some(MessagePage { messages, more }))
             })
         })
         .await

@@ -13,6 +13,8 @@
 //!   `streams::append_in` for why this also makes positions visible in order).
 //! - idempotency: `UNIQUE (sender, client_id)`; the loser of a race rolls back and returns the
 //!   winner's message.
+//! - a group's `seq`: `groups.last_seq`, taken by every write to the group; the row's lock also
+//!   puts the group's membership changes in turn (see `groups`).
 //!
 //! Deadlocks and serialization failures are retried a few times; a connection that breaks
 //! before `COMMIT` is sent is retried on a fresh one (nothing was written). A connection that
@@ -22,6 +24,7 @@
 mod accounts;
 mod contacts;
 mod conversations;
+mod groups;
 mod retry;
 mod rows;
 mod schema;
