@@ -185,6 +185,10 @@ struct ServeArgs {
     /// Logins and registrations waiting for a hash; more are refused with 503 and `Retry-After: 1`.
     #[arg(long, env = "CONFAB_HASH_QUEUE", default_value_t = defaults().auth.hash_queue)]
     hash_queue: usize,
+    /// Most members a group may have, its creator included.
+    #[arg(long, env = "CONFAB_MAX_GROUP_MEMBERS", default_value_t = u32::try_from(defaults().max_group_members).unwrap_or(u32::MAX),
+          value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    max_group_members: u32,
 }
 
 impl ServeArgs {
@@ -201,6 +205,7 @@ impl ServeArgs {
         if let Some(ttl) = self.session_ttl {
             config.session_ttl = ttl;
         }
+        config.max_group_members = usize::try_from(self.max_group_members).unwrap_or(usize::MAX);
         let gateway = &mut config.gateway;
         gateway.hello_timeout = secs("--hello-timeout", self.hello_timeout)?;
         gateway.idle_timeout = secs("--idle-timeout", self.idle_timeout)?;

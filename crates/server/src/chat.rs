@@ -7,6 +7,8 @@
 //! sequencer, appends to the store, and publishes to the sync queue, which carries the event
 //! to the sockets of both participants (steps 6-8, in `gateway::hub`).
 
+pub mod groups;
+
 use std::sync::Arc;
 
 use confab_protocol::{Id, Presence, PresenceStatus, ReceiptKind, ServerFrame};
@@ -126,6 +128,9 @@ impl Chat {
         conversation: String,
         seq: u64,
     ) -> Result<()> {
+        if let Some(group) = confab_protocol::group_of(&conversation) {
+            return self.mark_group_read(reader, group, seq).await;
+        }
         let Some(advance) = self
             .store
             .mark_read(reader.user_id, &conversation, seq)

@@ -132,6 +132,8 @@ pub struct Config {
     pub cluster: String,
     /// A token expires after its session goes unused this long.
     pub session_ttl: Duration,
+    /// Most members a group may have, its creator included.
+    pub max_group_members: usize,
     /// The chat service: sockets, their timeouts and limits.
     pub gateway: GatewayConfig,
     /// The embedded store's settings.
@@ -257,6 +259,7 @@ impl Default for Config {
             node_id: 0,
             cluster: "confab".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_group_members: 1024,
             gateway: GatewayConfig::default(),
             sqlite: SqliteConfig::default(),
             postgres: PostgresConfig::default(),

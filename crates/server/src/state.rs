@@ -37,6 +37,8 @@ pub struct App {
     pub throttle: Throttle,
     /// The node's Prometheus metrics.
     pub metrics: Metrics,
+    /// Most members a group may have, its creator included.
+    pub max_group_members: usize,
     /// How long an HTTP connection has to send each request head, and then its body (the
     /// gateway's `hello_timeout`): a silent or trickling client cannot hold a connection.
     pub http_timeout: Duration,

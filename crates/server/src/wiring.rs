@@ -150,6 +150,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         auth,
         throttle: Throttle::new(&config.auth),
         metrics,
+        max_group_members: config.max_group_members,
         http_timeout: config.gateway.hello_timeout,
         shutdown,
     });

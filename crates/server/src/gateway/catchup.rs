@@ -32,8 +32,9 @@ impl Conn {
     }
 
     /// Periodic repair in a cluster: closes the socket if its token was revoked (or expired)
-    /// meanwhile,
-    /// and sends whatever the store has after the last position sent.
+    /// meanwhile, and sends whatever the store has after the last position sent, and in each
+    /// group after the last `seq` sent. A group message that arrives out of order asks for
+    /// one too (see `gateway::groups`).
     pub(super) async fn resync(&mut self, io: &mut Io, inflight: &mut Replies) -> Result<(), Stop> {
         match self.gateway.sessions.check(self.token_hash).await {
             Ok(Some(_)) => {}
@@ -42,7 +43,7 @@ impl Conn {
         }
         self.catch_up(io, None, inflight).await?;
         self.order.drop_sent_held();
-        Ok(())
+        self.catch_up_groups(io, inflight).await
     }
 
     /// Reads from the store everything up to the highest held event, then drops the held ones.

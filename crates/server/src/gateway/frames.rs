@@ -4,16 +4,26 @@
 use std::sync::Arc;
 
 use confab_protocol::{
-    ClientFrame, Destination, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS, ServerFrame,
+    ClientFrame, Cursor, Destination, ErrorCode, Id, MAX_BODY_BYTES, MAX_CLIENT_ID_CHARS,
+    ServerFrame, group_of,
 };
 use tokio::sync::watch;
 
 use super::Gateway;
-use super::handshake::{malformed_cursor, parse_cursor};
+use super::handshake::malformed_cursor;
 use super::limits::{DeviceLimits, TYPING_EVERY};
 use super::socket::{Conn, Replies, detached};
 use crate::error::Error;
 use crate::store::{DeviceSession, side_of};
+
+/// Where a `send` or a `typing` goes, resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// A user: the 1:1 conversation with them.
+    User(Id),
+    /// A group, by its id.
+    Group(Id),
+}
 
 impl Conn {
     /// Handles one client text frame; returns an immediate reply, if any.
@@ -47,11 +57,11 @@ impl Conn {
                 body,
             } => {
                 let reference = Some(client_id.clone());
-                let to = match self.peer_of(to, conversation.as_deref()) {
-                    Ok(to) => to,
+                let target = match self.target_of(to, conversation.as_deref()) {
+                    Ok(target) => target,
                     Err(e) => return Some(e.to_frame(reference)),
                 };
-                if let Err(e) = self.check_send(to, &client_id, &body) {
+                if let Err(e) = self.check_send(target, &client_id, &body) {
                     return Some(e.to_frame(reference));
                 }
                 if !limits.sends.take() {
@@ -67,7 +77,7 @@ impl Conn {
                         .to_frame(reference),
                     );
                 }
-                self.start_send(inflight, to, client_id, body);
+                self.start_send(inflight, target, client_id, body);
                 None
             }
             ClientFrame::Read { conversation, seq } => {
@@ -79,8 +89,8 @@ impl Conn {
                 None
             }
             ClientFrame::Typing { to, conversation } => {
-                match self.peer_of(to, conversation.as_deref()) {
-                    Ok(to) => self.typing(to, limits, inflight),
+                match self.target_of(to, conversation.as_deref()) {
+                    Ok(target) => self.typing(target, limits, inflight),
                     // Typing into a conversation the user is not in is dropped like typing
                     // to a stranger; only a frame naming no destination, or two, is an error.
                     Err(e) if e.code() == ErrorCode::BadRequest => return Some(e.to_frame(None)),
@@ -88,9 +98,14 @@ impl Conn {
                 }
                 None
             }
-            ClientFrame::Ack { cursor } => match parse_cursor(&cursor) {
-                Some(pos) => {
+            ClientFrame::Ack { cursor } => match Cursor::parse(&cursor) {
+                Some(Cursor::Stream(pos)) => {
                     self.ack(pos);
+                    None
+                }
+                Some(Cursor::Group(at)) => {
+                    self.ack(at.pos);
+                    self.ack_group(at.group, at.seq);
                     None
                 }
                 None => Some(ServerFrame::error(
@@ -102,19 +117,22 @@ impl Conn {
         }
     }
 
-    /// The other participant a `send` or `typing` goes to: `to` itself, or the peer of the
-    /// 1:1 conversation named. A conversation the user is not in is `not_found`, as one that
-    /// does not exist (groups are not served yet: every group id is one of those).
-    fn peer_of(&self, to: Option<Id>, conversation: Option<&str>) -> Result<Id, Error> {
+    /// Where a `send` or `typing` goes: `to` itself, the peer of the 1:1 conversation named,
+    /// or the group named. A 1:1 conversation the user is not in is `not_found`, as one that
+    /// does not exist; a group's membership is the store's to check.
+    fn target_of(&self, to: Option<Id>, conversation: Option<&str>) -> Result<Target, Error> {
         match Destination::of(to, conversation).map_err(Error::bad_request)? {
-            Destination::User(user) => Ok(user),
-            Destination::Conversation(c) => side_of(c, self.session.user_id)
-                .map(|side| side.peer)
-                .ok_or_else(|| Error::not_found("no such conversation")),
+            Destination::User(user) => Ok(Target::User(user)),
+            Destination::Conversation(c) => match group_of(c) {
+                Some(group) => Ok(Target::Group(group)),
+                None => side_of(c, self.session.user_id)
+                    .map(|side| Target::User(side.peer))
+                    .ok_or_else(|| Error::not_found("no such conversation")),
+            },
         }
     }
 
-    fn check_send(&self, to: Id, client_id: &str, body: &str) -> Result<(), Error> {
+    fn check_send(&self, target: Target, client_id: &str, body: &str) -> Result<(), Error> {
         let n = client_id.chars().count();
         if n == 0 || n > MAX_CLIENT_ID_CHARS {
             return Err(Error::bad_request("client_id must be 1-64 characters"));
@@ -128,7 +146,7 @@ impl Conn {
                 body.len()
             )));
         }
-        if to == self.session.user_id {
+        if target == Target::User(self.session.user_id) {
             return Err(Error::bad_request("cannot send a message to yourself"));
         }
         Ok(())
@@ -138,11 +156,14 @@ impl Conn {
     /// so: SQLite runs them on its writer thread) the socket polls the send itself; elsewhere
     /// it gets its own task. A task per message (spawn, join handle, two wake-ups) cost the
     /// embedded server a sixth of its peak rate (docs/benchmarks/history.md).
-    fn start_send(&self, inflight: &mut Replies, to: Id, client_id: String, body: String) {
+    fn start_send(&self, inflight: &mut Replies, target: Target, client_id: String, body: String) {
         let (chat, from) = (self.gateway.chat.clone(), self.session.user_id);
         let work = async move {
             let reference = client_id.clone();
-            let sent = chat.send_message(from, to, client_id, body).await;
+            let sent = match target {
+                Target::User(to) => chat.send_message(from, to, client_id, body).await,
+                Target::Group(group) => chat.send_group_message(from, group, client_id, body).await,
+            };
             Some(sent.unwrap_or_else(|e| e.to_frame(Some(reference))))
         };
         if self.gateway.sends_polled_by_socket {
@@ -155,8 +176,14 @@ impl Conn {
     /// A `typing` to `to`: relayed at most once a second per peer per device, however many
     /// sockets the device sends it on, on however many nodes (the cluster's claim is asked
     /// only once this node's own check has passed; if it cannot be asked, the relay goes).
-    fn typing(&mut self, to: Id, limits: &DeviceLimits, inflight: &mut Replies) {
-        if to != self.session.user_id && limits.typing_due(to) {
+    fn typing(&mut self, target: Target, limits: &DeviceLimits, inflight: &mut Replies) {
+        // A group's and a user's ids never coincide (one sequencer makes both): the typing
+        // limit keys both by id.
+        let key = match target {
+            Target::User(to) => to,
+            Target::Group(group) => group,
+        };
+        if key != self.session.user_id && limits.typing_due(key) {
             let (gateway, from, device) = (
                 self.gateway.clone(),
                 self.session.user_id,
@@ -164,13 +191,16 @@ impl Conn {
             );
             inflight.push(detached(async move {
                 if let Some(shared) = &gateway.cluster_limits {
-                    match shared.claim_typing(device, to, TYPING_EVERY).await {
+                    match shared.claim_typing(device, key, TYPING_EVERY).await {
                         Ok(true) => {}
                         Ok(false) => return None,
                         Err(e) => tracing::debug!(error = %e, "claiming a typing relay failed"),
                     }
                 }
-                gateway.chat.relay_typing(from, to).await;
+                match target {
+                    Target::User(to) => gateway.chat.relay_typing(from, to).await,
+                    Target::Group(group) => gateway.chat.relay_group_typing(from, group).await,
+                }
                 None
             }));
         }

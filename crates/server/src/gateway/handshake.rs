@@ -199,13 +199,15 @@ async fn prime_limits(gateway: &Gateway, device: Id) {
 /// Why a cursor was refused.
 pub(super) fn malformed_cursor() -> String {
     format!(
-        "malformed cursor: a cursor is a string of {}",
+        "malformed cursor: a cursor is one the server sent, a stream position or \
+         POS.GROUP.SEQ, each a string of {}",
         confab_protocol::NUMBER_RULE
     )
 }
 
-/// A cursor as the client sends it: the canonical decimal of a stream position (the server
-/// writes them so), at most 2^63-1 like every stored position.
+/// The stream position a cursor names, as the client sends it back: a stream position's
+/// canonical decimal, or a group message's `POS.GROUP.SEQ` (its `POS`), each number at most
+/// 2^63-1 like every stored one.
 pub fn parse_cursor(c: &str) -> Option<u64> {
-    confab_protocol::parse_number(c)
+    confab_protocol::Cursor::parse(c).map(confab_protocol::Cursor::pos)
 }

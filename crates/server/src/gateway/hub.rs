@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use confab_protocol::{Id, MessageFrame};
+use confab_protocol::{Id, MessageFrame, group_of};
 use tokio::sync::oneshot;
 
 use super::queue::{QueueReceiver, QueueSender, SendError, queue};
@@ -33,12 +33,23 @@ pub enum Outbound {
     /// A message at position `pos` of the socket's user's stream.
     /// The frame is serialised once for all the sockets of both participants.
     Message { frame: Arc<MessageFrame>, pos: u64 },
+    /// A group's message, serialised once for every socket of every recipient on this node.
+    Group(Arc<GroupEvent>),
     /// A frame already serialised once for every socket it goes to.
     /// Boxed to keep `Outbound`, a queue slot, at 24 bytes: ephemeral frames are rare next to
     /// messages.
     Frame(Box<Utf8Bytes>),
     /// Re-read the stream from the store and re-check the token (cluster mode, periodic).
     Resync,
+}
+
+/// A group message on its way to sockets: the frame without its cursor, and where it stands in
+/// its group (each socket orders a group's messages by `seq`).
+#[derive(Debug)]
+pub struct GroupEvent {
+    pub frame: MessageFrame,
+    pub group: Id,
+    pub seq: u64,
 }
 
 struct Socket {
@@ -191,6 +202,27 @@ impl Hub {
                                 .clone(),
                             pos,
                         })
+                    });
+                }
+            }
+            SyncEvent::GroupMessage {
+                message,
+                recipients,
+            } => {
+                let Some(group) = group_of(&message.conversation) else {
+                    return;
+                };
+                let event = OnceCell::new();
+                for user in recipients.iter().copied() {
+                    self.each_socket(user, |_| {
+                        let event = event.get_or_init(|| {
+                            Arc::new(GroupEvent {
+                                frame: MessageFrame::new(&message),
+                                group,
+                                seq: message.seq,
+                            })
+                        });
+                        Some(Outbound::Group(event.clone()))
                     });
                 }
             }

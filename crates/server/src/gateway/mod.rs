@@ -16,6 +16,7 @@
 mod admission;
 mod catchup;
 mod frames;
+mod groups;
 mod handshake;
 pub mod hub;
 mod io;

@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::groups::GroupPlaces;
 use super::handshake::{Handshake, handshake};
 use super::hub::{CloseReason, Outbound, Registration};
 use super::io::{End, Io, Stop, text_frame, transport_error};
@@ -79,6 +80,7 @@ async fn run(gateway: &Arc<Gateway>, io: &mut Io, header_token: Option<Box<str>>
         acks: None,
         out: Vec::new(),
         work: None,
+        groups: None,
     };
     // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
     // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
@@ -125,6 +127,9 @@ pub(super) struct Conn {
     pub(super) out: Vec<WsMessage>,
     /// Store work the loop does after its next write.
     pub(super) work: Option<Work>,
+    /// Where the socket stands in each group (boxed: a socket of a user in no group keeps a
+    /// pointer, not a map).
+    pub(super) groups: Option<Box<GroupPlaces>>,
 }
 
 /// Store work a socket loop does between writes (it reads the store, so it is not done
@@ -218,6 +223,7 @@ impl Conn {
             self.write_out(io, &mut none_pending).await?;
             self.catch_up(io, None, &mut none_pending).await?;
         }
+        self.catch_up_groups(io, &mut none_pending).await?;
         // `welcome`, presence, the first page and `synced` in one write where they fit: a
         // write less per connect for both sides.
         self.queue(&ServerFrame::Synced {
@@ -401,6 +407,7 @@ impl Conn {
     pub(super) fn on_event(&mut self, event: Option<Outbound>) -> Result<(), Stop> {
         match event {
             Some(Outbound::Message { frame, pos }) => self.deliver(frame, pos),
+            Some(Outbound::Group(event)) => self.deliver_group(&event),
             Some(Outbound::Frame(text)) => self.out.push(WsMessage::Text(*text)),
             Some(Outbound::Resync) => self.want(Work::Resync),
             None => {

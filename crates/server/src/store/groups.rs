@@ -141,10 +141,12 @@ pub trait Groups: Send + Sync {
     /// Moves `user`'s read mark in the group forward to `seq` (clamped to the last message).
     /// `Some(mark)` if it moved; `NotFound` if `user` is not a member.
     async fn mark_group_read(&self, user: Id, group: Id, seq: u64) -> StoreResult<Option<u64>>;
-    /// What `device` (of `user`) has still to read, group by group: each span of the user's
-    /// after the device's mark. A span that ended (the user was removed) is included only for
-    /// a device that existed when it ended, so that a device made later learns nothing of a
-    /// group its user has left.
+    /// Where `device` (of `user`) stands in each group: every current membership (with
+    /// `after` its mark, so that a socket knows where live messages continue even when there
+    /// is nothing to read), and each ended span with something left to read after the
+    /// device's mark. An ended span (the user was removed) is included only for a device that
+    /// existed when it ended, so that a device made later learns nothing of a group its user
+    /// has left.
     async fn group_spans(&self, device: Id, user: Id) -> StoreResult<Vec<GroupSpan>>;
     /// Up to `limit` of a group's messages with `seq` after `after` up to `upto` (inclusive),
     /// ascending.

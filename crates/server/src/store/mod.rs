@@ -264,7 +264,7 @@ pub fn side_of(conversation: &str, user: Id) -> Option<Side> {
 /// write that returned `Ok` is durable, it survives `kill -9` of the process right after.
 #[async_trait]
 pub trait MessageStore:
-    Accounts + Contacts + Streams + Conversations + Send + Sync + 'static
+    Accounts + Contacts + Streams + Conversations + groups::Groups + Send + Sync + 'static
 {
     /// A socket's start, in one round trip where the backend can: the stream head, the
     /// friends, and up to `limit` stream entries after `after`. It reads both [`Streams`] and

@@ -23,6 +23,13 @@ pub enum SyncEvent {
         message: Arc<Message>,
         positions: [(Id, u64); 2],
     },
+    /// A message stored in a group (a text or a `system` one), for every device of each
+    /// recipient: the members at its `seq`. Group messages have no stream position; a socket
+    /// orders them by `seq` per group.
+    GroupMessage {
+        message: Arc<Message>,
+        recipients: Arc<[Id]>,
+    },
     /// A device's token was revoked: its open sockets must close (1008).
     DeviceRevoked { user: Id, device: Id },
     /// A frame that is not stored (presence, receipt, typing) for every socket of `to`,

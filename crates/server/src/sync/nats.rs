@@ -118,6 +118,10 @@ enum WireOut<'a> {
         message: &'a Message,
         positions: &'a [(Id, u64); 2],
     },
+    GroupMessage {
+        message: &'a Message,
+        recipients: &'a [Id],
+    },
     DeviceRevoked {
         user: Id,
         device: Id,
@@ -137,6 +141,10 @@ enum WireIn {
         message: Message,
         positions: [(Id, u64); 2],
     },
+    GroupMessage {
+        message: Message,
+        recipients: Vec<Id>,
+    },
     DeviceRevoked {
         user: Id,
         device: Id,
@@ -152,6 +160,13 @@ enum WireIn {
 fn encode(event: &SyncEvent) -> Vec<u8> {
     let wire = match event {
         SyncEvent::Message { message, positions } => WireOut::Message { message, positions },
+        SyncEvent::GroupMessage {
+            message,
+            recipients,
+        } => WireOut::GroupMessage {
+            message,
+            recipients,
+        },
         SyncEvent::DeviceRevoked { user, device } => WireOut::DeviceRevoked {
             user: *user,
             device: *device,
@@ -175,6 +190,13 @@ fn decode(payload: &[u8]) -> Result<SyncEvent, serde_json::Error> {
         WireIn::Message { message, positions } => SyncEvent::Message {
             message: Arc::new(message),
             positions,
+        },
+        WireIn::GroupMessage {
+            message,
+            recipients,
+        } => SyncEvent::GroupMessage {
+            message: Arc::new(message),
+            recipients: recipients.into(),
         },
         WireIn::DeviceRevoked { user, device } => SyncEvent::DeviceRevoked { user, device },
         WireIn::Ephemeral {

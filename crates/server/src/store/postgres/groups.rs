@@ -82,11 +82,11 @@ const SPANS_SQL: &str = "
     JOIN groups g ON g.id = gm.group_id
     LEFT JOIN group_marks mk ON mk.device_id = $1 AND mk.group_id = gm.group_id
     WHERE gm.user_id = $2
-      AND COALESCE(gm.to_seq, g.last_seq) > GREATEST(COALESCE(mk.seq, 0), gm.from_seq - 1)
       AND (gm.to_seq IS NULL
-           OR (SELECT d.created_at FROM devices d WHERE d.id = $1)
+           OR (gm.to_seq > GREATEST(COALESCE(mk.seq, 0), gm.from_seq - 1)
+               AND (SELECT d.created_at FROM devices d WHERE d.id = $1)
               <= (SELECT m.ts FROM messages m
-                  WHERE m.conversation = 'g' || gm.group_id::TEXT AND m.seq = gm.to_seq))
+                  WHERE m.conversation = 'g' || gm.group_id::TEXT AND m.seq = gm.to_seq)))
     ORDER BY gm.group_id, gm.from_seq";
 
 /// A device's mark moves forward (clamped to the group's last message, and kept only for a

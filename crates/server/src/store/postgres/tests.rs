@@ -1222,7 +1222,11 @@ async fn a_device_catches_up_on_its_spans_from_its_marks() {
         [span(7, 3, None)]
     );
     store.set_group_mark(early, Id(2), Id(7), 99).await.unwrap();
-    assert!(store.group_spans(early, Id(2)).await.unwrap().is_empty());
+    assert_eq!(
+        store.group_spans(early, Id(2)).await.unwrap(),
+        [span(7, 4, None)],
+        "nothing to read, and still a member"
+    );
     let receipts = store.group_receipts(Id(1), Id(7)).await.unwrap().unwrap();
     assert_eq!(
         receipts[1],

@@ -642,7 +642,8 @@ impl Groups for SqliteStore {
                         .map_err(internal)?
                         .unwrap_or(0),
                 };
-                if end > after {
+                // A current membership is always named: the socket keeps its place in it.
+                if to_seq.is_none() || end > after {
                     out.push(GroupSpan {
                         group,
                         after,
