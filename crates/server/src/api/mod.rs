@@ -5,6 +5,7 @@
 mod accounts;
 mod contacts;
 mod extract;
+mod groups;
 mod history;
 mod ops;
 mod sessions;
@@ -44,6 +45,18 @@ pub fn routes(app: Arc<App>) -> Router {
             "/v1/blocks/{user_id}",
             put(contacts::block).delete(contacts::unblock),
         )
+        .route("/v1/groups", post(groups::create_group))
+        .route(
+            "/v1/groups/{conversation}",
+            get(groups::get_group).patch(groups::rename_group),
+        )
+        .route(
+            "/v1/groups/{conversation}/members/{user_id}",
+            put(groups::add_member)
+                .patch(groups::set_role)
+                .delete(groups::remove_member),
+        )
+        .route("/v1/groups/{conversation}/receipts", get(groups::receipts))
         .route("/v1/conversations", get(history::list_conversations))
         .route(
             "/v1/conversations/{conversation}/messages",

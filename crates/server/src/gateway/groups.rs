@@ -9,24 +9,14 @@
 //! of a group message names the socket's place in the stream too (`POS.GROUP.SEQ`), so that a
 //! client that keeps one cursor resumes the stream with it.
 
-use std::collections::HashMap;
-
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
 use confab_protocol::{GroupCursor, Id, Message, MessageFrame};
 
 use super::hub::GroupEvent;
 use super::io::{Io, Stop};
+use super::order::GroupPlaces;
 use super::socket::{Conn, Replies, Work};
 use super::{CATCH_UP_PAGE, close};
-
-/// What a socket knows of its groups; made at the first group it meets.
-#[derive(Debug, Default)]
-pub(super) struct GroupPlaces {
-    /// The last `seq` sent per group.
-    sent: HashMap<Id, u64>,
-    /// The highest `seq` acknowledged per group on this socket.
-    acked: HashMap<Id, u64>,
-}
 
 impl Conn {
     fn places(&mut self) -> &mut GroupPlaces {

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use confab_protocol::Id;
 use tokio::time::Instant;
 
 /// How long a live event ahead of a missing position waits for it before the gap is read
@@ -140,6 +141,15 @@ impl<T> Order<T> {
     pub fn held(&self) -> usize {
         self.held.len()
     }
+}
+
+/// What a socket knows of its groups, made at the first group it meets: per group the last
+/// `seq` sent (the order of a group's messages, see `gateway::groups`) and the highest
+/// acknowledged on this socket.
+#[derive(Debug, Default)]
+pub struct GroupPlaces {
+    pub(super) sent: std::collections::HashMap<Id, u64>,
+    pub(super) acked: std::collections::HashMap<Id, u64>,
 }
 
 #[cfg(test)]

@@ -12,11 +12,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::groups::GroupPlaces;
 use super::handshake::{Handshake, handshake};
 use super::hub::{CloseReason, Outbound, Registration};
 use super::io::{End, Io, Stop, text_frame, transport_error};
-use super::order::Order;
+use super::order::{GroupPlaces, Order};
 use super::queue::{QueueReceiver, TryRecvError};
 use super::{CATCH_UP_PAGE, Gateway, close};
 use crate::store::{DeviceSession, LoginState};
