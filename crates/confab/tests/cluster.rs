@@ -527,6 +527,118 @@ async fn twenty_senders_on_three_nodes_get_gapless_seqs() {
     assert_eq!(all, (1..=(SENDERS * EACH) as u64).collect::<Vec<_>>());
 }
 
+/// A group across three nodes: members on every node send at once while one member is
+/// removed mid-stream (PROTOCOL.md, "Groups"). Every member's socket gets the group's messages
+/// with gapless seqs in order; the removed member's gets them up to the event that removed it
+/// and nothing after.
+#[tokio::test]
+async fn a_group_across_nodes_delivers_in_order_and_stops_at_a_removal() {
+    let Some(engines) = all_engines() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start(engines, 3).await;
+    let nodes = [cluster.addr(0), cluster.addr(1), cluster.addr(2)];
+    let names = ["alice", "bob", "carol", "dave"];
+    let mut users = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        users.push(user(nodes[i % 3], name).await);
+    }
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/v1/groups", nodes[0]))
+        .bearer_auth(&users[0].token)
+        .json(&json!({"title": "across", "members": [users[1].id, users[2].id, users[3].id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let group: Value = r.json().await.unwrap();
+    let g = group["conversation"].as_str().unwrap().to_owned();
+
+    // A listening socket per member, each on its own node; dave is the one removed.
+    let mut listeners = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        // `created` comes in the catch-up; the rest live.
+        let (ws, caught_up) = Ws::caught_up(nodes[(i + 1) % 3], &u.token, None).await;
+        listeners.push((ws, caught_up));
+    }
+    const EACH: usize = 20;
+    let mut senders = Vec::new();
+    for (i, u) in users.iter().take(3).enumerate() {
+        let (addr, token, g) = (nodes[i], u.token.clone(), g.clone());
+        senders.push(tokio::spawn(async move {
+            let (mut ws, _) = Ws::caught_up(addr, &token, None).await;
+            for k in 0..EACH {
+                ws.send(json!({"type": "send", "conversation": g, "client_id": format!("{i}-{k}"), "body": format!("{i}-{k}")}))
+                    .await;
+                if k == EACH / 2 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            let mut sent = 0;
+            while sent < EACH {
+                let f = ws.next_within(Duration::from_secs(10)).await.expect("acks");
+                assert_ne!(f["type"], "error", "{f}");
+                sent += usize::from(f["type"] == "sent");
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let removed = call(
+        nodes[2],
+        reqwest::Method::DELETE,
+        &format!("/v1/groups/{g}/members/{}", users[3].id),
+        &users[0].token,
+        None,
+    )
+    .await;
+    assert_eq!(removed, 204);
+    for s in senders {
+        s.await.unwrap();
+    }
+    // `created`, the messages, and the removal.
+    let total = 1 + 3 * EACH as u64 + 1;
+    let mut removal_seq = None;
+    for (i, (ws, caught_up)) in listeners.iter_mut().enumerate() {
+        let mut seqs = Vec::new();
+        let mut last_event = Value::Null;
+        let mut frames = std::mem::take(caught_up).into_iter();
+        loop {
+            let f = match frames.next() {
+                Some(f) => f,
+                None => match ws.next_within(Duration::from_secs(3)).await {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            if f["type"] == "message" && f["conversation"] == g.as_str() {
+                seqs.push(f["seq"].as_u64().unwrap());
+                if f["system"]["event"] == "member_removed" {
+                    removal_seq = f["seq"].as_u64();
+                }
+                last_event = f;
+            }
+        }
+        if i < 3 {
+            assert_eq!(
+                seqs,
+                (1..=total).collect::<Vec<_>>(),
+                "{} saw every message in order",
+                names[i]
+            );
+        } else {
+            let removal = removal_seq.expect("the removal was delivered");
+            assert!(removal < total, "messages were sent after the removal");
+            assert_eq!(
+                seqs,
+                (1..=removal).collect::<Vec<_>>(),
+                "dave saw everything up to his removal, in order, and nothing after"
+            );
+            assert_eq!(last_event["system"]["event"], "member_removed");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigkill_one_node_under_load_loses_nothing_and_repeats_nothing() {
     let Some(engines) = all_engines() else {
