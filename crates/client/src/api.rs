@@ -1,8 +1,8 @@
-//! The HTTP half of the SDK: accounts, sessions, history, contacts and blocks.
+//! The HTTP half of the SDK: accounts, sessions, history, contacts and blocks, groups.
 
 use confab_protocol::{
-    ChangePassword, Contacts, Conversations, CreateSession, CreateUser, ErrorBody, Id, MessagePage,
-    Session, Sessions, User,
+    ChangePassword, Contacts, Conversations, CreateGroup, CreateSession, CreateUser, ErrorBody,
+    Group, GroupReceipts, Id, MessagePage, RenameGroup, Role, Session, Sessions, SetRole, User,
 };
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
@@ -161,6 +161,87 @@ impl Api {
             req = req.query(&[("limit", limit)]);
         }
         json(req).await
+    }
+
+    /// `POST /v1/groups`: a group of the caller (its owner) and `members`.
+    pub async fn create_group(
+        &self,
+        token: &str,
+        title: &str,
+        members: &[Id],
+    ) -> Result<Group, Error> {
+        let body = CreateGroup {
+            title: title.to_owned(),
+            members: members.to_vec(),
+        };
+        json(
+            self.request(Method::POST, &["groups"], Some(token))?
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/groups/{conversation}`.
+    pub async fn group(&self, token: &str, conversation: &str) -> Result<Group, Error> {
+        json(self.request(Method::GET, &["groups", conversation], Some(token))?).await
+    }
+
+    /// `PATCH /v1/groups/{conversation}`: a new title.
+    pub async fn rename_group(
+        &self,
+        token: &str,
+        conversation: &str,
+        title: &str,
+    ) -> Result<Group, Error> {
+        let body = RenameGroup {
+            title: title.to_owned(),
+        };
+        let req = self.request(Method::PATCH, &["groups", conversation], Some(token))?;
+        json(req.json(&body)).await
+    }
+
+    /// `PUT /v1/groups/{conversation}/members/{user}` (idempotent).
+    pub async fn add_member(&self, token: &str, conversation: &str, user: Id) -> Result<(), Error> {
+        let id = user.to_string();
+        let path = ["groups", conversation, "members", &id];
+        empty(self.request(Method::PUT, &path, Some(token))?).await
+    }
+
+    /// `DELETE /v1/groups/{conversation}/members/{user}`: removes a member, or leaves when
+    /// `user` is the caller.
+    pub async fn remove_member(
+        &self,
+        token: &str,
+        conversation: &str,
+        user: Id,
+    ) -> Result<(), Error> {
+        let id = user.to_string();
+        let path = ["groups", conversation, "members", &id];
+        empty(self.request(Method::DELETE, &path, Some(token))?).await
+    }
+
+    /// `PATCH /v1/groups/{conversation}/members/{user}`: `admin` or `member`.
+    pub async fn set_role(
+        &self,
+        token: &str,
+        conversation: &str,
+        user: Id,
+        role: Role,
+    ) -> Result<(), Error> {
+        let id = user.to_string();
+        let path = ["groups", conversation, "members", &id];
+        let req = self.request(Method::PATCH, &path, Some(token))?;
+        empty(req.json(&SetRole { role })).await
+    }
+
+    /// `GET /v1/groups/{conversation}/receipts`.
+    pub async fn group_receipts(
+        &self,
+        token: &str,
+        conversation: &str,
+    ) -> Result<GroupReceipts, Error> {
+        let path = ["groups", conversation, "receipts"];
+        json(self.request(Method::GET, &path, Some(token))?).await
     }
 
     /// `GET /v1/contacts`.

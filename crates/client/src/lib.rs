@@ -13,7 +13,7 @@ mod connection;
 mod error;
 
 pub use api::Api;
-pub use client::{Client, ClientConfig, Event, Sent};
+pub use client::{Client, ClientConfig, Event, SendTo, Sent};
 pub use connection::{
     CONNECT_TIMEOUT, ConnectOptions, Connection, ConnectionReceiver, ConnectionSender,
     DEFAULT_READ_BUFFER, Welcome,

@@ -17,9 +17,25 @@ pub struct ChatArgs {
     user: String,
     #[arg(long, env = "CONFAB_PASSWORD")]
     password: String,
-    /// Send each line of stdin to this username. Without it, only listen.
-    #[arg(long)]
+    /// Send each line of stdin to this username. Without it (or a group), only listen.
+    #[arg(long, conflicts_with_all = ["group", "new_group"])]
     to: Option<String>,
+    /// Send each line of stdin into this group (its conversation id, `g…`).
+    #[arg(long, conflicts_with = "new_group")]
+    group: Option<String>,
+    /// Create a group with this title (and `--members`), print its conversation id, and send
+    /// each line of stdin into it.
+    #[arg(long, requires = "members")]
+    new_group: Option<String>,
+    /// The other members of `--new-group`, by username, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    members: Vec<String>,
+}
+
+/// Where sender mode sends.
+enum Target {
+    User(Id),
+    Conversation(String),
 }
 
 pub async fn run(args: ChatArgs) -> ExitCode {
@@ -38,24 +54,34 @@ async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
         .login(&args.user, &args.password, Some("confab chat"))
         .await?;
     let mut names: HashMap<Id, String> = HashMap::from([(session.user_id, args.user.clone())]);
-    let peer = match &args.to {
-        Some(name) => {
-            let user = api.user(&session.token, name).await?;
-            names.insert(user.user_id, user.username.clone());
-            Some(user.user_id)
+    let target = if let Some(name) = &args.to {
+        let user = api.user(&session.token, name).await?;
+        names.insert(user.user_id, user.username.clone());
+        Some(Target::User(user.user_id))
+    } else if let Some(title) = &args.new_group {
+        let mut members = Vec::new();
+        for name in &args.members {
+            members.push(api.user(&session.token, name).await?.user_id);
         }
-        None => None,
+        let group = api.create_group(&session.token, title, &members).await?;
+        println!("{}", group.conversation);
+        Some(Target::Conversation(group.conversation))
+    } else {
+        args.group.clone().map(Target::Conversation)
     };
     let client = Client::connect(ClientConfig::new(&args.server, &session.token)).await?;
 
-    if let Some(to) = peer {
+    if let Some(target) = target {
         // Sender mode: send stdin line by line, each acknowledged before the next, then exit.
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if line.trim().is_empty() {
                 continue;
             }
-            let sent = client.send(to, &line).await?;
+            let sent = match &target {
+                Target::User(to) => client.send(*to, &line).await?,
+                Target::Conversation(c) => client.send_in(c, &line).await?,
+            };
             eprintln!("sent #{} in {}", sent.seq, sent.conversation);
         }
         client.close().await;
@@ -70,7 +96,15 @@ async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
                     Some(n) => n.clone(),
                     None => message.from.to_string(),
                 };
-                println!("{from}: {}", message.body);
+                // A group's messages name their group; its changes are shown as events.
+                let place = match message.to {
+                    Some(_) => String::new(),
+                    None => format!("[{}] ", message.conversation),
+                };
+                match &message.system {
+                    Some(event) => println!("{place}-- {from}: {:?}", event.event),
+                    None => println!("{place}{from}: {}", message.body),
+                }
             }
             Event::Synced { .. } => {
                 eprintln!("-- up to date; waiting for messages (Ctrl-C to quit)")

@@ -7,9 +7,27 @@ use super::event::{Event, Sent};
 use crate::error::Error;
 
 /// From a [`Client`](crate::Client) handle to the task.
+/// Where a send or a typing notice goes: a user (the 1:1 conversation with them) or a
+/// conversation by its id (a group's, or a 1:1's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendTo {
+    User(Id),
+    Conversation(String),
+}
+
+impl SendTo {
+    /// The frame's `to` and `conversation` fields.
+    pub(super) fn fields(self) -> (Option<Id>, Option<String>) {
+        match self {
+            SendTo::User(user) => (Some(user), None),
+            SendTo::Conversation(c) => (None, Some(c)),
+        }
+    }
+}
+
 pub(super) enum Command {
     Send {
-        to: Id,
+        to: SendTo,
         client_id: String,
         body: String,
         reply: oneshot::Sender<Result<Sent, Error>>,
@@ -23,7 +41,7 @@ pub(super) enum Command {
         seq: u64,
     },
     Typing {
-        to: Id,
+        to: SendTo,
     },
     Close {
         done: oneshot::Sender<()>,

@@ -277,10 +277,11 @@ impl Driver {
                     send.waiters.push(reply);
                     return;
                 }
+                let (to, conversation) = to.fields();
                 self.sends.insert(PendingSend {
                     frame: ClientFrame::Send {
-                        to: Some(to),
-                        conversation: None,
+                        to,
+                        conversation,
                         client_id: client_id.clone(),
                         body,
                     },
@@ -308,10 +309,10 @@ impl Driver {
                 let mark = self.reads.entry(conversation).or_insert(seq);
                 *mark = (*mark).max(seq);
             }
-            Command::Typing { to } => self.outbox.push(ClientFrame::Typing {
-                to: Some(to),
-                conversation: None,
-            }),
+            Command::Typing { to } => {
+                let (to, conversation) = to.fields();
+                self.outbox.push(ClientFrame::Typing { to, conversation });
+            }
             Command::Close { done } => {
                 self.stopping = true;
                 self.close_waiters.push(done);

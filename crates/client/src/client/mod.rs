@@ -26,6 +26,7 @@ use crate::api::ws_url;
 use crate::connection::{Connection, Welcome};
 use crate::error::{Error, ErrorKind};
 
+pub use channel::SendTo;
 use channel::{Command, Item};
 pub use config::ClientConfig;
 use driver::Driver;
@@ -110,6 +111,24 @@ impl Client {
     /// `unavailable` (with backoff), until `sent` arrives; any other error code fails at once.
     /// The server stores a repeated `client_id` only once. Dropping the future gives up.
     pub async fn send_with_id(&self, to: Id, client_id: &str, body: &str) -> Result<Sent, Error> {
+        self.send_to(SendTo::User(to), client_id, body).await
+    }
+
+    /// Sends `body` into a conversation by its id (a group's, or a 1:1's) with a fresh random
+    /// `client_id`; retried as [`Client::send_with_id`] is.
+    pub async fn send_in(&self, conversation: &str, body: &str) -> Result<Sent, Error> {
+        let client_id = format!("{:032x}", rand::random::<u128>());
+        self.send_to(
+            SendTo::Conversation(conversation.to_owned()),
+            &client_id,
+            body,
+        )
+        .await
+    }
+
+    /// Sends `body` to `to` with this `client_id` and waits for `sent` (see
+    /// [`Client::send_with_id`] for the retries).
+    pub async fn send_to(&self, to: SendTo, client_id: &str, body: &str) -> Result<Sent, Error> {
         let (reply, answer) = oneshot::channel();
         self.command(Command::Send {
             to,
@@ -163,7 +182,16 @@ impl Client {
 
     /// Tells user `to` that this user is typing. Ephemeral: dropped while disconnected.
     pub async fn typing(&self, to: Id) -> Result<(), Error> {
-        self.command(Command::Typing { to })
+        self.command(Command::Typing {
+            to: SendTo::User(to),
+        })
+    }
+
+    /// Tells the other members of a conversation (by its id) that the user is typing.
+    pub async fn typing_in(&self, conversation: &str) -> Result<(), Error> {
+        self.command(Command::Typing {
+            to: SendTo::Conversation(conversation.to_owned()),
+        })
     }
 
     /// The cursor of the last event the app took from [`Client::next_event`]: persist it and
