@@ -317,6 +317,25 @@ async fn a_groups_messages_reach_every_member_and_stop_at_removal() {
         .await;
     assert_eq!(a.next_of("sent").await["id"], sent["id"]);
 
+    // Blocks do not filter a group: carol blocks alice and still gets her group messages.
+    let (status, _) = s
+        .request(
+            "PUT",
+            &format!("/v1/blocks/{}", alice.id),
+            &carol.token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    a.send(
+        json!({"type": "send", "conversation": g, "client_id": "g0", "body": "despite the block"}),
+    )
+    .await;
+    assert_eq!(a.next_of("sent").await["seq"], 3);
+    for ws in [&mut a, &mut b, &mut c] {
+        assert_eq!(next_in(ws, &g).await["body"], "despite the block");
+    }
+
     // Typing reaches the other members, friends or not.
     b.send(json!({"type": "typing", "conversation": g})).await;
     let typing = c.next_of("typing").await;

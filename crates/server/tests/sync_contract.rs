@@ -7,7 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use confab_protocol::{Id, MAX_NUMBER, Message, PresenceStatus, ReceiptKind, ServerFrame};
+use confab_protocol::{
+    Id, MAX_NUMBER, Message, PresenceStatus, ReceiptKind, Role, ServerFrame, SystemEvent,
+    SystemKind,
+};
 use confab_server::sync::memory::MemoryQueue;
 use confab_server::sync::nats::NatsQueue;
 use confab_server::sync::{SyncError, SyncEvent, SyncQueue};
@@ -143,6 +146,23 @@ fn message(seq: u64) -> SyncEvent {
 fn every_variant() -> Vec<SyncEvent> {
     vec![
         message(1),
+        // A group's `system` message, with its recipients.
+        SyncEvent::GroupMessage {
+            message: Arc::new(Message {
+                id: Id(MAX_NUMBER - 100),
+                conversation: "g77".into(),
+                seq: 3,
+                from: Id(11),
+                to: None,
+                body: String::new(),
+                system: Some(SystemEvent {
+                    role: Some(Role::Admin),
+                    ..SystemEvent::about(SystemKind::RoleChanged, Id(22))
+                }),
+                ts: 1_700_000_000_000,
+            }),
+            recipients: Arc::from([Id(11), Id(22), Id(MAX_NUMBER)]),
+        },
         SyncEvent::DeviceRevoked {
             user: Id(11),
             device: Id(MAX_NUMBER),
