@@ -189,6 +189,11 @@ struct ServeArgs {
     #[arg(long, env = "CONFAB_MAX_GROUP_MEMBERS", default_value_t = u32::try_from(defaults().max_group_members).unwrap_or(u32::MAX),
           value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     max_group_members: u32,
+    /// Most groups a user may be a member of at once.
+    #[arg(long, env = "CONFAB_MAX_GROUPS_PER_USER",
+          default_value_t = u32::try_from(defaults().max_groups_per_user).unwrap_or(u32::MAX),
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_groups_per_user: u32,
 }
 
 impl ServeArgs {
@@ -206,6 +211,8 @@ impl ServeArgs {
             config.session_ttl = ttl;
         }
         config.max_group_members = usize::try_from(self.max_group_members).unwrap_or(usize::MAX);
+        config.max_groups_per_user =
+            usize::try_from(self.max_groups_per_user).unwrap_or(usize::MAX);
         let gateway = &mut config.gateway;
         gateway.hello_timeout = secs("--hello-timeout", self.hello_timeout)?;
         gateway.idle_timeout = secs("--idle-timeout", self.idle_timeout)?;

@@ -134,6 +134,8 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Most members a group may have, its creator included.
     pub max_group_members: usize,
+    /// Most groups a user may be a member of at once.
+    pub max_groups_per_user: usize,
     /// The chat service: sockets, their timeouts and limits.
     pub gateway: GatewayConfig,
     /// The embedded store's settings.
@@ -260,6 +262,7 @@ impl Default for Config {
             cluster: "confab".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             max_group_members: 1024,
+            max_groups_per_user: 1000,
             gateway: GatewayConfig::default(),
             sqlite: SqliteConfig::default(),
             postgres: PostgresConfig::default(),

@@ -18,6 +18,13 @@ use crate::sync::SyncQueue;
 use crate::throttle::Throttle;
 
 /// The shared handles. There is no global: each is passed where it is used.
+/// The bounds of groups (the configuration's `max_group_members`, `max_groups_per_user`).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupBounds {
+    pub max_members: usize,
+    pub max_groups: usize,
+}
+
 pub struct App {
     /// The message store (design messaging step 4): accounts, devices, contacts, messages.
     pub store: Arc<dyn MessageStore>,
@@ -37,8 +44,8 @@ pub struct App {
     pub throttle: Throttle,
     /// The node's Prometheus metrics.
     pub metrics: Metrics,
-    /// Most members a group may have, its creator included.
-    pub max_group_members: usize,
+    /// Most members a group may have, its creator included, and most groups a user may be in.
+    pub group_bounds: GroupBounds,
     /// How long an HTTP connection has to send each request head, and then its body (the
     /// gateway's `hello_timeout`): a silent or trickling client cannot hold a connection.
     pub http_timeout: Duration,

@@ -21,7 +21,7 @@ use crate::presence::redis::RedisPresence;
 use crate::sequencer::IdSource;
 use crate::sequencer::lease::NodeLease;
 use crate::sessions::Sessions;
-use crate::state::App;
+use crate::state::{App, GroupBounds};
 use crate::store::MessageStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{SqliteMetrics, SqliteStore};
@@ -150,7 +150,10 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         auth,
         throttle: Throttle::new(&config.auth),
         metrics,
-        max_group_members: config.max_group_members,
+        group_bounds: GroupBounds {
+            max_members: config.max_group_members,
+            max_groups: config.max_groups_per_user,
+        },
         http_timeout: config.gateway.hello_timeout,
         shutdown,
     });

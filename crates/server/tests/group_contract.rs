@@ -83,6 +83,7 @@ contract!(
     racing_changes_stay_consistent,
     devices_catch_up_by_spans_and_marks,
     groups_are_listed_and_paged_for_members,
+    a_user_is_in_at_most_max_groups,
 );
 
 type Store = Arc<dyn MessageStore>;
@@ -126,6 +127,7 @@ async fn group(store: &Store, members: &[Id], max: usize) -> GroupAppended {
             members: members[1..].to_vec(),
             now: 10,
             max_members: max,
+            max_groups: 1000,
         })
         .await
         .unwrap()
@@ -153,6 +155,7 @@ async fn change(
             message_ids: two_ids(),
             now: 20,
             max_members: 1024,
+            max_groups: 1000,
         })
         .await
 }
@@ -189,6 +192,7 @@ async fn creating_checks_size_users_and_blocks(store: Store) {
         members,
         now: 10,
         max_members: max,
+        max_groups: 1000,
     };
     let too_many = store.create_group(new(vec![u[1], u[2], u[3]], 3)).await;
     assert!(
@@ -724,5 +728,61 @@ async fn groups_are_listed_and_paged_for_members(store: Store) {
     assert!(
         matches!(read, Err(StoreError::NotFound(_))),
         "group reads go through the group"
+    );
+}
+
+async fn a_user_is_in_at_most_max_groups(store: Store) {
+    let u = users(&store, 3).await;
+    let new = |group: u64, creator: Id, members: Vec<Id>| NewGroup {
+        group: Id(group),
+        message_id: Id(group + 1),
+        creator,
+        title: "t".into(),
+        members,
+        now: 10,
+        max_members: 10,
+        max_groups: 2,
+    };
+    store
+        .create_group(new(100, u[0], vec![u[1]]))
+        .await
+        .unwrap();
+    store
+        .create_group(new(200, u[0], vec![u[2]]))
+        .await
+        .unwrap();
+    // u0 is in two groups: a third, made by anyone, is refused and stores nothing.
+    for (creator, members) in [(u[0], vec![u[1]]), (u[1], vec![u[0]])] {
+        let third = store.create_group(new(300, creator, members)).await;
+        assert!(matches!(third, Err(StoreError::Invalid(_))), "{third:?}");
+    }
+    store
+        .create_group(new(300, u[1], vec![u[2]]))
+        .await
+        .unwrap();
+    let add = |actor: Id, change: GroupChange| ChangeGroup {
+        group: Id(300),
+        actor,
+        change,
+        message_ids: two_ids(),
+        now: 20,
+        max_members: 10,
+        max_groups: 2,
+    };
+    let added = store.change_group(add(u[1], GroupChange::Add(u[0]))).await;
+    assert!(matches!(added, Err(StoreError::Invalid(_))), "{added:?}");
+    // Leaving one makes room.
+    let leave = ChangeGroup {
+        group: Id(100),
+        ..add(u[0], GroupChange::Remove(u[0]))
+    };
+    store.change_group(leave).await.unwrap();
+    assert_eq!(
+        store
+            .change_group(add(u[1], GroupChange::Add(u[0])))
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }

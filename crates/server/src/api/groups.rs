@@ -49,15 +49,15 @@ pub(super) async fn create_group(
 ) -> Result<(StatusCode, Json<Group>)> {
     // Checked before the store, so that a huge list costs no lookups: the store checks the
     // distinct members again.
-    if req.members.len() >= app.max_group_members.saturating_mul(2) {
+    let max = app.group_bounds.max_members;
+    if req.members.len() >= max.saturating_mul(2) {
         return Err(Error::bad_request(format!(
-            "a group holds at most {} members",
-            app.max_group_members
+            "a group holds at most {max} members"
         )));
     }
     let record = app
         .chat
-        .create_group(caller.user, req.title, req.members, app.max_group_members)
+        .create_group(caller.user, req.title, req.members, app.group_bounds)
         .await?;
     Ok((StatusCode::CREATED, Json(group_object(record))))
 }
@@ -85,7 +85,7 @@ pub(super) async fn rename_group(
             caller.user,
             group,
             GroupChange::Rename(req.title),
-            app.max_group_members,
+            app.group_bounds,
         )
         .await?;
     Ok(Json(group_object(
@@ -102,7 +102,7 @@ fn member_path(path: &(String, String)) -> Result<(Id, Id)> {
 
 async fn change(app: &App, caller: Caller, group: Id, change: GroupChange) -> Result<StatusCode> {
     app.chat
-        .change_group(caller.user, group, change, app.max_group_members)
+        .change_group(caller.user, group, change, app.group_bounds)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,6 +8,7 @@ use confab_protocol::{Id, MAX_TITLE_CHARS, ReceiptKind, ServerFrame, group_conve
 
 use super::Chat;
 use crate::error::{Error, Result};
+use crate::state::GroupBounds;
 use crate::store::groups::{
     ChangeGroup, GroupAppended, GroupChange, GroupRecord, NewGroup, NewGroupMessage,
 };
@@ -43,14 +44,14 @@ impl Chat {
         }
     }
 
-    /// Creates a group of `creator` and `members` (`max_members` at most), with its `created`
-    /// event at seq 1, and tells every member.
+    /// Creates a group of `creator` and `members` within `bounds`, with its `created` event at
+    /// seq 1, and tells every member.
     pub async fn create_group(
         &self,
         creator: Id,
         title: String,
         members: Vec<Id>,
-        max_members: usize,
+        bounds: GroupBounds,
     ) -> Result<GroupRecord> {
         check_title(&title)?;
         if !self.sync.available() {
@@ -65,7 +66,8 @@ impl Chat {
             title,
             members,
             now: now_ms(),
-            max_members,
+            max_members: bounds.max_members,
+            max_groups: bounds.max_groups,
         };
         let (record, created) = self.store.create_group(new).await?;
         self.publish_group(&created).await;
@@ -78,7 +80,7 @@ impl Chat {
         actor: Id,
         group: Id,
         change: GroupChange,
-        max_members: usize,
+        bounds: GroupBounds,
     ) -> Result<()> {
         if let GroupChange::Rename(title) = &change {
             check_title(title)?;
@@ -94,7 +96,8 @@ impl Chat {
             change,
             message_ids: [self.ids.next_id()?, self.ids.next_id()?],
             now: now_ms(),
-            max_members,
+            max_members: bounds.max_members,
+            max_groups: bounds.max_groups,
         };
         for stored in self.store.change_group(change).await? {
             self.publish_group(&stored).await;

@@ -27,6 +27,8 @@ pub struct NewGroup {
     pub now: i64,
     /// Most members a group may have, the creator included.
     pub max_members: usize,
+    /// Most groups a user may be a member of at once.
+    pub max_groups: usize,
 }
 
 /// A change to a group, made by a member.
@@ -54,6 +56,7 @@ pub struct ChangeGroup {
     pub message_ids: [Id; 2],
     pub now: i64,
     pub max_members: usize,
+    pub max_groups: usize,
 }
 
 /// A text message into a group.
@@ -111,6 +114,11 @@ pub fn system_client_id(message: Id) -> String {
     format!("system-event-{:0>60}", message.0)
 }
 
+/// The refusal of a user who is a member of `max` groups already.
+pub fn too_many_groups(user: Id, max: usize) -> super::StoreError {
+    super::StoreError::Invalid(format!("user {user} is in {max} groups, the most allowed"))
+}
+
 /// Groups, their membership and their messages.
 ///
 /// Guarantees every backend keeps (the contract tests check them):
@@ -123,14 +131,16 @@ pub fn system_client_id(message: Id) -> String {
 #[async_trait]
 pub trait Groups: Send + Sync {
     /// Creates a group with its `created` message at seq 1 (`system.members`: the creator,
-    /// then the others in the order given). `Invalid` past `max_members`; `NotFound` for an
-    /// unknown user; `Forbidden` if a member blocks the creator.
+    /// then the others in the order given). `Invalid` past `max_members`, or for a member
+    /// already in `max_groups` groups; `NotFound` for an unknown user; `Forbidden` if a member
+    /// blocks the creator.
     async fn create_group(&self, group: NewGroup) -> StoreResult<(GroupRecord, GroupAppended)>;
     /// Applies a change; returns the `system` messages it stored, in `seq` order (none when it
     /// changed nothing). `NotFound` if the actor is not a member (or there is no such group),
     /// or the user changed is not one (removing, setting a role) or does not exist (adding);
     /// `Forbidden` without the right, or adding a user who blocks the actor; `Invalid` past
-    /// `max_members`, or for a role other than `admin` or `member`.
+    /// `max_members`, for a user already in `max_groups` groups, or for a role other than
+    /// `admin` or `member`.
     async fn change_group(&self, change: ChangeGroup) -> StoreResult<Vec<GroupAppended>>;
     /// Stores a member's text message. `NotFound` if `from` is not a member.
     async fn append_group(&self, message: NewGroupMessage) -> StoreResult<GroupAppended>;

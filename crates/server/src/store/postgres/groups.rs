@@ -26,7 +26,7 @@ use super::rows::{
 };
 use crate::store::groups::{
     ChangeGroup, GroupAppended, GroupChange, GroupRecord, GroupSpan, Groups, MemberRecord,
-    NewGroup, NewGroupMessage, system_client_id,
+    NewGroup, NewGroupMessage, system_client_id, too_many_groups,
 };
 use crate::store::sql_integers::{count_to_sql, id_from_sql, id_to_sql, limit_to_sql};
 use crate::store::{StoreError, StoreResult};
@@ -262,6 +262,30 @@ fn appended(message: Message, recipients: Vec<Id>) -> GroupAppended {
     }
 }
 
+/// `Invalid` if one of `users` is a member of `max` groups already. The users' rows are
+/// locked first (in id order, as every append locks them), so two joins of one user to
+/// different groups count one after the other.
+async fn check_room(c: &impl GenericClient, users: &[i64], max: usize) -> Result<(), Failure> {
+    query(
+        c,
+        "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&users],
+    )
+    .await?;
+    let full = query_opt(
+        c,
+        "SELECT user_id FROM group_members
+         WHERE user_id = ANY($1) AND to_seq IS NULL
+         GROUP BY user_id HAVING count(*) >= $2 LIMIT 1",
+        &[&users, &i64::try_from(max).unwrap_or(i64::MAX)],
+    )
+    .await?;
+    match full {
+        Some(row) => Err(Failure::Final(too_many_groups(id_col(&row, 0)?, max))),
+        None => Ok(()),
+    }
+}
+
 async fn create_in(
     c: &impl GenericClient,
     g: &NewGroup,
@@ -282,6 +306,7 @@ async fn create_in(
     if let Some(unknown) = members.iter().find(|u| !known.contains(u)) {
         return Err(Failure::Final(no_user(*unknown)));
     }
+    check_room(c, &member_ids, g.max_groups).await?;
     let blocking = query_opt(
         c,
         "SELECT 1 FROM blocks WHERE blocked = $1 AND owner = ANY($2) LIMIT 1",
@@ -398,6 +423,7 @@ async fn change_in(
                     ch.max_members
                 ))));
             }
+            check_room(c, &[id_to_sql(*user)], ch.max_groups).await?;
             let seq = next_seq(c, ch.group).await?;
             execute(
                 c,

@@ -477,6 +477,7 @@ fn new_group(group: u64, creator: u64, members: &[u64]) -> NewGroup {
         members: members.iter().copied().map(Id).collect(),
         now: 10,
         max_members: 5,
+        max_groups: 100,
     }
 }
 
@@ -489,6 +490,7 @@ fn change(group: u64, actor: u64, ids: u64, change: GroupChange) -> ChangeGroup 
         message_ids: [Id(ids), Id(ids + 1)],
         now: 20,
         max_members: 5,
+        max_groups: 100,
     }
 }
 

@@ -17,7 +17,7 @@ use super::rows::{MESSAGE_COLUMNS, id_col, internal, is_unique_violation, messag
 use super::writer::in_savepoint;
 use crate::store::groups::{
     ChangeGroup, GroupAppended, GroupChange, GroupRecord, GroupSpan, Groups, MemberRecord,
-    NewGroup, NewGroupMessage, system_client_id,
+    NewGroup, NewGroupMessage, system_client_id, too_many_groups,
 };
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{StoreError, StoreResult};
@@ -62,6 +62,18 @@ fn members(conn: &Connection, group: Id) -> StoreResult<Vec<(Id, Role)>> {
             .ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
     })
     .collect()
+}
+
+/// `Invalid` if `user` is a member of `max` groups already.
+fn check_room(conn: &Connection, user: Id, max: usize) -> StoreResult<()> {
+    let n: u64 = conn
+        .prepare_cached("SELECT count(*) FROM group_members WHERE user_id = ?1 AND to_seq IS NULL")
+        .and_then(|mut s| s.query_row(params![id_to_sql(user)], |r| r.get(0)))
+        .map_err(internal)?;
+    if usize::try_from(n).unwrap_or(usize::MAX) >= max {
+        return Err(too_many_groups(user, max));
+    }
+    Ok(())
 }
 
 fn user_exists(conn: &Connection, user: Id) -> StoreResult<bool> {
@@ -259,6 +271,7 @@ fn change_in(conn: &Connection, c: &ChangeGroup, last: u64) -> StoreResult<Vec<G
                     c.max_members
                 )));
             }
+            check_room(conn, *user, c.max_groups)?;
             open_span(conn, group, *user, seq, Role::Member)?;
             let mut recipients = ids(&before);
             recipients.push(*user);
@@ -425,6 +438,9 @@ impl Groups for SqliteStore {
                     if !user_exists(conn, *user)? {
                         return Err(StoreError::NotFound(format!("no user {user}")));
                     }
+                }
+                for user in std::iter::once(&g.creator).chain(&others) {
+                    check_room(conn, *user, g.max_groups)?;
                 }
                 for user in &others {
                     if blocks(conn, *user, g.creator)? {
