@@ -36,6 +36,9 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const MAX_BODY_BYTES: usize = 4096;
 /// Largest HTTP request body the API accepts (bytes).
 pub const MAX_HTTP_BODY_BYTES: usize = 4096;
+/// Largest `POST /v1/groups` body (bytes): room for the ids of a full group of 1,024 (about
+/// 22 bytes each) and a title. Larger groups grow by adding members.
+pub const MAX_GROUP_BODY_BYTES: usize = 64 * 1024;
 /// Longest `client_id` (chars).
 pub const MAX_CLIENT_ID_CHARS: usize = 64;
 

@@ -79,6 +79,25 @@ async fn every_group_endpoint_answers_members_only() {
         (403, Some("forbidden"))
     );
 
+    // A create carries a full group's ids: a 10 KB body is read (and its unknown ids found),
+    // where other requests stop at 4 KB.
+    let many: Vec<String> = (0..400)
+        .map(|i| format!("{}", 100_000_000_000_000_000u64 + i))
+        .collect();
+    let (status, answer) = s
+        .request(
+            "POST",
+            "/v1/groups",
+            &alice.token,
+            Some(json!({"title": "big", "members": many})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "over the maximum of 3, before any lookup: {answer}"
+    );
+
     // Repeats are ignored.
     let group = create(&s, &alice, "team", &[&bob, &bob]).await;
     let c = group["conversation"].as_str().unwrap().to_owned();

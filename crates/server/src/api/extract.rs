@@ -11,7 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use confab_protocol::{ErrorCode, Id, MAX_HTTP_BODY_BYTES};
+use confab_protocol::{ErrorCode, Id, MAX_GROUP_BODY_BYTES, MAX_HTTP_BODY_BYTES};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{bearer_token, token_hash};
@@ -110,7 +110,10 @@ async fn read_json<T: DeserializeOwned>(req: Request, app: &Arc<App>) -> Result<
         })?
         .map_err(|e: BytesRejection| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::too_large(format!("request body over {MAX_HTTP_BODY_BYTES} bytes"))
+                Error::too_large(format!(
+                    "request body over its limit ({MAX_HTTP_BODY_BYTES} bytes; \
+                     {MAX_GROUP_BODY_BYTES} to create a group)"
+                ))
             } else {
                 Error::bad_request(e.body_text())
             }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{delete, get, post, put};
-use confab_protocol::MAX_HTTP_BODY_BYTES;
+use confab_protocol::{MAX_GROUP_BODY_BYTES, MAX_HTTP_BODY_BYTES};
 
 use crate::error::Error;
 use crate::state::App;
@@ -45,7 +45,10 @@ pub fn routes(app: Arc<App>) -> Router {
             "/v1/blocks/{user_id}",
             put(contacts::block).delete(contacts::unblock),
         )
-        .route("/v1/groups", post(groups::create_group))
+        .route(
+            "/v1/groups",
+            post(groups::create_group).layer(DefaultBodyLimit::max(MAX_GROUP_BODY_BYTES)),
+        )
         .route(
             "/v1/groups/{conversation}",
             get(groups::get_group).patch(groups::rename_group),
