@@ -413,3 +413,11 @@ mod tests {
         }
     }
 }
+
+/// The bounds of groups, as the flows and the API use them (the configuration's
+/// `max_group_members` and `max_groups_per_user`).
+#[derive(Clone, Copy, Debug)]
+pub struct GroupBounds {
+    pub max_members: usize,
+    pub max_groups: usize,
+}

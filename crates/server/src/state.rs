@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::chat::Chat;
+use crate::config::GroupBounds;
 use crate::metrics::Metrics;
 use crate::presence::PresenceService;
 use crate::sequencer::IdSource;
@@ -18,13 +19,6 @@ use crate::sync::SyncQueue;
 use crate::throttle::Throttle;
 
 /// The shared handles. There is no global: each is passed where it is used.
-/// The bounds of groups (the configuration's `max_group_members`, `max_groups_per_user`).
-#[derive(Clone, Copy, Debug)]
-pub struct GroupBounds {
-    pub max_members: usize,
-    pub max_groups: usize,
-}
-
 pub struct App {
     /// The message store (design messaging step 4): accounts, devices, contacts, messages.
     pub store: Arc<dyn MessageStore>,

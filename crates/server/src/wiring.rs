@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::chat::{Chat, LocalSockets};
-use crate::config::{Config, PresenceConfig, QueueConfig, StoreConfig};
+use crate::config::{Config, GroupBounds, PresenceConfig, QueueConfig, StoreConfig};
 use crate::error::StartError;
 use crate::gateway::Gateway;
 use crate::gateway::hub::Hub;
@@ -21,7 +21,7 @@ use crate::presence::redis::RedisPresence;
 use crate::sequencer::IdSource;
 use crate::sequencer::lease::NodeLease;
 use crate::sessions::Sessions;
-use crate::state::{App, GroupBounds};
+use crate::state::App;
 use crate::store::MessageStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::{SqliteMetrics, SqliteStore};

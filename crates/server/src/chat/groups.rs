@@ -7,8 +7,8 @@ use std::sync::Arc;
 use confab_protocol::{Id, MAX_TITLE_CHARS, ReceiptKind, ServerFrame, group_conversation_id};
 
 use super::Chat;
+use crate::config::GroupBounds;
 use crate::error::{Error, Result};
-use crate::state::GroupBounds;
 use crate::store::groups::{
     ChangeGroup, GroupAppended, GroupChange, GroupRecord, NewGroup, NewGroupMessage,
 };
