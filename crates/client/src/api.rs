@@ -1,8 +1,8 @@
-//! The HTTP half of the SDK: accounts, sessions, history, contacts and blocks.
+//! The HTTP half of the SDK: accounts, sessions, history, groups, contacts and blocks.
 
 use confab_protocol::{
-    ChangePassword, Contacts, Conversations, CreateSession, CreateUser, ErrorBody, Id, MessagePage,
-    Session, Sessions, User,
+    ChangePassword, Contacts, Conversations, CreateGroup, CreateSession, CreateUser, ErrorBody,
+    Group, Id, MessagePage, Session, Sessions, User,
 };
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
@@ -160,6 +160,23 @@ impl Api {
         if let Some(limit) = limit {
             req = req.query(&[("limit", limit)]);
         }
+        json(req).await
+    }
+
+    /// `POST /v1/groups`: a group of the caller (its owner) and `members`.
+    pub async fn create_group(
+        &self,
+        token: &str,
+        title: &str,
+        members: Vec<Id>,
+    ) -> Result<Group, Error> {
+        let body = CreateGroup {
+            title: title.to_owned(),
+            members,
+        };
+        let req = self
+            .request(Method::POST, &["groups"], Some(token))?
+            .json(&body);
         json(req).await
     }
 
