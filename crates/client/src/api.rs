@@ -180,6 +180,23 @@ impl Api {
         json(req).await
     }
 
+    /// `PUT /v1/groups/{conversation}/members/{user}`: adds a member (owner or admin;
+    /// idempotent).
+    pub async fn add_group_member(
+        &self,
+        token: &str,
+        conversation: &str,
+        user: Id,
+    ) -> Result<(), Error> {
+        let id = user.to_string();
+        let req = self.request(
+            Method::PUT,
+            &["groups", conversation, "members", &id],
+            Some(token),
+        )?;
+        empty(req).await
+    }
+
     /// `GET /v1/contacts`.
     pub async fn contacts(&self, token: &str) -> Result<Contacts, Error> {
         let req = self.request(Method::GET, &["contacts"], Some(token))?;

@@ -511,6 +511,7 @@ async fn api_requests_and_error_mapping() {
             (200, r#"{"messages":[],"more":true}"#.into())
         }
         "PUT /v1/contacts/5"
+        | "PUT /v1/groups/g9/members/6"
         | "DELETE /v1/blocks/5"
         | "DELETE /v1/sessions/current"
         | "DELETE /v1/sessions/8"
