@@ -94,8 +94,9 @@ pub struct ProcSample {
     /// Bytes the process has sent toward storage (`write_bytes` of `/proc/PID/io`), where
     /// that file is readable.
     pub write_bytes: Option<u64>,
-    /// Bytes the process has passed to `write` and its kin (`wchar` of `/proc/PID/io`),
-    /// whether or not they reach storage: the page cache, sockets and pipes included.
+    /// Bytes the process has passed to `write(2)` and its kin (`wchar` of `/proc/PID/io`),
+    /// whether or not they reach storage: files and pipes. Sockets written with `send(2)`,
+    /// as tokio's are, are not counted.
     pub wchar: Option<u64>,
     pub at: Instant,
 }
@@ -179,8 +180,8 @@ pub struct ProcessStats {
     /// counted when dirtied), MiB; `None` where `/proc/PID/io` cannot be read.
     #[serde(default)]
     pub disk_written_mib: Option<f64>,
-    /// What the process passed to `write` calls over the run (`wchar`: sockets and files
-    /// alike, before the page cache), MiB.
+    /// What the process passed to `write(2)` calls over the run (`wchar`: before the page
+    /// cache; not its sockets' `send(2)`s), MiB.
     #[serde(default)]
     pub chars_written_mib: Option<f64>,
 }

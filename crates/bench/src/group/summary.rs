@@ -181,7 +181,7 @@ impl fmt::Display for GroupReport {
                 t.row(
                     "server write()s",
                     format!(
-                        "{} (wchar: sockets and files)",
+                        "{} (wchar: files, before the page cache)",
                         disk_line(chars, self.acked).replace(" toward the disk", "")
                     ),
                 );
