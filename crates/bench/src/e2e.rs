@@ -8,7 +8,7 @@ use confab_server::{Config, Server};
 
 use crate::connect::SourcePlan;
 use crate::idle::{IdleArgs, run_idle};
-use crate::pairs::LoadArgs;
+use crate::pairs::{LoadArgs, PaceArgs};
 use crate::target::{SeededAccount, Target, TargetArgs};
 
 /// A server with `users` seeded accounts and limits high enough not to get in the way.
@@ -38,12 +38,14 @@ async fn server(users: usize) -> (Server, Target, tempfile::TempDir) {
 fn four_users_for_a_second() -> crate::pairs::PairsConfig {
     let load = LoadArgs {
         users: 4,
-        duration: 1.0,
-        body: 64,
-        grace: 3.0,
-        workers: Some(2),
-        ack_interval: 200,
-        connect_concurrency: 4,
+        pace: PaceArgs {
+            duration: 1.0,
+            body: 64,
+            grace: 3.0,
+            workers: Some(2),
+            ack_interval: 200,
+            connect_concurrency: 4,
+        },
     };
     load.config(200.0).unwrap()
 }
@@ -71,12 +73,14 @@ async fn runs_on_reused_accounts_are_not_taken_for_retries() {
     let (server, target, _dir) = server(4).await;
     let load = LoadArgs {
         users: 4,
-        duration: 0.25,
-        body: 48,
-        grace: 3.0,
-        workers: Some(1),
-        ack_interval: 0,
-        connect_concurrency: 4,
+        pace: PaceArgs {
+            duration: 0.25,
+            body: 48,
+            grace: 3.0,
+            workers: Some(1),
+            ack_interval: 0,
+            connect_concurrency: 4,
+        },
     };
     let cfg = load.config(200.0).unwrap();
     for _ in 0..2 {

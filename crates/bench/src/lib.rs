@@ -3,6 +3,8 @@
 //! machine (127.0.0.0/8), and every run is bounded in count and time.
 //!
 //! - `pairs`: users in pairs sending to each other at an offered rate; throughput and latency.
+//! - `group`: groups whose online members send to them at an offered rate; fan-out to devices,
+//!   latency at every reader, the server's CPU and writes per message.
 //! - `sweep`: `pairs` at rising rates until throughput stops growing; an SVG plot.
 //! - `idle`: many authenticated idle sockets; connect rate and server memory per socket.
 //! - `catchup`: one device offline while messages pile up; time from reconnect to `synced`.
@@ -16,6 +18,7 @@ mod catchup;
 mod connect;
 #[cfg(test)]
 mod e2e;
+mod group;
 mod idle;
 mod login_flood;
 mod pairs;
@@ -30,9 +33,10 @@ mod target;
 use std::process::ExitCode;
 
 pub use catchup::{CatchupArgs, CatchupReport};
+pub use group::{GroupArgs, GroupConfig, GroupReport, run_group};
 pub use idle::{IdleArgs, IdleReport, IdleWorkerArgs};
 pub use login_flood::{LoginFloodArgs, LoginFloodReport};
-pub use pairs::{LoadArgs, PairsArgs, PairsConfig, PairsReport, run_pairs};
+pub use pairs::{LoadArgs, PaceArgs, PairsArgs, PairsConfig, PairsReport, run_pairs};
 pub use relay::RelayArgs;
 pub use report::OutputArgs;
 pub use stats::{LatencySummary, ProcessStats};
@@ -52,6 +56,11 @@ pub enum BenchCommand {
     /// Users in pairs send to their partner at a total offered rate; reports delivered
     /// msgs/s, end-to-end latency percentiles, errors and undelivered messages.
     Pairs(PairsArgs),
+    /// G groups of M members, N of them online, whose online members take turns sending to
+    /// their group at a total offered rate; reports sent and delivered (to devices) per
+    /// second, latency at every reader, `sent` latency, and the server's CPU and writes per
+    /// message.
+    Group(GroupArgs),
     /// `pairs` at stepped rates until delivered throughput stops growing; writes an SVG of
     /// latency and delivered rate against offered rate.
     Sweep(SweepArgs),
@@ -76,13 +85,15 @@ pub enum BenchCommand {
 
 /// Runs one `confab bench` command. Exit status: 2 for bad flags; 1 when the run could not be
 /// done or a check failed (`pairs`: an acked message was not delivered within the grace
-/// period; `catchup`: one was missing from the catch-up; `idle`: a socket failed or dropped;
+/// period; `group`: an acked message did not reach every online member within it;
+/// `catchup`: one was missing from the catch-up; `idle`: a socket failed or dropped;
 /// `sweep`: no step ran); 0 otherwise.
 pub async fn run(args: BenchArgs) -> ExitCode {
     // Every socket is a file: take all the process may have before opening thousands.
     target::raise_nofile_limit();
     let outcome = match args.command {
         BenchCommand::Pairs(a) => pairs::main(a).await,
+        BenchCommand::Group(a) => group::main(a).await,
         BenchCommand::Sweep(a) => sweep::main(a).await,
         BenchCommand::Idle(a) => idle::main(a).await,
         BenchCommand::Catchup(a) => catchup::main(a).await,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::UsageError;
-use crate::pairs::{LoadArgs, PairsReport, run_pairs};
+use crate::pairs::{LoadArgs, PaceArgs, PairsReport, run_pairs};
 use crate::report::{self, OutputArgs, Table, fmt_counts, fmt_n};
 use crate::stats::{self, LatencySummary};
 use crate::target::{Target, TargetArgs};
@@ -79,12 +79,14 @@ pub async fn main(args: LoginFloodArgs) -> anyhow::Result<bool> {
     }
     let load = LoadArgs {
         users: 2,
-        duration: args.duration,
-        body: 100,
-        grace: 2.0,
-        workers: Some(1),
-        ack_interval: 1000,
-        connect_concurrency: 2,
+        pace: PaceArgs {
+            duration: args.duration,
+            body: 100,
+            grace: 2.0,
+            workers: Some(1),
+            ack_interval: 1000,
+            connect_concurrency: 2,
+        },
     };
     let cfg = load
         .config(args.rate)

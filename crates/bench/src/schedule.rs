@@ -53,6 +53,11 @@ impl Schedule {
         (k as f64 * 1e9 / self.rate).round() as u64
     }
 
+    /// When `sender`'s send number `seq` is due, in nanoseconds after the start.
+    pub fn offset_of(&self, sender: usize, seq: u32) -> u64 {
+        self.offset_ns(sender as u64 + self.senders as u64 * u64::from(seq))
+    }
+
     /// How many sends user `sender` makes.
     pub fn count_for(&self, sender: usize) -> usize {
         let n = self.senders as u64;
@@ -129,6 +134,7 @@ mod tests {
             assert_eq!(p.offset_ns, i as u64 * 5_000_000, "one send every 5 ms");
             assert_eq!(p.sender, i % 10);
             assert_eq!(p.seq as usize, i / 10);
+            assert_eq!(s.offset_of(p.sender, p.seq), p.offset_ns);
         }
         assert!(all.last().unwrap().offset_ns < 3_000_000_000);
     }

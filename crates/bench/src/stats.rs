@@ -94,6 +94,10 @@ pub struct ProcSample {
     /// Bytes the process has sent toward storage (`write_bytes` of `/proc/PID/io`), where
     /// that file is readable.
     pub write_bytes: Option<u64>,
+    /// Bytes the process has passed to `write(2)` and its kin (`wchar` of `/proc/PID/io`),
+    /// whether or not they reach storage: files and pipes. Sockets written with `send(2)`,
+    /// as tokio's are, are not counted.
+    pub wchar: Option<u64>,
     pub at: Instant,
 }
 
@@ -107,13 +111,14 @@ impl ProcSample {
         };
         let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
         let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+        let io = std::fs::read_to_string(format!("{dir}/io")).ok();
+        let io_field = |key| io.as_deref().and_then(|io| parse_io_field(io, key));
         Some(ProcSample {
             cpu_ticks: parse_stat_cpu_ticks(&stat)?,
             rss_kib: parse_status_kib(&status, "VmRSS").unwrap_or(0),
             hwm_kib: parse_status_kib(&status, "VmHWM").unwrap_or(0),
-            write_bytes: std::fs::read_to_string(format!("{dir}/io"))
-                .ok()
-                .and_then(|io| parse_io_field(&io, "write_bytes")),
+            write_bytes: io_field("write_bytes"),
+            wchar: io_field("wchar"),
             at: Instant::now(),
         })
     }
@@ -175,6 +180,10 @@ pub struct ProcessStats {
     /// counted when dirtied), MiB; `None` where `/proc/PID/io` cannot be read.
     #[serde(default)]
     pub disk_written_mib: Option<f64>,
+    /// What the process passed to `write(2)` calls over the run (`wchar`: before the page
+    /// cache; not its sockets' `send(2)`s), MiB.
+    #[serde(default)]
+    pub chars_written_mib: Option<f64>,
 }
 
 impl ProcessStats {
@@ -186,12 +195,15 @@ impl ProcessStats {
             cpu_secs: after.cpu_secs_since(before),
             rss_mib: after.rss_kib as f64 / 1024.0,
             peak_rss_mib: after.hwm_kib as f64 / 1024.0,
-            disk_written_mib: match (before.write_bytes, after.write_bytes) {
-                (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / (1024.0 * 1024.0)),
-                _ => None,
-            },
+            disk_written_mib: mib_between(before.write_bytes, after.write_bytes),
+            chars_written_mib: mib_between(before.wchar, after.wchar),
         }
     }
+}
+
+/// The growth of a byte counter read twice, in MiB.
+fn mib_between(before: Option<u64>, after: Option<u64>) -> Option<f64> {
+    Some(after?.saturating_sub(before?) as f64 / (1024.0 * 1024.0))
 }
 
 #[cfg(test)]
@@ -278,6 +290,7 @@ mod tests {
             rss_kib: 0,
             hwm_kib: 0,
             write_bytes: Some(1 << 20),
+            wchar: Some(0),
             at: t0,
         };
         let after = ProcSample {
@@ -285,6 +298,7 @@ mod tests {
             rss_kib: 2048,
             hwm_kib: 4096,
             write_bytes: Some(5 << 19),
+            wchar: Some(3 << 20),
             at: t0 + std::time::Duration::from_secs(2),
         };
         let s = ProcessStats::between(7, &before, &after);
@@ -293,6 +307,7 @@ mod tests {
         assert_eq!(s.rss_mib, 2.0);
         assert_eq!(s.peak_rss_mib, 4.0);
         assert_eq!(s.disk_written_mib, Some(1.5));
+        assert_eq!(s.chars_written_mib, Some(3.0));
         // Without /proc/PID/io at either end there is no figure.
         let unread = ProcSample {
             write_bytes: None,

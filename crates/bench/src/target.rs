@@ -42,7 +42,12 @@ pub struct TargetArgs {
     /// `pairs` and `sweep` take it more than once, for the nodes of one cluster: user i then
     /// connects to the (i mod count)-th URL, so that partners sit on different nodes and every
     /// message crosses the sync queue.
-    #[arg(long, env = "CONFAB_BENCH_SERVER", value_delimiter = ',')]
+    #[arg(
+        long,
+        alias = "url",
+        env = "CONFAB_BENCH_SERVER",
+        value_delimiter = ','
+    )]
     pub server: Vec<String>,
     /// That server's accounts: the JSON file `confab admin seed --out FILE` wrote.
     #[arg(long, env = "CONFAB_BENCH_ACCOUNTS")]

@@ -503,10 +503,15 @@ async fn api_requests_and_error_mapping() {
             200,
             r#"{"sessions":[{"device_id":"7","device_name":null,"created_at":1,"last_active":2,"current":true}]}"#.into(),
         ),
+        "POST /v1/groups" => (
+            201,
+            r#"{"conversation":"g9","title":"t","members":[{"user_id":"42","username":"ann","role":"owner"},{"user_id":"5","username":"cy","role":"member"}],"created_at":3}"#.into(),
+        ),
         "GET /v1/conversations/a%2Fb/messages?before=9&limit=2" => {
             (200, r#"{"messages":[],"more":true}"#.into())
         }
         "PUT /v1/contacts/5"
+        | "PUT /v1/groups/g9/members/6"
         | "DELETE /v1/blocks/5"
         | "DELETE /v1/sessions/current"
         | "DELETE /v1/sessions/8"
@@ -548,6 +553,11 @@ async fn api_requests_and_error_mapping() {
     let page = api.messages("t1", "a/b", Some(9), Some(2)).await.unwrap();
     assert!(page.more && page.messages.is_empty());
     api.add_contact("t1", Id(5)).await.unwrap();
+    let group = api.create_group("t1", "t", &[Id(5)]).await.unwrap();
+    assert_eq!(
+        (group.conversation.as_str(), group.members.len()),
+        ("g9", 2)
+    );
     api.unblock("t1", Id(5)).await.unwrap();
     api.logout("t1").await.unwrap();
     let e = api.contacts("t1").await.unwrap_err();
@@ -576,6 +586,10 @@ async fn api_requests_and_error_mapping() {
         serde_json::json!({"old_password": "password1", "new_password": "password2"})
     );
     assert_eq!(change.authorization.as_deref(), Some("Bearer t1"));
+    let create = seen.iter().find(|r| r.line == "POST /v1/groups").unwrap();
+    let body: serde_json::Value = serde_json::from_str(&create.body).unwrap();
+    assert_eq!(body, serde_json::json!({"title": "t", "members": ["5"]}));
+    assert_eq!(create.authorization.as_deref(), Some("Bearer t1"));
 }
 
 #[tokio::test]

@@ -568,6 +568,45 @@ fn bench_refuses_relay_without_spawn_or_with_serve_args() {
     }
 }
 
+/// `bench group --spawn`: every message reaches every online member's socket (its sender's
+/// own included), and the offline member's share is neither expected nor read.
+#[test]
+fn bench_group_delivers_to_every_online_member() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confab"))
+        .args([
+            "bench",
+            "group",
+            "--spawn",
+            "--groups",
+            "3",
+            "--members",
+            "4",
+        ])
+        .args(["--online", "3", "-r", "30", "-d", "2", "--grace", "5"])
+        .args(["--json", "-q"])
+        .output()
+        .expect("confab runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["sent"], 60, "{report}");
+    assert_eq!(report["acked"], 60, "{report}");
+    assert_eq!(report["expected"], 60 * 3, "{report}");
+    assert_eq!(report["delivered"], 60 * 3, "{report}");
+    assert_eq!(report["undelivered"], 0, "{report}");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert_eq!(report["latency_ms"]["count"], 60 * 3, "{report}");
+    assert_eq!(report["ack_latency_ms"]["count"], 60, "{report}");
+    assert_eq!(
+        report["replayed"], 9,
+        "each online member caught up on its group's `created` event: {report}"
+    );
+    assert!(
+        report["server_process"].is_object(),
+        "the spawned server is measured: {report}"
+    );
+}
+
 /// `bench login-flood --spawn`: the pair's messages all arrive in both phases, and the flood's
 /// answers are counted by status; with a low limit (a `serve` flag) the guesses soon get 429.
 #[test]

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::LoadArgs;
+use super::{LoadArgs, PaceArgs};
 use crate::body;
 
 /// Most messages one run may schedule (the bookkeeping costs two bytes each).
@@ -33,14 +33,21 @@ pub struct PairsConfig {
     pub connect_concurrency: usize,
 }
 
-impl LoadArgs {
-    /// Checks the flags and bounds the run in count and time.
-    pub fn config(&self, rate: f64) -> Result<PairsConfig, String> {
-        if self.users < 2 || !self.users.is_multiple_of(2) || self.users > MAX_USERS {
-            return Err(format!(
-                "--users must be an even number from 2 to {MAX_USERS}"
-            ));
-        }
+/// The checked flags of [`PaceArgs`]: what every open-loop run (`pairs`, `group`) needs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Pace {
+    pub(crate) duration_s: f64,
+    pub(crate) body_bytes: usize,
+    pub(crate) grace_s: f64,
+    /// Before the scenario caps it at its units of work (pairs, groups).
+    pub(crate) workers: usize,
+    pub(crate) ack_interval_ms: u64,
+    pub(crate) connect_concurrency: usize,
+}
+
+impl PaceArgs {
+    /// Checks the flags and bounds a run at `rate` msgs/s in count and time.
+    pub(crate) fn check(&self, rate: f64) -> Result<Pace, String> {
         if !(rate.is_finite() && rate > 0.0) {
             return Err("--rate must be a positive number of messages per second".into());
         }
@@ -74,13 +81,11 @@ impl LoadArgs {
         if workers == 0 {
             return Err("--workers must be at least 1".into());
         }
-        Ok(PairsConfig {
-            users: self.users,
-            rate,
+        Ok(Pace {
             duration_s: self.duration,
             body_bytes: self.body,
             grace_s: self.grace,
-            workers: workers.min(self.users / 2),
+            workers,
             ack_interval_ms: self.ack_interval,
             // All from one address: see `HANDSHAKES_PER_ADDRESS`.
             connect_concurrency: self
@@ -90,7 +95,41 @@ impl LoadArgs {
     }
 }
 
+impl LoadArgs {
+    /// Checks the flags and bounds the run in count and time.
+    pub fn config(&self, rate: f64) -> Result<PairsConfig, String> {
+        if self.users < 2 || !self.users.is_multiple_of(2) || self.users > MAX_USERS {
+            return Err(format!(
+                "--users must be an even number from 2 to {MAX_USERS}"
+            ));
+        }
+        let pace = self.pace.check(rate)?;
+        Ok(PairsConfig {
+            users: self.users,
+            rate,
+            duration_s: pace.duration_s,
+            body_bytes: pace.body_bytes,
+            grace_s: pace.grace_s,
+            workers: pace.workers.min(self.users / 2),
+            ack_interval_ms: pace.ack_interval_ms,
+            connect_concurrency: pace.connect_concurrency,
+        })
+    }
+}
+
 impl PairsConfig {
+    /// The pace of this run, as its engine takes it.
+    pub(crate) fn pace(&self) -> Pace {
+        Pace {
+            duration_s: self.duration_s,
+            body_bytes: self.body_bytes,
+            grace_s: self.grace_s,
+            workers: self.workers,
+            ack_interval_ms: self.ack_interval_ms,
+            connect_concurrency: self.connect_concurrency,
+        }
+    }
+
     /// Sends each user makes per second.
     pub fn per_user_rate(&self) -> f64 {
         self.rate / self.users as f64
@@ -98,62 +137,85 @@ impl PairsConfig {
 
     /// Notes for the user about server limits this load would run into.
     pub fn limit_notes(&self, spawned_send_rate: Option<f64>) -> Vec<String> {
-        let mut notes = Vec::new();
-        let per_user = self.per_user_rate();
-        match spawned_send_rate {
-            None if per_user > SERVER_DEFAULT_SEND_RATE => notes.push(format!(
-                "each user sends {per_user:.1} msgs/s; a server at its default limit (20 msgs/s per \
-                 device, burst 100) answers the excess with rate_limited: start it with \
-                 `confab serve --send-rate {} --send-burst {}` or more",
-                (per_user * 2.0).ceil(),
-                ((per_user * 2.0).ceil() as u64).max(100)
-            )),
-            Some(limit) if per_user > limit => notes.push(format!(
-                "each user sends {per_user:.1} msgs/s, above the spawned server's --server-send-rate {limit}"
-            )),
-            _ => {}
-        }
-        let acks = if self.ack_interval_ms > 0 {
-            1000.0 / self.ack_interval_ms as f64
-        } else {
-            0.0
-        };
-        // A spawned server gets its frame limit raised with its send limit.
-        if spawned_send_rate.is_none() && per_user + acks > SERVER_FRAME_RATE {
-            let frames = (per_user + acks) * 2.0;
-            notes.push(format!(
-                "each socket would send {:.0} frames/s; a server at its default limit (200 \
-                 frames/s per socket, burst 400) answers the excess with rate_limited: start it \
-                 with `confab serve --frame-rate {} --frame-burst {}` or more",
-                per_user + acks,
-                frames.ceil(),
-                (frames.ceil() as u64).max(400)
-            ));
-        }
-        let total = (self.rate * self.duration_s).round() as u64;
-        if total < self.users as u64 {
-            notes.push(format!(
-                "only {total} messages are scheduled for {} users: some users never send",
-                self.users
-            ));
-        }
-        notes
+        limit_notes(
+            self.users,
+            self.rate,
+            self.duration_s,
+            self.ack_interval_ms,
+            spawned_send_rate,
+        )
     }
+}
+
+/// Notes for the user about server limits that `senders` users sending `rate` msgs/s in all
+/// for `duration_s`, and acking every `ack_interval_ms`, would run into.
+pub(crate) fn limit_notes(
+    senders: usize,
+    rate: f64,
+    duration_s: f64,
+    ack_interval_ms: u64,
+    spawned_send_rate: Option<f64>,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let per_user = rate / senders as f64;
+    match spawned_send_rate {
+        None if per_user > SERVER_DEFAULT_SEND_RATE => notes.push(format!(
+            "each user sends {per_user:.1} msgs/s; a server at its default limit (20 msgs/s per \
+             device, burst 100) answers the excess with rate_limited: start it with \
+             `confab serve --send-rate {} --send-burst {}` or more",
+            (per_user * 2.0).ceil(),
+            ((per_user * 2.0).ceil() as u64).max(100)
+        )),
+        Some(limit) if per_user > limit => notes.push(format!(
+            "each user sends {per_user:.1} msgs/s, above the spawned server's --server-send-rate {limit}"
+        )),
+        _ => {}
+    }
+    let acks = if ack_interval_ms > 0 {
+        1000.0 / ack_interval_ms as f64
+    } else {
+        0.0
+    };
+    // A spawned server gets its frame limit raised with its send limit.
+    if spawned_send_rate.is_none() && per_user + acks > SERVER_FRAME_RATE {
+        let frames = (per_user + acks) * 2.0;
+        notes.push(format!(
+            "each socket would send {:.0} frames/s; a server at its default limit (200 \
+             frames/s per socket, burst 400) answers the excess with rate_limited: start it \
+             with `confab serve --frame-rate {} --frame-burst {}` or more",
+            per_user + acks,
+            frames.ceil(),
+            (frames.ceil() as u64).max(400)
+        ));
+    }
+    let total = (rate * duration_s).round() as u64;
+    if total < senders as u64 {
+        notes.push(format!(
+            "only {total} messages are scheduled for {senders} users: some users never send"
+        ));
+    }
+    notes
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
 
-    pub(in crate::pairs) fn load(users: usize) -> LoadArgs {
-        LoadArgs {
-            users,
+    pub(crate) fn pace() -> PaceArgs {
+        PaceArgs {
             duration: 2.0,
             body: 100,
             grace: 1.0,
             workers: Some(4),
             ack_interval: 1000,
             connect_concurrency: 8,
+        }
+    }
+
+    pub(in crate::pairs) fn load(users: usize) -> LoadArgs {
+        LoadArgs {
+            users,
+            pace: pace(),
         }
     }
 
@@ -173,12 +235,12 @@ pub(super) mod tests {
         assert!(load(10).config(f64::NAN).is_err());
         assert!(load(10).config(1e9).is_err(), "too many messages");
         let mut l = load(10);
-        l.body = 47;
+        l.pace.body = 47;
         assert!(l.config(10.0).is_err());
-        l.body = 4097;
+        l.pace.body = 4097;
         assert!(l.config(10.0).is_err());
         l = load(10);
-        l.duration = 4000.0;
+        l.pace.duration = 4000.0;
         assert!(l.config(10.0).is_err());
     }
 

@@ -7,41 +7,64 @@ use std::time::Duration;
 use confab_client::{ConnectionReceiver, ConnectionSender, Id};
 use tokio::time::Instant;
 
+use super::Pace;
 use crate::schedule::Schedule;
 
 /// Counters the progress bar shows while a run goes.
 #[derive(Default)]
-pub(super) struct Live {
-    pub(super) sent: AtomicU64,
-    pub(super) delivered: AtomicU64,
-    pub(super) errors: AtomicU64,
+pub(crate) struct Live {
+    pub(crate) sent: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 /// What every worker of a run shares.
-pub(super) struct RunCtx {
-    pub(super) schedule: Schedule,
-    pub(super) run: u32,
-    pub(super) body_len: usize,
+pub(crate) struct RunCtx {
+    pub(crate) schedule: Schedule,
+    pub(crate) run: u32,
+    pub(crate) body_len: usize,
     /// The instant all offsets count from.
-    pub(super) start: Instant,
+    pub(crate) start: Instant,
     /// The schedule's end, ns after start.
-    pub(super) window_end_ns: u64,
-    pub(super) grace: Duration,
+    pub(crate) window_end_ns: u64,
+    pub(crate) grace: Duration,
     /// Sends still due after this are abandoned: the bench is hopelessly behind.
-    pub(super) stop_sending: Instant,
+    pub(crate) stop_sending: Instant,
     /// Nothing waits past this.
-    pub(super) hard_deadline: Instant,
-    pub(super) ack_interval: Option<Duration>,
+    pub(crate) hard_deadline: Instant,
+    pub(crate) ack_interval: Option<Duration>,
     /// Every worker waits here once its own sends have settled, before its final acks and
     /// closes: the workers' users send in turn, so one worker is through up to half a round
     /// before the other, and its thousands of acks and closes would land on the server while
     /// the other's last messages are still measured.
-    pub(super) settled: tokio::sync::Barrier,
-    pub(super) live: Live,
+    pub(crate) settled: tokio::sync::Barrier,
+    pub(crate) live: Live,
 }
 
 impl RunCtx {
-    pub(super) fn now_ns(&self) -> u64 {
+    /// A run of `schedule` whose `workers` start sending in 100 ms, paced as `pace` says.
+    pub(crate) fn new(schedule: Schedule, pace: &Pace, workers: usize) -> RunCtx {
+        let duration = Duration::from_secs_f64(pace.duration_s);
+        let grace = Duration::from_secs_f64(pace.grace_s);
+        // Let every worker get going before the first send is due.
+        let start = Instant::now() + Duration::from_millis(100);
+        RunCtx {
+            run: rand::random(),
+            body_len: pace.body_bytes,
+            start,
+            window_end_ns: duration.as_nanos() as u64,
+            grace,
+            stop_sending: start + duration + grace,
+            hard_deadline: start + duration + grace * 2 + Duration::from_secs(10),
+            ack_interval: (pace.ack_interval_ms > 0)
+                .then(|| Duration::from_millis(pace.ack_interval_ms)),
+            settled: tokio::sync::Barrier::new(workers),
+            live: Live::default(),
+            schedule,
+        }
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
         Instant::now()
             .saturating_duration_since(self.start)
             .as_nanos() as u64
@@ -49,8 +72,8 @@ impl RunCtx {
 }
 
 /// One socket's halves as a worker gets them.
-pub(super) struct Socket {
-    pub(super) sender: ConnectionSender,
-    pub(super) receiver: ConnectionReceiver,
-    pub(super) user: Id,
+pub(crate) struct Socket {
+    pub(crate) sender: ConnectionSender,
+    pub(crate) receiver: ConnectionReceiver,
+    pub(crate) user: Id,
 }

@@ -13,9 +13,13 @@
 //! so that all bookkeeping of a pair stays in one place: a sender task walks the worker's part
 //! of the schedule and writes, a reader task multiplexes the worker's sockets, records acks,
 //! deliveries and errors, and asks the sender to ack the cursor now and then.
+//!
+//! `group` runs on the same engine: its own [`Ledger`] of what was acked and received, and
+//! its own [`Route`] from a planned send to a socket and a conversation.
 
 mod config;
 mod ctx;
+mod ledger;
 mod read;
 mod result;
 mod run;
@@ -23,9 +27,15 @@ mod send;
 mod summary;
 
 pub use config::PairsConfig;
+pub(crate) use config::{MAX_USERS, Pace, limit_notes};
+pub(crate) use ctx::{RunCtx, Socket};
+pub(crate) use read::{ACKED, Ledger, SendState};
+pub(crate) use result::WorkerResult;
 pub use run::run_pairs;
+pub(crate) use run::{ProcWindow, connect_all, drive, run_worker};
+pub(crate) use send::Route;
 pub use summary::PairsReport;
-pub(crate) use summary::process_line;
+pub(crate) use summary::{disk_line, process_line};
 
 use crate::report;
 use crate::target::Target;
@@ -36,6 +46,13 @@ pub struct LoadArgs {
     /// Users (one connection each), paired 0↔1, 2↔3, …: an even number.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub users: usize,
+    #[command(flatten)]
+    pub pace: PaceArgs,
+}
+
+/// How an open-loop run is paced and read: shared by `pairs`, `sweep` and `group`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PaceArgs {
     /// Seconds of sending (per step, for sweep).
     #[arg(long, short = 'd', default_value_t = 10.0)]
     pub duration: f64,

@@ -1,10 +1,10 @@
 //! A worker's reader task: multiplexes the worker's sockets, records acks, deliveries and
-//! errors, and asks the sender to ack the cursor now and then.
+//! errors in the scenario's [`Ledger`], and asks the sender to ack the cursor now and then.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use confab_client::{ConnectionReceiver, Id, ServerFrame};
+use confab_client::{ConnectionReceiver, Message, ServerFrame};
 use futures_util::stream::{self, SelectAll, Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -14,11 +14,6 @@ use super::send::SendDone;
 use crate::body;
 use crate::connect::{count, sdk_reason};
 use crate::stats;
-
-/// Per-message bookkeeping flags.
-const ACKED: u8 = 1;
-const ERRORED: u8 = 2;
-const RECEIVED: u8 = 4;
 
 /// One event from one of a worker's sockets.
 pub(super) enum Incoming {
@@ -50,12 +45,34 @@ pub(super) fn frames(
     })
 }
 
+/// A send's state in a [`Ledger`]: answered with `sent`, or with an error naming it.
+pub(crate) type SendState = u8;
+pub(crate) const ACKED: SendState = 1;
+pub(crate) const ERRORED: SendState = 2;
+
+/// What a scenario keeps of its messages, so that the read loop, the same for every
+/// scenario, knows when a worker has nothing outstanding.
+pub(crate) trait Ledger {
+    /// The state of socket `i`'s own send `seq` of this run, if it is one.
+    fn send_state(&mut self, i: usize, seq: u32) -> Option<&mut SendState>;
+    /// The schedule's sender (see [`crate::schedule::Schedule`]) whose sends socket `i` writes.
+    fn schedule_sender(&self, i: usize) -> usize;
+    /// Socket `i`'s send `seq` was just acked for the first time.
+    fn first_ack(&mut self, i: usize, seq: u32);
+    /// A `message` frame on socket `i`: a delivery to count (with
+    /// [`WorkerResult::delivery`]), an echo, or something foreign.
+    fn message(&mut self, i: usize, message: &Message, ctx: &RunCtx, r: &mut WorkerResult);
+    /// Every acked send has reached everyone it should.
+    fn drained(&self, r: &WorkerResult) -> bool;
+    /// Counts what never arrived into `r.undelivered`.
+    fn finish(self, r: &mut WorkerResult);
+}
+
 /// Reads every socket of the worker until each written message is settled (acked or
-/// refused) and each acked one was delivered, or the grace period is over.
-pub(super) async fn read_loop<S>(
+/// refused) and `ledger` has every acked one delivered, or the grace period is over.
+pub(super) async fn read_loop<S, L: Ledger>(
     mut readers: SelectAll<S>,
-    users: Vec<Id>,
-    first_user: usize,
+    mut ledger: L,
     ctx: &RunCtx,
     acks: mpsc::UnboundedSender<(usize, String)>,
     mut done_rx: oneshot::Receiver<SendDone>,
@@ -63,26 +80,11 @@ pub(super) async fn read_loop<S>(
 where
     S: Stream<Item = (usize, Incoming)> + Unpin,
 {
-    let n = users.len();
-    let sched = &ctx.schedule;
-    // sent[i][seq]: ACKED / ERRORED for socket i's own sends; recv[i][seq]: RECEIVED for
-    // the sends of i's partner (socket i ^ 1).
-    let mut sent: Vec<Vec<u8>> = (0..n)
-        .map(|i| vec![0; sched.count_for(first_user + i)])
-        .collect();
-    let mut recv: Vec<Vec<u8>> = (0..n)
-        .map(|i| vec![0; sched.count_for(first_user + (i ^ 1))])
-        .collect();
+    let n = readers.len();
     let mut cursor: Vec<Option<String>> = vec![None; n];
     let mut acked_cursor: Vec<Option<String>> = vec![None; n];
     let mut r = WorkerResult::default();
     let mut settled = 0u64;
-    // Acked but not yet received by the partner.
-    let mut pending = 0u64;
-    // The server echoes each message to its sender's devices too. The run waits for those
-    // echoes as well, so that the cursor acked at the end covers them and the next run on
-    // these accounts does not get them replayed.
-    let mut echoes = 0u64;
     let mut done: Option<SendDone> = None;
     // Each connection acks once per interval at its own phase, as independent clients would.
     // Acking all of them on one tick sent the server bursts of hundreds of cursor writes that
@@ -95,10 +97,13 @@ where
     let mut ack_phase = 0usize;
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window_end = ctx.start + Duration::from_nanos(ctx.window_end_ns);
+    // A `client_id` or error `ref` of this run: the send's number.
+    let ours =
+        |id: &str| body::parse_client_id(id).and_then(|(run, seq)| (run == ctx.run).then_some(seq));
 
     loop {
         if let Some(d) = &done
-            && ((settled == d.written && pending == 0 && echoes >= r.acked) || readers.is_empty())
+            && ((settled == d.written && ledger.drained(&r)) || readers.is_empty())
         {
             break;
         }
@@ -114,9 +119,8 @@ where
             },
             Some((i, incoming)) = readers.next(), if !readers.is_empty() => match incoming {
                 Incoming::Frame(ServerFrame::Sent { client_id, .. }) => {
-                    if let Some((run, seq)) = body::parse_client_id(&client_id)
-                        && run == ctx.run
-                        && let Some(st) = sent[i].get_mut(seq as usize)
+                    if let Some(seq) = ours(&client_id)
+                        && let Some(st) = ledger.send_state(i, seq)
                     {
                         if *st & (ACKED | ERRORED) == 0 {
                             settled += 1;
@@ -124,55 +128,21 @@ where
                         if *st & ACKED == 0 {
                             *st |= ACKED;
                             r.acked += 1;
-                            if recv[i ^ 1][seq as usize] & RECEIVED == 0 {
-                                pending += 1;
-                            }
+                            let due = ctx.schedule.offset_of(ledger.schedule_sender(i), seq);
+                            stats::record_ns(&mut r.ack_latency, ctx.now_ns().saturating_sub(due));
+                            ledger.first_ack(i, seq);
                         }
                     }
                 }
                 Incoming::Frame(ServerFrame::Message { message, cursor: c }) => {
                     cursor[i] = Some(c);
-                    if message.from == users[i] {
-                        if body::decode(&message.body).is_some_and(|s| s.run == ctx.run) {
-                            echoes += 1;
-                        }
-                        continue;
-                    }
-                    let stamp = body::decode(&message.body)
-                        .filter(|s| s.run == ctx.run && message.from == users[i ^ 1]);
-                    let Some(stamp) = stamp else {
-                        r.foreign += 1;
-                        continue;
-                    };
-                    let seq = stamp.seq as usize;
-                    let Some(flag) = recv[i].get_mut(seq) else {
-                        r.foreign += 1;
-                        continue;
-                    };
-                    if *flag & RECEIVED != 0 {
-                        r.duplicates += 1;
-                        continue;
-                    }
-                    *flag |= RECEIVED;
-                    if sent[i ^ 1][seq] & ACKED != 0 {
-                        pending -= 1;
-                    }
-                    let now_ns = ctx.now_ns();
-                    r.delivered += 1;
-                    r.last_delivery_ns = r.last_delivery_ns.max(now_ns);
-                    if now_ns <= ctx.window_end_ns {
-                        r.delivered_in_window += 1;
-                    }
-                    ctx.live.delivered.fetch_add(1, Ordering::Relaxed);
-                    stats::record_ns(&mut r.latency, now_ns.saturating_sub(stamp.intended_ns));
-                    stats::record_ns(&mut r.write_latency, now_ns.saturating_sub(stamp.written_ns));
+                    ledger.message(i, &message, ctx, &mut r);
                 }
                 Incoming::Frame(ServerFrame::Error { code, reference, .. }) => {
                     count(&mut r.errors, code.as_str());
                     ctx.live.errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some((run, seq)) = reference.as_deref().and_then(body::parse_client_id)
-                        && run == ctx.run
-                        && let Some(st) = sent[i].get_mut(seq as usize)
+                    if let Some(seq) = reference.as_deref().and_then(ours)
+                        && let Some(st) = ledger.send_state(i, seq)
                         && *st & (ACKED | ERRORED) == 0
                     {
                         *st |= ERRORED;
@@ -198,14 +168,7 @@ where
     // Ack what was read, so a later run on these accounts does not replay it.
     request_acks(&cursor, &mut acked_cursor, &acks, None);
     drop(acks);
-
-    for i in 0..n {
-        for (seq, st) in sent[i].iter().enumerate() {
-            if st & ACKED != 0 && recv[i ^ 1][seq] & RECEIVED == 0 {
-                r.undelivered += 1;
-            }
-        }
-    }
+    ledger.finish(&mut r);
     r
 }
 

@@ -1,30 +1,35 @@
 //! What one worker measured, and its merge over workers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use hdrhistogram::Histogram;
 
+use super::RunCtx;
+use crate::body::Stamp;
 use crate::stats;
 
 /// What one worker measured; merged over workers.
-pub(super) struct WorkerResult {
-    pub(super) written: u64,
-    pub(super) unsent: u64,
-    pub(super) acked: u64,
-    pub(super) refused: u64,
-    pub(super) delivered: u64,
-    pub(super) delivered_in_window: u64,
+pub(crate) struct WorkerResult {
+    pub(crate) written: u64,
+    pub(crate) unsent: u64,
+    pub(crate) acked: u64,
+    pub(crate) refused: u64,
+    pub(crate) delivered: u64,
+    pub(crate) delivered_in_window: u64,
     /// When the last message arrived, ns after the start.
-    pub(super) last_delivery_ns: u64,
-    pub(super) undelivered: u64,
-    pub(super) unacked: u64,
-    pub(super) duplicates: u64,
-    pub(super) foreign: u64,
-    pub(super) errors: BTreeMap<String, u64>,
-    pub(super) disconnects: BTreeMap<String, u64>,
-    pub(super) latency: Histogram<u64>,
-    pub(super) write_latency: Histogram<u64>,
-    pub(super) send_lag: Histogram<u64>,
+    pub(crate) last_delivery_ns: u64,
+    pub(crate) undelivered: u64,
+    pub(crate) unacked: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) foreign: u64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) disconnects: BTreeMap<String, u64>,
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) write_latency: Histogram<u64>,
+    pub(crate) send_lag: Histogram<u64>,
+    /// `sent` − intended send time, at the sender.
+    pub(crate) ack_latency: Histogram<u64>,
 }
 
 impl Default for WorkerResult {
@@ -46,12 +51,13 @@ impl Default for WorkerResult {
             latency: stats::histogram(),
             write_latency: stats::histogram(),
             send_lag: stats::histogram(),
+            ack_latency: stats::histogram(),
         }
     }
 }
 
 impl WorkerResult {
-    pub(super) fn merge(&mut self, o: WorkerResult) {
+    pub(crate) fn merge(&mut self, o: WorkerResult) {
         self.written += o.written;
         self.unsent += o.unsent;
         self.acked += o.acked;
@@ -73,5 +79,22 @@ impl WorkerResult {
         let _ = self.latency.add(&o.latency);
         let _ = self.write_latency.add(&o.write_latency);
         let _ = self.send_lag.add(&o.send_lag);
+        let _ = self.ack_latency.add(&o.ack_latency);
+    }
+
+    /// Counts a message of this run, `stamp`, read just now.
+    pub(crate) fn delivery(&mut self, ctx: &RunCtx, stamp: &Stamp) {
+        let now_ns = ctx.now_ns();
+        self.delivered += 1;
+        self.last_delivery_ns = self.last_delivery_ns.max(now_ns);
+        if now_ns <= ctx.window_end_ns {
+            self.delivered_in_window += 1;
+        }
+        ctx.live.delivered.fetch_add(1, Ordering::Relaxed);
+        stats::record_ns(&mut self.latency, now_ns.saturating_sub(stamp.intended_ns));
+        stats::record_ns(
+            &mut self.write_latency,
+            now_ns.saturating_sub(stamp.written_ns),
+        );
     }
 }

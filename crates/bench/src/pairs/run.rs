@@ -1,27 +1,31 @@
 //! Runs `pairs`: connects every socket, spreads the pairs over workers, and merges what the
-//! workers measured into the report.
+//! workers measured into the report. The pieces `group` runs on too are here: connecting,
+//! the worker, waiting for the workers, the process readings around a run.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::bail;
+use confab_client::Id;
 use futures_util::stream::{self, SelectAll, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::PairsConfig;
-use super::ctx::{Live, RunCtx, Socket};
-use super::read::{frames, read_loop};
+use super::ctx::{RunCtx, Socket};
+use super::ledger::PairsLedger;
+use super::read::{Ledger, frames, read_loop};
 use super::result::WorkerResult;
-use super::send::send_loop;
+use super::send::{Route, send_loop};
 use super::summary::{LATENCY_FROM, PairsReport};
 use crate::connect::{connect_synced, count};
 use crate::report::{self, fmt_counts};
-use crate::schedule::Schedule;
+use crate::schedule::{Planned, Schedule};
 use crate::stats::{LatencySummary, ProcSample, ProcessStats};
-use crate::target::Target;
+use crate::target::{SeededAccount, Target};
 
 /// Runs `pairs` against `target` (its first `cfg.users` accounts).
 pub async fn run_pairs(
@@ -32,15 +36,109 @@ pub async fn run_pairs(
     if target.accounts.len() < cfg.users {
         bail!("{} accounts for {} users", target.accounts.len(), cfg.users);
     }
-    let accounts = &target.accounts[..cfg.users];
-
     // Connect everything first, so that connecting is not part of the measured run.
+    let connected = connect_all(
+        target,
+        &target.accounts[..cfg.users],
+        cfg.connect_concurrency,
+        cfg.body_bytes,
+        bars,
+    )
+    .await?;
+
+    let pace = cfg.pace();
+    let schedule = Schedule::new(cfg.rate, Duration::from_secs_f64(cfg.duration_s), cfg.users);
+    let window = ProcWindow::open(target);
+    let pairs = cfg.users / 2;
+    let workers = cfg.workers.clamp(1, pairs);
+    let ctx = Arc::new(RunCtx::new(schedule, &pace, workers));
+
+    let mut handles = Vec::with_capacity(workers);
+    let mut rest = connected.sockets.into_iter();
+    for w in 0..workers {
+        let (a, b) = (w * pairs / workers, (w + 1) * pairs / workers);
+        let mine: Vec<Socket> = rest.by_ref().take(2 * (b - a)).collect();
+        let first = 2 * a;
+        let users: Vec<Id> = mine.iter().map(|s| s.user).collect();
+        let ledger = PairsLedger::new(users.clone(), first, &ctx.schedule);
+        let route = move |p: &Planned| {
+            let socket = p.sender - first;
+            Route {
+                socket,
+                to: Some(users[socket ^ 1]),
+                conversation: None,
+            }
+        };
+        let range = first..first + mine.len();
+        handles.push(tokio::spawn(run_worker(
+            mine,
+            range,
+            route,
+            ledger,
+            ctx.clone(),
+        )));
+    }
+    let total = drive(&ctx, handles, bars).await?;
+    let (server_process, bench_process) = window.close(target);
+
+    let secs = cfg.duration_s;
+    Ok(PairsReport {
+        config: cfg.clone(),
+        server: target.describe(),
+        spawned: target.server.is_some(),
+        run_id: ctx.run,
+        connect_s: connected.connect_s,
+        replayed: connected.replayed,
+        scheduled: ctx.schedule.total(),
+        sent: total.written,
+        unsent: total.unsent,
+        acked: total.acked,
+        refused: total.refused,
+        delivered: total.delivered,
+        delivered_in_window: total.delivered_in_window,
+        sent_per_sec: total.written as f64 / secs,
+        delivered_per_sec: total.delivered as f64 / (total.last_delivery_ns as f64 / 1e9).max(secs),
+        last_delivery_s: total.last_delivery_ns as f64 / 1e9,
+        undelivered: total.undelivered,
+        unacked: total.unacked,
+        duplicates: total.duplicates,
+        foreign: total.foreign,
+        errors: total.errors,
+        disconnects: total.disconnects,
+        latency_from: LATENCY_FROM.into(),
+        latency_ms: LatencySummary::of(&total.latency),
+        write_latency_ms: LatencySummary::of(&total.write_latency),
+        send_lag_ms: LatencySummary::of(&total.send_lag),
+        ack_latency_ms: LatencySummary::of(&total.ack_latency),
+        server_process,
+        bench_process,
+    })
+}
+
+/// The sockets of a run, past `synced`, in the order of their accounts.
+pub(crate) struct Connected {
+    pub(crate) sockets: Vec<Socket>,
+    /// Old messages replayed to them on connect.
+    pub(crate) replayed: u64,
+    /// Seconds it took.
+    pub(crate) connect_s: f64,
+}
+
+/// Connects a socket for each of `accounts` (the k-th to `target.ws_url_for(k)`), at most
+/// `concurrency` at once, each read in buffers sized for `body_bytes`; fails if any fails.
+pub(crate) async fn connect_all(
+    target: &Target,
+    accounts: &[SeededAccount],
+    concurrency: usize,
+    body_bytes: usize,
+    bars: bool,
+) -> anyhow::Result<Connected> {
     let connect_bar = report::bar(
         bars,
-        cfg.users as u64,
+        accounts.len() as u64,
         "connecting {bar:40} {pos}/{len} sockets ({per_sec})",
     );
-    let read_buffer = read_buffer_for(cfg.body_bytes);
+    let read_buffer = read_buffer_for(body_bytes);
     let t0 = Instant::now();
     let results: Vec<anyhow::Result<crate::connect::Synced>> =
         stream::iter(accounts.iter().enumerate())
@@ -52,13 +150,13 @@ pub async fn run_pairs(
                     r
                 }
             })
-            .buffered(cfg.connect_concurrency)
+            .buffered(concurrency)
             .collect()
             .await;
     connect_bar.finish_and_clear();
     let connect_s = t0.elapsed().as_secs_f64();
     let mut failures = BTreeMap::new();
-    let mut sockets = Vec::with_capacity(cfg.users);
+    let mut sockets = Vec::with_capacity(accounts.len());
     let mut replayed = 0u64;
     for r in results {
         match r {
@@ -77,44 +175,24 @@ pub async fn run_pairs(
     if !failures.is_empty() {
         bail!(
             "{} of {} sockets failed to connect: {}",
-            cfg.users - sockets.len(),
-            cfg.users,
+            accounts.len() - sockets.len(),
+            accounts.len(),
             fmt_counts(&failures)
         );
     }
+    Ok(Connected {
+        sockets,
+        replayed,
+        connect_s,
+    })
+}
 
-    let duration = Duration::from_secs_f64(cfg.duration_s);
-    let grace = Duration::from_secs_f64(cfg.grace_s);
-    let schedule = Schedule::new(cfg.rate, duration, cfg.users);
-    // Let every worker get going before the first send is due.
-    let start = Instant::now() + Duration::from_millis(100);
-    let server_before = target.server_sample();
-    let bench_before = ProcSample::read(None);
-
-    let pairs = cfg.users / 2;
-    let workers = cfg.workers.clamp(1, pairs);
-    let ctx = Arc::new(RunCtx {
-        run: rand::random(),
-        body_len: cfg.body_bytes,
-        start,
-        window_end_ns: duration.as_nanos() as u64,
-        grace,
-        stop_sending: start + duration + grace,
-        hard_deadline: start + duration + grace * 2 + Duration::from_secs(10),
-        ack_interval: (cfg.ack_interval_ms > 0).then(|| Duration::from_millis(cfg.ack_interval_ms)),
-        settled: tokio::sync::Barrier::new(workers),
-        live: Live::default(),
-        schedule,
-    });
-
-    let mut handles = Vec::with_capacity(workers);
-    let mut rest = sockets.into_iter();
-    for w in 0..workers {
-        let (a, b) = (w * pairs / workers, (w + 1) * pairs / workers);
-        let mine: Vec<Socket> = rest.by_ref().take(2 * (b - a)).collect();
-        handles.push(tokio::spawn(run_worker(mine, 2 * a, ctx.clone())));
-    }
-
+/// Waits for the workers, showing their live counters, and merges what they measured.
+pub(crate) async fn drive(
+    ctx: &Arc<RunCtx>,
+    handles: Vec<tokio::task::JoinHandle<WorkerResult>>,
+    bars: bool,
+) -> anyhow::Result<WorkerResult> {
     let run_bar = report::bar(
         bars,
         ctx.schedule.total(),
@@ -136,78 +214,77 @@ pub async fn run_pairs(
         })
     };
     let mut total = WorkerResult::default();
+    let mut failed = None;
     for h in handles {
         match h.await {
             Ok(r) => total.merge(r),
-            Err(e) => bail!("a worker failed: {e}"),
+            Err(e) => failed = Some(e),
         }
     }
     ticker.abort();
     run_bar.finish_and_clear();
-
-    let server_after = target.server_sample();
-    let bench_after = ProcSample::read(None);
-    let secs = cfg.duration_s;
-    Ok(PairsReport {
-        config: cfg.clone(),
-        server: target.describe(),
-        spawned: target.server.is_some(),
-        run_id: ctx.run,
-        connect_s,
-        replayed,
-        scheduled: ctx.schedule.total(),
-        sent: total.written,
-        unsent: total.unsent,
-        acked: total.acked,
-        refused: total.refused,
-        delivered: total.delivered,
-        delivered_in_window: total.delivered_in_window,
-        sent_per_sec: total.written as f64 / secs,
-        delivered_per_sec: total.delivered as f64 / (total.last_delivery_ns as f64 / 1e9).max(secs),
-        last_delivery_s: total.last_delivery_ns as f64 / 1e9,
-        undelivered: total.undelivered,
-        unacked: total.unacked,
-        duplicates: total.duplicates,
-        foreign: total.foreign,
-        errors: total.errors,
-        disconnects: total.disconnects,
-        latency_from: LATENCY_FROM.into(),
-        latency_ms: LatencySummary::of(&total.latency),
-        write_latency_ms: LatencySummary::of(&total.write_latency),
-        send_lag_ms: LatencySummary::of(&total.send_lag),
-        server_process: match (target.server_pid(), server_before, server_after) {
-            (Some(pid), Some(b), Some(a)) => Some(ProcessStats::between(pid, &b, &a)),
-            _ => None,
-        },
-        bench_process: match (bench_before, bench_after) {
-            (Some(b), Some(a)) => Some(ProcessStats::between(std::process::id(), &b, &a)),
-            _ => None,
-        },
-    })
+    if let Some(e) = failed {
+        bail!("a worker failed: {e}");
+    }
+    Ok(total)
 }
 
-/// One worker: the pairs of `sockets` (users `first_user..`), a sender and a reader.
-async fn run_worker(sockets: Vec<Socket>, first_user: usize, ctx: Arc<RunCtx>) -> WorkerResult {
+/// CPU, memory and disk writes of the spawned server and of this process between two
+/// readings: the measured window of a run.
+pub(crate) struct ProcWindow {
+    server: Option<ProcSample>,
+    bench: Option<ProcSample>,
+}
+
+impl ProcWindow {
+    pub(crate) fn open(target: &Target) -> ProcWindow {
+        ProcWindow {
+            server: target.server_sample(),
+            bench: ProcSample::read(None),
+        }
+    }
+
+    /// The server's (with `--spawn`) and this process's stats since [`ProcWindow::open`].
+    pub(crate) fn close(self, target: &Target) -> (Option<ProcessStats>, Option<ProcessStats>) {
+        let server = match (target.server_pid(), self.server, target.server_sample()) {
+            (Some(pid), Some(b), Some(a)) => Some(ProcessStats::between(pid, &b, &a)),
+            _ => None,
+        };
+        let bench = match (self.bench, ProcSample::read(None)) {
+            (Some(b), Some(a)) => Some(ProcessStats::between(std::process::id(), &b, &a)),
+            _ => None,
+        };
+        (server, bench)
+    }
+}
+
+/// One worker: `sockets`, the schedule's `senders` whose sends `route` puts on them, and the
+/// `ledger` of what they sent and read; a sender task and a reader.
+pub(crate) async fn run_worker<L: Ledger>(
+    sockets: Vec<Socket>,
+    senders: Range<usize>,
+    route: impl Fn(&Planned) -> Route + Send + 'static,
+    ledger: L,
+    ctx: Arc<RunCtx>,
+) -> WorkerResult {
     let n = sockets.len();
     let mut sinks = Vec::with_capacity(n);
-    let mut users = Vec::with_capacity(n);
     let mut readers: SelectAll<_> = SelectAll::new();
     for (i, s) in sockets.into_iter().enumerate() {
         sinks.push(s.sender);
-        users.push(s.user);
         readers.push(Box::pin(frames(i, s.receiver)));
     }
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
     let sender = tokio::spawn(send_loop(
         sinks,
-        users.clone(),
-        first_user,
+        senders,
+        route,
         ctx.clone(),
         ack_rx,
         done_tx,
     ));
-    let mut result = read_loop(readers, users, first_user, &ctx, ack_tx, done_rx).await;
+    let mut result = read_loop(readers, ledger, &ctx, ack_tx, done_rx).await;
     match sender.await {
         Ok((sinks, stats)) => {
             result.written = stats.written;

@@ -2,6 +2,7 @@
 //! asks for.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use super::ctx::RunCtx;
 use crate::body::{self, Stamp};
 use crate::connect::{count, sdk_reason};
+use crate::schedule::Planned;
 use crate::stats;
 
 /// What the sender tells the reader once the schedule is through.
@@ -30,12 +32,20 @@ pub(super) struct SendStats {
     pub(super) lag: Histogram<u64>,
 }
 
-/// Walks the worker's part of the schedule and writes each send when it is due; writes the
-/// acks the reader asks for. Ends when the schedule is through and the reader hung up.
+/// Where a planned send goes: which of the worker's sockets writes it, and to whom.
+pub(crate) struct Route {
+    pub(crate) socket: usize,
+    pub(crate) to: Option<Id>,
+    pub(crate) conversation: Option<String>,
+}
+
+/// Walks the schedule of `senders` (the worker's part) and writes each send when it is due,
+/// where `route` says; writes the acks the reader asks for. Ends when the schedule is through
+/// and the reader hung up.
 pub(super) async fn send_loop(
     mut sinks: Vec<ConnectionSender>,
-    users: Vec<Id>,
-    first_user: usize,
+    senders: Range<usize>,
+    route: impl Fn(&Planned) -> Route,
     ctx: Arc<RunCtx>,
     mut acks: mpsc::UnboundedReceiver<(usize, String)>,
     done: oneshot::Sender<SendDone>,
@@ -48,10 +58,7 @@ pub(super) async fn send_loop(
         lag: stats::histogram(),
     };
     let mut dead = vec![false; n];
-    let mut plan = ctx
-        .schedule
-        .iter_range(first_user..first_user + n)
-        .peekable();
+    let mut plan = ctx.schedule.iter_range(senders).peekable();
     let mut done = Some(done);
     let mut body = String::with_capacity(ctx.body_len);
     loop {
@@ -88,7 +95,7 @@ pub(super) async fn send_loop(
                         break;
                     }
                     plan.next();
-                    let i = p.sender - first_user;
+                    let Route { socket: i, to, conversation } = route(&p);
                     if dead[i] {
                         stats.unsent += 1;
                         continue;
@@ -100,8 +107,8 @@ pub(super) async fn send_loop(
                         &mut body,
                     );
                     let frame = ClientFrame::Send {
-                        to: Some(users[i ^ 1]),
-                        conversation: None,
+                        to,
+                        conversation,
                         client_id: body::client_id(ctx.run, p.seq),
                         body: body.clone(),
                     };

@@ -66,6 +66,9 @@ pub struct PairsReport {
     pub write_latency_ms: LatencySummary,
     /// The sender's actual write − intended send time: how far behind its schedule the bench was.
     pub send_lag_ms: LatencySummary,
+    /// The sender's read of `sent` − intended send time.
+    #[serde(default)]
+    pub ack_latency_ms: LatencySummary,
     /// The spawned server's CPU and memory over the run.
     pub server_process: Option<ProcessStats>,
     /// This bench process's CPU and memory over the run.
@@ -142,6 +145,7 @@ impl fmt::Display for PairsReport {
         t.row("latency", self.latency_ms.line());
         t.row("  measured from", "the intended (scheduled) send time");
         t.row("latency from write", self.write_latency_ms.line());
+        t.row("sent (ack) latency", self.ack_latency_ms.line());
         t.row("bench lag", self.send_lag_ms.line());
         if let Some(s) = &self.server_process {
             t.row("server", process_line(s));
@@ -170,7 +174,7 @@ pub(crate) fn process_line(s: &ProcessStats) -> String {
 
 /// `812.4 MiB written toward the disk: 3.3 KiB per message` (what a durable message costs in
 /// writes: WAL frames, checkpoints, acks).
-fn disk_line(written_mib: f64, messages: u64) -> String {
+pub(crate) fn disk_line(written_mib: f64, messages: u64) -> String {
     let per = if messages > 0 {
         format!(
             ": {:.1} KiB per message",
