@@ -12,6 +12,7 @@
 use axum::extract::ws::{Message as WsMessage, Utf8Bytes};
 use confab_protocol::{GroupCursor, Id, Message, MessageFrame};
 
+use super::group_acks::GroupAckWriter;
 use super::hub::GroupEvent;
 use super::io::{Io, Stop};
 use super::order::GroupPlaces;
@@ -99,8 +100,8 @@ impl Conn {
         Ok(())
     }
 
-    /// An `ack` of a group message: the group's mark moves (written by a task of its own; the
-    /// store keeps the highest), if this socket sent that message.
+    /// An `ack` of a group message: the group's mark moves (written, coalesced, by the
+    /// socket's group ack task), if this socket sent that message.
     pub(super) fn ack_group(&mut self, group: Id, seq: u64) {
         let places = self.places();
         let Some(&sent) = places.sent.get(&group) else {
@@ -111,11 +112,9 @@ impl Conn {
             return;
         }
         places.acked.insert(group, seq);
-        let (chat, session) = (self.gateway.chat.clone(), self.session);
-        tokio::spawn(async move {
-            if let Err(e) = chat.record_group_ack(session, group, seq).await {
-                tracing::warn!(error = %e, "storing a group mark failed");
-            }
-        });
+        let (chat, session) = (&self.gateway.chat, self.session);
+        self.group_acks
+            .get_or_insert_with(|| Box::new(GroupAckWriter::start(chat.clone(), session)))
+            .ack(group, seq);
     }
 }

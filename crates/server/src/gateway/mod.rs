@@ -16,6 +16,7 @@
 mod admission;
 mod catchup;
 mod frames;
+mod group_acks;
 mod groups;
 mod handshake;
 pub mod hub;

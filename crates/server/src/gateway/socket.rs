@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::group_acks::GroupAckWriter;
 use super::handshake::{Handshake, handshake};
 use super::hub::{CloseReason, Outbound, Registration};
 use super::io::{End, Io, Stop, text_frame, transport_error};
@@ -80,6 +81,7 @@ async fn run(gateway: &Arc<Gateway>, io: &mut Io, header_token: Option<Box<str>>
         out: Vec::new(),
         work: None,
         groups: None,
+        group_acks: None,
     };
     // A debug span: an enabled span costs every socket ~200 bytes of formatted fields, a
     // twentieth of an idle socket's budget; `RUST_LOG=debug` brings the context back.
@@ -129,6 +131,8 @@ pub(super) struct Conn {
     /// Where the socket stands in each group (boxed: a socket of a user in no group keeps a
     /// pointer, not a map).
     pub(super) groups: Option<Box<GroupPlaces>>,
+    /// Writes this socket's group acks; started at the first.
+    pub(super) group_acks: Option<Box<GroupAckWriter>>,
 }
 
 /// Store work a socket loop does between writes (it reads the store, so it is not done
@@ -197,6 +201,9 @@ impl Conn {
         if let Some((sender, task)) = self.acks.take() {
             drop(sender);
             let _ = task.await;
+        }
+        if let Some(writer) = self.group_acks.take() {
+            writer.finish().await;
         }
         let (chat, user) = (&self.gateway.chat, self.session.user_id);
         chat.went_offline(user, self.socket).await;
