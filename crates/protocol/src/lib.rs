@@ -17,9 +17,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod destination;
 mod groups;
 mod ids;
 
+pub use destination::Destination;
 pub use groups::{
     CreateGroup, Cursor, Group, GroupCursor, GroupMember, GroupReceipts, GroupSummary,
     MAX_TITLE_CHARS, MemberMarks, RenameGroup, Role, SetRole, SystemEvent, SystemKind,
@@ -130,27 +132,6 @@ pub enum ClientFrame {
         conversation: Option<String>,
     },
     Ping,
-}
-
-/// Where a `send` or a `typing` goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Destination<'a> {
-    /// A user, by id: the 1:1 conversation with them.
-    User(Id),
-    /// A conversation the sender is in, by its id (a group, or a 1:1).
-    Conversation(&'a str),
-}
-
-impl<'a> Destination<'a> {
-    /// The frame's destination: exactly one of `to` and `conversation`, else why not.
-    pub fn of(to: Option<Id>, conversation: Option<&'a str>) -> Result<Self, &'static str> {
-        match (to, conversation) {
-            (Some(user), None) => Ok(Destination::User(user)),
-            (None, Some(c)) => Ok(Destination::Conversation(c)),
-            (None, None) => Err("missing field `to` or `conversation`"),
-            (Some(_), Some(_)) => Err("give `to` or `conversation`, not both"),
-        }
-    }
 }
 
 impl ClientFrame {

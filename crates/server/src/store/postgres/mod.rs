@@ -24,6 +24,10 @@
 mod accounts;
 mod contacts;
 mod conversations;
+#[cfg(test)]
+mod group_read_tests;
+#[cfg(test)]
+mod group_tests;
 mod groups;
 mod retry;
 mod rows;

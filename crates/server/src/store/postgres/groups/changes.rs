@@ -1,139 +1,35 @@
-//! [`Groups`] on PostgreSQL. A group's messages are its own log (`messages` by conversation
-//! `g<id>`); its row holds the `seq` counter, and membership is spans in `group_members`.
-//!
-//! Every write to a group starts by locking the group's row (the counter's update, or
-//! `FOR UPDATE` before a change), and reads membership only after: the row lock is held until
-//! commit, so writes to one group apply one at a time, and each statement after the lock
-//! (READ COMMITTED takes a snapshot per statement) sees every change committed before it.
-//! Two admins removing each other: the second finds itself removed. No group operation locks
-//! a `users` row, so none can deadlock with a 1:1 append, which locks those first.
+//! What the group operations share in PostgreSQL: the statements, membership reads, the
+//! checks a change makes, `system` messages, and the writes themselves (creation, changes,
+//! sends).
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use confab_protocol::{
-    Id, MemberMarks, Message, Role, SystemEvent, SystemKind, group_conversation_id,
-};
+use confab_protocol::{Id, Message, Role, SystemEvent, SystemKind, group_conversation_id};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
-use super::PostgresStore;
-use super::retry::{Failure, classify};
-use super::rows::{
-    MESSAGE_COLUMNS, execute, id_col, is_unique_violation, message_from_row, query, query_one,
-    query_opt, u64_col,
+use super::super::retry::{Failure, classify};
+use super::super::rows::{
+    execute, id_col, is_unique_violation, message_from_row, query, query_one, query_opt, u64_col,
 };
+use super::statements::*;
+use crate::store::StoreError;
 use crate::store::groups::{
-    ChangeGroup, GroupAppended, GroupChange, GroupRecord, GroupSpan, Groups, MemberRecord,
-    NewGroup, NewGroupMessage, system_client_id, too_many_groups,
+    ChangeGroup, GroupAppended, GroupChange, GroupRecord, MemberRecord, NewGroup, NewGroupMessage,
+    system_client_id, too_many_groups,
 };
-use crate::store::sql_integers::{count_to_sql, id_from_sql, id_to_sql, limit_to_sql};
-use crate::store::{StoreError, StoreResult};
+use crate::store::sql_integers::{count_to_sql, id_from_sql, id_to_sql};
 
-/// SQLSTATE of `confab_append_group`'s "not a member" (migration 7).
-const NOT_A_MEMBER: &str = "CF404";
-
-/// Members longest-standing first: by the start of their current span; among those added by
-/// one event (the creation), the owner, then by id. Every list of members uses this order.
-const MEMBER_ORDER: &str = "gm.from_seq, gm.role <> 'owner', gm.user_id";
-
-/// The group and its current members with their names, if `$2` is one of them. One
-/// statement, so the viewer's membership and the list come from one snapshot.
-static GROUP_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT g.title, g.created_at, gm.user_id, u.username, gm.role
-         FROM groups g
-         JOIN group_members gm ON gm.group_id = g.id AND gm.to_seq IS NULL
-         JOIN users u ON u.id = gm.user_id
-         WHERE g.id = $1
-           AND EXISTS (SELECT 1 FROM group_members v
-                       WHERE v.group_id = $1 AND v.user_id = $2 AND v.to_seq IS NULL)
-         ORDER BY {MEMBER_ORDER}"
-    )
-});
-
-/// Every current member's marks, if `$2` is one of them.
-static RECEIPTS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT gm.user_id, gm.read_seq, gm.delivered_seq
-         FROM group_members gm
-         WHERE gm.group_id = $1 AND gm.to_seq IS NULL
-           AND EXISTS (SELECT 1 FROM group_members v
-                       WHERE v.group_id = $1 AND v.user_id = $2 AND v.to_seq IS NULL)
-         ORDER BY {MEMBER_ORDER}"
-    )
-});
-
-/// The current members of a group, in [`MEMBER_ORDER`].
-static MEMBERS_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT gm.user_id FROM group_members gm
-         WHERE gm.group_id = $1 AND gm.to_seq IS NULL ORDER BY {MEMBER_ORDER}"
-    )
-});
-
-/// What a device has still to read, span by span. A span that ended counts only for a
-/// device made no later than the event that ended it; a device that does not exist gets
-/// none of those (its `created_at` is NULL).
-const SPANS_SQL: &str = "
-    SELECT gm.group_id, GREATEST(COALESCE(mk.seq, 0), gm.from_seq - 1), gm.to_seq
-    FROM group_members gm
-    JOIN groups g ON g.id = gm.group_id
-    LEFT JOIN group_marks mk ON mk.device_id = $1 AND mk.group_id = gm.group_id
-    WHERE gm.user_id = $2
-      AND (gm.to_seq IS NULL
-           OR (gm.to_seq > GREATEST(COALESCE(mk.seq, 0), gm.from_seq - 1)
-               AND (SELECT d.created_at FROM devices d WHERE d.id = $1)
-              <= (SELECT m.ts FROM messages m
-                  WHERE m.conversation = 'g' || gm.group_id::TEXT AND m.seq = gm.to_seq)))
-    ORDER BY gm.group_id, gm.from_seq";
-
-/// A device's mark moves forward (clamped to the group's last message, and kept only for a
-/// user who has been a member), and the user's delivered mark on their latest span moves to
-/// it, clamped to the span's end. One statement: an ack is one round trip.
-const SET_MARK_SQL: &str = "
-    WITH g AS (
-        SELECT g.id, g.last_seq FROM groups g
-        WHERE g.id = $2
-          AND EXISTS (SELECT 1 FROM group_members gm
-                      WHERE gm.group_id = $2 AND gm.user_id = $3)
-    ), mark AS (
-        INSERT INTO group_marks AS mk (device_id, group_id, seq)
-        SELECT $1, g.id, LEAST($4, g.last_seq) FROM g
-        ON CONFLICT (device_id, group_id) DO UPDATE SET seq = GREATEST(mk.seq, EXCLUDED.seq)
-        RETURNING 1
-    )
-    UPDATE group_members gm
-    SET delivered_seq = LEAST($4, COALESCE(gm.to_seq, g.last_seq))
-    FROM g
-    WHERE gm.group_id = g.id AND gm.user_id = $3
-      AND gm.from_seq = (SELECT max(s.from_seq) FROM group_members s
-                         WHERE s.group_id = $2 AND s.user_id = $3)
-      AND gm.delivered_seq < LEAST($4, COALESCE(gm.to_seq, g.last_seq))";
-
-/// The read mark of a current member moves forward, clamped to the group's last message.
-const MARK_READ_SQL: &str = "
-    UPDATE group_members gm SET read_seq = LEAST($3, g.last_seq)
-    FROM groups g
-    WHERE g.id = $1 AND gm.group_id = $1 AND gm.user_id = $2 AND gm.to_seq IS NULL
-      AND gm.read_seq < LEAST($3, g.last_seq)
-    RETURNING gm.read_seq";
-
-/// `user`'s current span in `group`: its role and where it starts.
-const CURRENT_SPAN_SQL: &str = "
-    SELECT gm.role, gm.from_seq FROM group_members gm
-    WHERE gm.group_id = $1 AND gm.user_id = $2 AND gm.to_seq IS NULL";
-
-fn not_a_member() -> StoreError {
+pub(super) fn not_a_member() -> StoreError {
     StoreError::NotFound("no such conversation".into())
 }
 
-fn no_user(user: Id) -> StoreError {
+pub(super) fn no_user(user: Id) -> StoreError {
     StoreError::NotFound(format!("no user {user}"))
 }
 
-fn role_col(row: &Row, i: usize) -> Result<Role, Failure> {
+pub(super) fn role_col(row: &Row, i: usize) -> Result<Role, Failure> {
     let text: &str = row.try_get(i)?;
     Role::parse(text).ok_or_else(|| {
         Failure::Final(StoreError::Internal(format!(
@@ -142,12 +38,12 @@ fn role_col(row: &Row, i: usize) -> Result<Role, Failure> {
     })
 }
 
-fn ids_to_sql(ids: &[Id]) -> Vec<i64> {
+pub(super) fn ids_to_sql(ids: &[Id]) -> Vec<i64> {
     ids.iter().copied().map(id_to_sql).collect()
 }
 
 /// The creator, then the other members in the order given, each once.
-fn initial_members(creator: Id, others: &[Id]) -> Vec<Id> {
+pub(super) fn initial_members(creator: Id, others: &[Id]) -> Vec<Id> {
     let mut seen = HashSet::from([creator]);
     let mut members = vec![creator];
     members.extend(others.iter().copied().filter(|u| seen.insert(*u)));
@@ -155,7 +51,7 @@ fn initial_members(creator: Id, others: &[Id]) -> Vec<Id> {
 }
 
 /// The current members of `group`, in [`MEMBER_ORDER`].
-async fn members_in(c: &impl GenericClient, group: Id) -> Result<Vec<Id>, Failure> {
+pub(super) async fn members_in(c: &impl GenericClient, group: Id) -> Result<Vec<Id>, Failure> {
     let rows = query(c, &MEMBERS_SQL, &[&id_to_sql(group)]).await?;
     Ok(rows
         .iter()
@@ -164,7 +60,7 @@ async fn members_in(c: &impl GenericClient, group: Id) -> Result<Vec<Id>, Failur
 }
 
 /// `user`'s role in `group` if they are a member now.
-async fn current_role(
+pub(super) async fn current_role(
     c: &impl GenericClient,
     group: Id,
     user: Id,
@@ -176,7 +72,7 @@ async fn current_role(
 }
 
 /// The group as `viewer` sees it, `None` unless `viewer` is a member now.
-async fn group_in(
+pub(super) async fn group_in(
     c: &impl GenericClient,
     viewer: Id,
     group: Id,
@@ -202,7 +98,7 @@ async fn group_in(
 }
 
 /// A `system` message of `group` at `seq`, stored; the caller holds the group's row.
-struct SystemMessage {
+pub(super) struct SystemMessage {
     id: Id,
     group: Id,
     seq: u64,
@@ -211,7 +107,10 @@ struct SystemMessage {
     ts: i64,
 }
 
-async fn store_system(c: &impl GenericClient, m: SystemMessage) -> Result<Message, Failure> {
+pub(super) async fn store_system(
+    c: &impl GenericClient,
+    m: SystemMessage,
+) -> Result<Message, Failure> {
     let json = serde_json::to_string(&m.event)
         .map_err(|e| StoreError::Internal(format!("cannot encode a system event: {e}")))?;
     let conversation = group_conversation_id(m.group);
@@ -244,7 +143,7 @@ async fn store_system(c: &impl GenericClient, m: SystemMessage) -> Result<Messag
 }
 
 /// Takes the group's next `seq` (its row is locked already).
-async fn next_seq(c: &impl GenericClient, group: Id) -> Result<u64, Failure> {
+pub(super) async fn next_seq(c: &impl GenericClient, group: Id) -> Result<u64, Failure> {
     let row = query_one(
         c,
         "UPDATE groups SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
@@ -254,7 +153,7 @@ async fn next_seq(c: &impl GenericClient, group: Id) -> Result<u64, Failure> {
     u64_col(&row, 0)
 }
 
-fn appended(message: Message, recipients: Vec<Id>) -> GroupAppended {
+pub(super) fn appended(message: Message, recipients: Vec<Id>) -> GroupAppended {
     GroupAppended {
         message: Arc::new(message),
         recipients: recipients.into(),
@@ -265,7 +164,11 @@ fn appended(message: Message, recipients: Vec<Id>) -> GroupAppended {
 /// `Invalid` if one of `users` is a member of `max` groups already. The users' rows are
 /// locked first (in id order, as every append locks them), so two joins of one user to
 /// different groups count one after the other.
-async fn check_room(c: &impl GenericClient, users: &[i64], max: usize) -> Result<(), Failure> {
+pub(super) async fn check_room(
+    c: &impl GenericClient,
+    users: &[i64],
+    max: usize,
+) -> Result<(), Failure> {
     query(
         c,
         "SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
@@ -286,7 +189,7 @@ async fn check_room(c: &impl GenericClient, users: &[i64], max: usize) -> Result
     }
 }
 
-async fn create_in(
+pub(super) async fn create_in(
     c: &impl GenericClient,
     g: &NewGroup,
 ) -> Result<(GroupRecord, GroupAppended), Failure> {
@@ -364,7 +267,7 @@ async fn create_in(
     Ok((record, appended(message, recipients)))
 }
 
-async fn change_in(
+pub(super) async fn change_in(
     c: &impl GenericClient,
     ch: &ChangeGroup,
 ) -> Result<Vec<GroupAppended>, Failure> {
@@ -531,7 +434,12 @@ async fn change_in(
     }
 }
 
-async fn set_role(c: &impl GenericClient, group: Id, user: Id, role: Role) -> Result<(), Failure> {
+pub(super) async fn set_role(
+    c: &impl GenericClient,
+    group: Id,
+    user: Id,
+    role: Role,
+) -> Result<(), Failure> {
     execute(
         c,
         "UPDATE group_members SET role = $3
@@ -545,7 +453,7 @@ async fn set_role(c: &impl GenericClient, group: Id, user: Id, role: Role) -> Re
 /// The owner has left (their span is closed): the longest-standing admin, else the
 /// longest-standing member, becomes the owner, recorded as the change's second message.
 /// Nothing when nobody remains.
-async fn hand_over(
+pub(super) async fn hand_over(
     c: &impl GenericClient,
     ch: &ChangeGroup,
     message_id: Id,
@@ -593,7 +501,7 @@ async fn hand_over(
 /// taken, which locks the group's row until commit; membership is read after the lock, so it
 /// is the membership every earlier write left; the message is stored and the members read as
 /// its recipients.
-async fn append_group_in(
+pub(super) async fn append_group_in(
     c: &impl GenericClient,
     m: &NewGroupMessage,
 ) -> Result<GroupAppended, Failure> {
@@ -638,156 +546,5 @@ async fn append_group_in(
         other => Err(Failure::Final(StoreError::Internal(format!(
             "confab_append_group answered {other:?}"
         )))),
-    }
-}
-
-#[async_trait]
-impl Groups for PostgresStore {
-    async fn create_group(&self, group: NewGroup) -> StoreResult<(GroupRecord, GroupAppended)> {
-        self.write(move |tx| {
-            let g = group.clone();
-            Box::pin(async move { create_in(tx, &g).await })
-        })
-        .await
-    }
-
-    async fn change_group(&self, change: ChangeGroup) -> StoreResult<Vec<GroupAppended>> {
-        self.write(move |tx| {
-            let ch = change.clone();
-            Box::pin(async move { change_in(tx, &ch).await })
-        })
-        .await
-    }
-
-    async fn append_group(&self, message: NewGroupMessage) -> StoreResult<GroupAppended> {
-        // Retried on a lost connection like a 1:1 append: a stored send is found by its
-        // `client_id` and answered as a duplicate.
-        self.run(move |c| {
-            let m = message.clone();
-            Box::pin(async move { append_group_in(c, &m).await })
-        })
-        .await
-    }
-
-    async fn group(&self, viewer: Id, group: Id) -> StoreResult<Option<GroupRecord>> {
-        self.run(move |c| Box::pin(group_in(c, viewer, group)))
-            .await
-    }
-
-    async fn group_receipts(&self, viewer: Id, group: Id) -> StoreResult<Option<Vec<MemberMarks>>> {
-        self.run(move |c| {
-            Box::pin(async move {
-                let rows =
-                    query(c, &RECEIPTS_SQL, &[&id_to_sql(group), &id_to_sql(viewer)]).await?;
-                if rows.is_empty() {
-                    return Ok(None);
-                }
-                let mut marks = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    marks.push(MemberMarks {
-                        user_id: id_col(r, 0)?,
-                        read_seq: u64_col(r, 1)?,
-                        delivered_seq: u64_col(r, 2)?,
-                    });
-                }
-                Ok(Some(marks))
-            })
-        })
-        .await
-    }
-
-    async fn mark_group_read(&self, user: Id, group: Id, seq: u64) -> StoreResult<Option<u64>> {
-        self.run(move |c| {
-            Box::pin(async move {
-                let params = (id_to_sql(group), id_to_sql(user), count_to_sql(seq));
-                if let Some(row) =
-                    query_opt(c, MARK_READ_SQL, &[&params.0, &params.1, &params.2]).await?
-                {
-                    return Ok(Some(u64_col(&row, 0)?));
-                }
-                // Nothing moved: a member whose mark is there already, or not a member.
-                match current_role(c, group, user).await? {
-                    Some(_) => Ok(None),
-                    None => Err(Failure::Final(not_a_member())),
-                }
-            })
-        })
-        .await
-    }
-
-    async fn group_spans(&self, device: Id, user: Id) -> StoreResult<Vec<GroupSpan>> {
-        self.run(move |c| {
-            Box::pin(async move {
-                let rows = query(c, SPANS_SQL, &[&id_to_sql(device), &id_to_sql(user)]).await?;
-                let mut spans = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    let upto: Option<i64> = r.try_get(2)?;
-                    spans.push(GroupSpan {
-                        group: id_col(r, 0)?,
-                        after: u64_col(r, 1)?,
-                        upto: match upto {
-                            Some(_) => Some(u64_col(r, 2)?),
-                            None => None,
-                        },
-                    });
-                }
-                Ok(spans)
-            })
-        })
-        .await
-    }
-
-    async fn group_messages(
-        &self,
-        group: Id,
-        after: u64,
-        upto: Option<u64>,
-        limit: usize,
-    ) -> StoreResult<Vec<Message>> {
-        let conversation = group_conversation_id(group);
-        let upto = upto.map_or(i64::MAX, count_to_sql);
-        self.run(move |c| {
-            let conversation = conversation.clone();
-            Box::pin(async move {
-                let rows = query(
-                    c,
-                    &format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages m
-                         WHERE m.conversation = $1 AND m.seq > $2 AND m.seq <= $3
-                         ORDER BY m.seq LIMIT $4"
-                    ),
-                    &[
-                        &conversation,
-                        &count_to_sql(after),
-                        &upto,
-                        &limit_to_sql(limit),
-                    ],
-                )
-                .await?;
-                rows.iter().map(|r| message_from_row(r, 0)).collect()
-            })
-        })
-        .await
-    }
-
-    async fn set_group_mark(&self, device: Id, user: Id, group: Id, seq: u64) -> StoreResult<()> {
-        // Retried freely: a repeated ack finds the marks moved and changes nothing.
-        self.run(move |c| {
-            Box::pin(async move {
-                execute(
-                    c,
-                    SET_MARK_SQL,
-                    &[
-                        &id_to_sql(device),
-                        &id_to_sql(group),
-                        &id_to_sql(user),
-                        &count_to_sql(seq),
-                    ],
-                )
-                .await?;
-                Ok(())
-            })
-        })
-        .await
     }
 }
