@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use clap::Args;
-use confab_client::{Api, Client, ClientConfig, Event, Id};
+use confab_client::{Api, Client, ClientConfig, Event, Id, SendTo};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args)]
@@ -32,12 +32,6 @@ pub struct ChatArgs {
     members: Vec<String>,
 }
 
-/// Where sender mode sends.
-enum Target {
-    User(Id),
-    Conversation(String),
-}
-
 pub async fn run(args: ChatArgs) -> ExitCode {
     match chat(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,7 +51,7 @@ async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
     let target = if let Some(name) = &args.to {
         let user = api.user(&session.token, name).await?;
         names.insert(user.user_id, user.username.clone());
-        Some(Target::User(user.user_id))
+        Some(SendTo::User(user.user_id))
     } else if let Some(title) = &args.new_group {
         let mut members = Vec::new();
         for name in &args.members {
@@ -65,9 +59,9 @@ async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
         }
         let group = api.create_group(&session.token, title, &members).await?;
         println!("{}", group.conversation);
-        Some(Target::Conversation(group.conversation))
+        Some(SendTo::Conversation(group.conversation))
     } else {
-        args.group.clone().map(Target::Conversation)
+        args.group.clone().map(SendTo::Conversation)
     };
     let client = Client::connect(ClientConfig::new(&args.server, &session.token)).await?;
 
@@ -79,8 +73,8 @@ async fn chat(args: ChatArgs) -> Result<(), confab_client::Error> {
                 continue;
             }
             let sent = match &target {
-                Target::User(to) => client.send(*to, &line).await?,
-                Target::Conversation(c) => client.send_in(c, &line).await?,
+                SendTo::User(to) => client.send(*to, &line).await?,
+                SendTo::Conversation(c) => client.send_in(c, &line).await?,
             };
             eprintln!("sent #{} in {}", sent.seq, sent.conversation);
         }

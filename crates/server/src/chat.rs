@@ -80,11 +80,7 @@ impl Chat {
         body: String,
     ) -> Result<ServerFrame> {
         let started = std::time::Instant::now();
-        if !self.sync.available() {
-            return Err(Error::Unavailable(
-                "the message sync queue is unreachable".into(),
-            ));
-        }
+        self.sync_reachable()?;
         let new = NewMessage {
             id: self.ids.next_id()?,
             from,
@@ -117,6 +113,18 @@ impl Chat {
             .send_latency
             .observe(started.elapsed().as_secs_f64());
         Ok(sent)
+    }
+
+    /// Refuses a write (`unavailable`) while the sync queue is down: nothing is stored that the
+    /// other nodes would not hear about.
+    fn sync_reachable(&self) -> Result<()> {
+        if self.sync.available() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "the message sync queue is unreachable".into(),
+            ))
+        }
     }
 
     /// A `read`: advances the reader's mark; the reader's other devices hear of it, and the

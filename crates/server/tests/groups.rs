@@ -498,3 +498,31 @@ async fn a_device_catches_up_on_its_groups_and_resumes_by_its_cursor() {
     let (_, resumed) = s.connect_from(&bob, third["cursor"].as_str()).await;
     assert!(resumed.iter().all(|f| f["type"] != "error"), "{resumed:?}");
 }
+
+/// Groups never make members friends: a member's coming and going reaches no other member
+/// who is not a friend (PROTOCOL.md, "Groups"); a `read` in a group one is not in is
+/// `not_found`.
+#[tokio::test]
+async fn membership_shows_no_presence_and_outsiders_cannot_read() {
+    let s = TestServer::start().await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    let carol = s.user("carol").await;
+    let group = create(&s, &alice, "team", &[&bob]).await;
+    let g = group["conversation"].as_str().unwrap().to_owned();
+    let (mut a, _) = s.connect(&alice).await;
+    let (b, _) = s.connect(&bob).await;
+    drop(b);
+    let (_b, _) = s.connect(&bob).await;
+    let mut presence = 0;
+    while let Some(f) = a.next_within(Duration::from_millis(500)).await {
+        presence += usize::from(f["type"] == "presence");
+    }
+    assert_eq!(presence, 0, "a group member is no friend");
+
+    let (mut c, _) = s.connect(&carol).await;
+    c.send(json!({"type": "read", "conversation": g, "seq": 1}))
+        .await;
+    let e = c.next_of("error").await;
+    assert_eq!(e["code"], "not_found", "{e}");
+}

@@ -27,6 +27,11 @@ use crate::connection::{Connection, Welcome};
 use crate::error::{Error, ErrorKind};
 
 pub use channel::SendTo;
+
+/// A `client_id` no other send of this client has: 128 random bits.
+fn fresh_client_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
 use channel::{Command, Item};
 pub use config::ClientConfig;
 use driver::Driver;
@@ -102,8 +107,7 @@ impl Client {
 
     /// Sends `body` to user `to` with a fresh random `client_id`; see [`Client::send_with_id`].
     pub async fn send(&self, to: Id, body: &str) -> Result<Sent, Error> {
-        let client_id = format!("{:032x}", rand::random::<u128>());
-        self.send_with_id(to, &client_id, body).await
+        self.send_with_id(to, &fresh_client_id(), body).await
     }
 
     /// Sends `body` to user `to` and waits for `sent`. The same `client_id` is resent after a
@@ -117,13 +121,8 @@ impl Client {
     /// Sends `body` into a conversation by its id (a group's, or a 1:1's) with a fresh random
     /// `client_id`; retried as [`Client::send_with_id`] is.
     pub async fn send_in(&self, conversation: &str, body: &str) -> Result<Sent, Error> {
-        let client_id = format!("{:032x}", rand::random::<u128>());
-        self.send_to(
-            SendTo::Conversation(conversation.to_owned()),
-            &client_id,
-            body,
-        )
-        .await
+        let to = SendTo::Conversation(conversation.to_owned());
+        self.send_to(to, &fresh_client_id(), body).await
     }
 
     /// Sends `body` to `to` with this `client_id` and waits for `sent` (see

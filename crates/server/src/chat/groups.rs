@@ -54,11 +54,7 @@ impl Chat {
         bounds: GroupBounds,
     ) -> Result<GroupRecord> {
         check_title(&title)?;
-        if !self.sync.available() {
-            return Err(Error::Unavailable(
-                "the message sync queue is unreachable".into(),
-            ));
-        }
+        self.sync_reachable()?;
         let new = NewGroup {
             group: self.ids.next_id()?,
             message_id: self.ids.next_id()?,
@@ -85,11 +81,7 @@ impl Chat {
         if let GroupChange::Rename(title) = &change {
             check_title(title)?;
         }
-        if !self.sync.available() {
-            return Err(Error::Unavailable(
-                "the message sync queue is unreachable".into(),
-            ));
-        }
+        self.sync_reachable()?;
         let change = ChangeGroup {
             group,
             actor,
@@ -122,11 +114,7 @@ impl Chat {
         body: String,
     ) -> Result<ServerFrame> {
         let started = std::time::Instant::now();
-        if !self.sync.available() {
-            return Err(Error::Unavailable(
-                "the message sync queue is unreachable".into(),
-            ));
-        }
+        self.sync_reachable()?;
         let appended = self
             .store
             .append_group(NewGroupMessage {

@@ -192,6 +192,30 @@ pub struct ConversationPage {
     pub more: bool,
 }
 
+impl ConversationPage {
+    /// A page from the newest entries of the list's parts (1:1 conversations and groups), at
+    /// most `limit + 1` of each: ordered as one list, by the id of each one's last message,
+    /// newest first, and cut to `limit`.
+    pub(crate) fn merged(mut conversations: Vec<ConversationSummary>, limit: usize) -> Self {
+        conversations.sort_by_key(|c| std::cmp::Reverse(c.last_message.as_ref().map(|m| m.id)));
+        let more = conversations.len() > limit;
+        conversations.truncate(limit);
+        ConversationPage {
+            conversations,
+            more,
+        }
+    }
+}
+
+/// A page of history from up to `limit + 1` messages read newest first: the newest `limit`,
+/// ascending, and whether older ones exist.
+pub(crate) fn page_of_newest(mut messages: Vec<Message>, limit: usize) -> MessagePage {
+    let more = messages.len() > limit;
+    messages.truncate(limit);
+    messages.reverse();
+    MessagePage { messages, more }
+}
+
 /// A user's read mark moved forward.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadAdvance {

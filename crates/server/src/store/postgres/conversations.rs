@@ -13,7 +13,7 @@ use super::rows::{MESSAGE_COLUMNS, id_col, message_from_row, query, query_opt, u
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{
     ConversationPage, Conversations, ReadAdvance, Side, StoreError, StoreResult, friends_sql,
-    side_of,
+    page_of_newest, side_of,
 };
 
 /// A page of the conversation list, as in SQLite: ordered by each conversation's last message
@@ -113,15 +113,7 @@ impl Conversations for PostgresStore {
                 }
                 // Each part holds up to `limit + 1` of its newest: merged, the first
                 // `limit + 1` of both are among them.
-                conversations.sort_by_key(|s| {
-                    std::cmp::Reverse(s.last_message.as_ref().map(|m| id_to_sql(m.id)))
-                });
-                let more = conversations.len() > limit;
-                conversations.truncate(limit);
-                Ok(ConversationPage {
-                    conversations,
-                    more,
-                })
+                Ok(ConversationPage::merged(conversations, limit))
             })
         })
         .await
@@ -166,14 +158,11 @@ impl Conversations for PostgresStore {
                     &[&conversation, &before, &fetch],
                 )
                 .await?;
-                let mut messages = rows
+                let messages = rows
                     .iter()
                     .map(|r| message_from_row(r, 0))
                     .collect::<Result<Vec<_>, _>>()?;
-                let more = messages.len() > limit;
-                messages.truncate(limit);
-                messages.reverse();
-                Ok(Some(MessagePage { messages, more }))
+                Ok(Some(page_of_newest(messages, limit)))
             })
         })
         .await
@@ -271,14 +260,11 @@ impl PostgresStore {
                 let from: i64 = span.try_get(0)?;
                 let rows =
                     query(c, &GROUP_PAGE_SQL, &[&conversation, &from, &before, &fetch]).await?;
-                let mut messages = rows
+                let messages = rows
                     .iter()
                     .map(|r| message_from_row(r, 0))
                     .collect::<Result<Vec<_>, _>>()?;
-                let more = messages.len() > limit;
-                messages.truncate(limit);
-                messages.reverse();
-                Ok(Some(MessagePage { messages, more }))
+                Ok(Some(page_of_newest(messages, limit)))
             })
         })
         .await

@@ -15,7 +15,7 @@ use super::rows::{MESSAGE_COLUMNS, id_col, internal, message_from_row};
 use crate::store::sql_integers::{count_to_sql, id_to_sql, limit_to_sql};
 use crate::store::{
     ConversationPage, Conversations, ReadAdvance, Side, StoreError, StoreResult, friends_sql,
-    side_of,
+    page_of_newest, side_of,
 };
 
 /// A page of the conversation list: each conversation's last message (its id is the order and
@@ -120,15 +120,7 @@ impl Conversations for SqliteStore {
             let mut conversations = rows.collect::<Result<Vec<_>, _>>().map_err(internal)?;
             // Groups and 1:1 conversations in one order: by their last message's id.
             conversations.extend(group_entries(conn, user, before, fetch)?);
-            conversations.sort_by_key(|c| {
-                std::cmp::Reverse(c.last_message.as_ref().map_or(Id(0), |m| m.id))
-            });
-            let more = conversations.len() > limit;
-            conversations.truncate(limit);
-            Ok(ConversationPage {
-                conversations,
-                more,
-            })
+            Ok(ConversationPage::merged(conversations, limit))
         })
         .await
     }
@@ -162,7 +154,7 @@ impl Conversations for SqliteStore {
                      WHERE m.conversation = ?1 AND m.seq < ?2 ORDER BY m.seq DESC LIMIT +?3"
                 ))
                 .map_err(internal)?;
-            let mut messages = stmt
+            let messages = stmt
                 .query_map(
                     params![conversation, before, limit_to_sql(limit).saturating_add(1)],
                     |r| message_from_row(r, 0),
@@ -170,10 +162,7 @@ impl Conversations for SqliteStore {
                 .map_err(internal)?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(internal)?;
-            let more = messages.len() > limit;
-            messages.truncate(limit);
-            messages.reverse();
-            Ok(Some(MessagePage { messages, more }))
+            Ok(Some(page_of_newest(messages, limit)))
         })
         .await
     }
@@ -243,7 +232,7 @@ impl SqliteStore {
                 return Ok(None);
             };
             let before = before.map_or(i64::MAX, count_to_sql);
-            let mut messages = conn
+            let messages = conn
                 .prepare_cached(&format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m
                      WHERE m.conversation = ?1 AND m.seq >= ?2 AND m.seq < ?3
@@ -262,10 +251,7 @@ impl SqliteStore {
                     .collect::<Result<Vec<_>, _>>()
                 })
                 .map_err(internal)?;
-            let more = messages.len() > limit;
-            messages.truncate(limit);
-            messages.reverse();
-            Ok(Some(MessagePage { messages, more }))
+            Ok(Some(page_of_newest(messages, limit)))
         })
         .await
     }

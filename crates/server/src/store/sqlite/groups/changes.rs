@@ -30,8 +30,7 @@ pub(super) fn role_of(conn: &Connection, group: Id, user: Id) -> StoreResult<Opt
                 .optional()
         })
         .map_err(internal)?;
-    role.map(|r| Role::parse(&r).ok_or_else(|| StoreError::Internal(format!("unknown role {r:?}"))))
-        .transpose()
+    role.as_deref().map(role_col).transpose()
 }
 
 /// The current members, longest-standing first (the owner first among equals).
@@ -48,12 +47,13 @@ pub(super) fn members(conn: &Connection, group: Id) -> StoreResult<Vec<(Id, Role
     })
     .map_err(internal)?
     .into_iter()
-    .map(|(user, role)| {
-        Role::parse(&role)
-            .map(|role| (user, role))
-            .ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
-    })
+    .map(|(user, role)| Ok((user, role_col(&role)?)))
     .collect()
+}
+
+/// A stored role.
+fn role_col(role: &str) -> StoreResult<Role> {
+    Role::parse(role).ok_or_else(|| StoreError::Internal(format!("unknown role {role:?}")))
 }
 
 /// `Invalid` if `user` is a member of `max` groups already.
@@ -92,19 +92,28 @@ pub(super) fn load_group(conn: &Connection, group: Id) -> StoreResult<Option<Gro
     let Some((title, created_at)) = head else {
         return Ok(None);
     };
-    let mut names = conn
-        .prepare_cached("SELECT username FROM users WHERE id = ?1")
+    // The members with their names in one statement, in the order of `members`.
+    let rows: Vec<(Id, String, String)> = conn
+        .prepare_cached(
+            "SELECT gm.user_id, u.username, gm.role
+             FROM group_members gm JOIN users u ON u.id = gm.user_id
+             WHERE gm.group_id = ?1 AND gm.to_seq IS NULL
+             ORDER BY gm.from_seq, gm.role <> 'owner', gm.user_id",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![id_to_sql(group)], |r| {
+                Ok((id_col(r, 0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
         .map_err(internal)?;
-    let members = members(conn, group)?
+    let members = rows
         .into_iter()
-        .map(|(user_id, role)| {
-            let username = names
-                .query_row(params![id_to_sql(user_id)], |r| r.get(0))
-                .map_err(internal)?;
+        .map(|(user_id, username, role)| {
             Ok(MemberRecord {
                 user_id,
                 username,
-                role,
+                role: role_col(&role)?,
             })
         })
         .collect::<StoreResult<Vec<_>>>()?;
@@ -253,6 +262,11 @@ pub(super) fn change_in(
     let seq = last + 1;
     let about = |kind, user| SystemEvent::about(kind, user);
     let forbidden = |m: &str| Err(StoreError::Forbidden(m.into()));
+    // The change's `system` messages: the first at `seq`, an owner's hand-off after it.
+    let record = |id, seq, event, recipients| {
+        system_message(conn, group, id, seq, actor, event, c.now, recipients)
+    };
+    let first = |event, recipients| record(c.message_ids[0], seq, event, recipients);
     match &c.change {
         GroupChange::Add(user) => {
             if !actor_role.manages() {
@@ -278,16 +292,7 @@ pub(super) fn change_in(
             let mut recipients = ids(&before);
             recipients.push(*user);
             let event = about(SystemKind::MemberAdded, *user);
-            let added = system_message(
-                conn,
-                group,
-                c.message_ids[0],
-                seq,
-                actor,
-                event,
-                c.now,
-                recipients,
-            )?;
+            let added = first(event, recipients)?;
             Ok(vec![added])
         }
         GroupChange::Remove(user) => {
@@ -333,16 +338,7 @@ pub(super) fn change_in(
                     role: Some(Role::Owner),
                     ..about(SystemKind::RoleChanged, heir)
                 };
-                stored.push(system_message(
-                    conn,
-                    group,
-                    c.message_ids[1],
-                    seq + 1,
-                    actor,
-                    event,
-                    c.now,
-                    ids(&rest),
-                )?);
+                stored.push(record(c.message_ids[1], seq + 1, event, ids(&rest))?);
             }
             Ok(stored)
         }
@@ -367,16 +363,7 @@ pub(super) fn change_in(
                 role: None,
                 members: None,
             };
-            let renamed = system_message(
-                conn,
-                group,
-                c.message_ids[0],
-                seq,
-                actor,
-                event,
-                c.now,
-                ids(&before),
-            )?;
+            let renamed = first(event, ids(&before))?;
             Ok(vec![renamed])
         }
         GroupChange::SetRole(user, role) => {
@@ -402,16 +389,7 @@ pub(super) fn change_in(
                 role: Some(*role),
                 ..about(SystemKind::RoleChanged, *user)
             };
-            let changed = system_message(
-                conn,
-                group,
-                c.message_ids[0],
-                seq,
-                actor,
-                event,
-                c.now,
-                ids(&before),
-            )?;
+            let changed = first(event, ids(&before))?;
             Ok(vec![changed])
         }
     }
