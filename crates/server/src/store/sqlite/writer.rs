@@ -22,6 +22,9 @@ const WRITE_QUEUE: usize = 16 * 1024;
 
 /// Entries the writer keeps in each of its caches before starting them afresh.
 const WRITER_CACHE: usize = 1 << 20;
+/// Groups whose members the writer keeps (each up to `max_group_members` ids: 4,096 groups of
+/// 1,024 are 32 MiB at most).
+const GROUPS_CACHED: usize = 4096;
 
 /// Runs on the writer thread inside the open transaction; returns what to do once the commit
 /// is known.
@@ -76,6 +79,9 @@ pub(super) struct Writer {
     pub(super) heads: HashMap<i64, u64>,
     /// Highest `seq` per conversation, including writes in the open transaction.
     pub(super) seqs: HashMap<String, u64>,
+    /// Current members per group, including the open transaction's changes: a group's send
+    /// reads them once, not once per message (a change forgets its group's entry).
+    pub(super) members: HashMap<i64, Arc<[Id]>>,
     /// Who has blocked anyone: most users block nobody, and a message to them skips the
     /// blocks lookup.
     blockers: Blockers,
@@ -91,6 +97,7 @@ impl Writer {
             conn,
             heads: HashMap::new(),
             seqs: HashMap::new(),
+            members: HashMap::new(),
             blockers: Blockers::Unloaded,
             poisoned: false,
         }
@@ -100,6 +107,7 @@ impl Writer {
     fn forget(&mut self) {
         self.heads.clear();
         self.seqs.clear();
+        self.members.clear();
         self.blockers = Blockers::Unloaded;
         self.poisoned = false;
     }
@@ -184,6 +192,9 @@ impl Writer {
         }
         if self.seqs.len() > WRITER_CACHE {
             self.seqs.clear();
+        }
+        if self.members.len() > GROUPS_CACHED {
+            self.members.clear();
         }
     }
 }

@@ -93,6 +93,7 @@ impl Groups for SqliteStore {
         self.write_raw(move |w| {
             let conversation = group_conversation_id(c.group);
             let last = w.last_seq(&conversation)?.ok_or_else(no_group)?;
+            w.members.remove(&id_to_sql(c.group));
             let stored = in_savepoint(&w.conn, |conn| change_in(conn, &c, last))?;
             if let Some(newest) = stored.last() {
                 w.seqs.insert(conversation, newest.message.seq);
@@ -113,12 +114,19 @@ impl Groups for SqliteStore {
             if let Some(message) = find_sent(&w.conn, m.from, &m.client_id)? {
                 return Ok(duplicate(message));
             }
-            if role_of(&w.conn, m.group, m.from)?.is_none() {
+            let recipients = match w.members.get(&id_to_sql(m.group)) {
+                Some(members) => members.clone(),
+                None => {
+                    let members: Arc<[Id]> = ids(&members(&w.conn, m.group)?).into();
+                    w.members.insert(id_to_sql(m.group), members.clone());
+                    members
+                }
+            };
+            if !recipients.contains(&m.from) {
                 return Err(no_group());
             }
             let conversation = group_conversation_id(m.group);
             let seq = w.last_seq(&conversation)?.ok_or_else(no_group)? + 1;
-            let recipients = ids(&members(&w.conn, m.group)?);
             // The only change: refused whole by a unique key, or else it poisons the batch.
             let inserted = insert_message(
                 &w.conn,
@@ -152,7 +160,7 @@ impl Groups for SqliteStore {
                     system: None,
                     ts: m.ts,
                 }),
-                recipients: recipients.into(),
+                recipients,
                 duplicate: false,
             })
         })
