@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 mod destination;
 mod groups;
 mod ids;
+mod push;
 
 pub use destination::Destination;
 pub use groups::{
@@ -30,6 +31,10 @@ pub use groups::{
 use ids::client_seq;
 pub use ids::{
     Id, InvalidId, MAX_NUMBER, NUMBER_RULE, conversation_id, conversation_members, parse_number,
+};
+pub use push::{
+    MAX_ENDPOINT_CHARS, MAX_TOKEN_CHARS, PushKind, PushPayload, PushSubscription, VapidKey,
+    WebPushKeys,
 };
 
 /// Largest WebSocket message the server accepts, after reassembly (bytes). Over it: close 1009.

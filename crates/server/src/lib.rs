@@ -6,6 +6,7 @@
 //! - [`sequencer`]: unique ids (messaging step 3)
 //! - [`store`]: the message store (messaging step 4)
 //! - [`sync`]: the message sync queue (messaging step 5)
+//! - [`push`]: the push server: offline devices' notifications (messaging steps 6-8)
 //! - [`api`]: the HTTP API; [`auth`]: passwords and tokens
 //! - [`wiring`]: the backends the configuration names; [`server`]: serving and shutdown;
 //!   [`jobs`]: background work; [`state`]: the shared handles
@@ -32,6 +33,7 @@ pub mod gateway;
 pub mod jobs;
 pub mod metrics;
 pub mod presence;
+pub mod push;
 pub mod sequencer;
 pub mod server;
 pub mod sessions;

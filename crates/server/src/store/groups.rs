@@ -79,6 +79,8 @@ pub struct GroupAppended {
     pub recipients: Arc<[Id]>,
     /// `(from, client_id)` had been stored before: nothing new was written.
     pub duplicate: bool,
+    /// An intent to notify was written with it (`push`): a member has a subscribed device.
+    pub notify: bool,
 }
 
 /// A member as the group object shows it.

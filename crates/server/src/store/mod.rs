@@ -16,6 +16,7 @@
 
 pub mod groups;
 pub mod postgres;
+pub mod push;
 mod sql_integers;
 pub mod sqlite;
 
@@ -125,6 +126,8 @@ pub struct Appended {
     pub recipient_pos: u64,
     /// True when `(from, client_id)` had been stored before: nothing new was written.
     pub duplicate: bool,
+    /// An intent to notify was written with it (`push`): a recipient has a subscribed device.
+    pub notify: bool,
 }
 
 impl Appended {
@@ -135,6 +138,7 @@ impl Appended {
             sender_pos: 0,
             recipient_pos: 0,
             duplicate: true,
+            notify: false,
         }
     }
 }
@@ -288,7 +292,7 @@ pub fn side_of(conversation: &str, user: Id) -> Option<Side> {
 /// write that returned `Ok` is durable, it survives `kill -9` of the process right after.
 #[async_trait]
 pub trait MessageStore:
-    Accounts + Contacts + Streams + Conversations + groups::Groups + Send + Sync + 'static
+    Accounts + Contacts + Streams + Conversations + groups::Groups + push::Push + Send + Sync + 'static
 {
     /// A socket's start, in one round trip where the backend can: the stream head, the
     /// friends, and up to `limit` stream entries after `after`. It reads both [`Streams`] and

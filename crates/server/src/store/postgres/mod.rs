@@ -29,6 +29,7 @@ mod group_read_tests;
 #[cfg(test)]
 mod group_tests;
 mod groups;
+mod push;
 mod retry;
 mod rows;
 mod schema;

@@ -90,6 +90,7 @@ pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<
             sender_pos: u64_col(&row, 8)?,
             recipient_pos: u64_col(&row, 9)?,
             duplicate: false,
+            notify: false,
         }),
         other => Err(Failure::Final(StoreError::Internal(format!(
             "confab_append answered {other:?}"

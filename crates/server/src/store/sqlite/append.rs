@@ -158,5 +158,6 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
         sender_pos,
         recipient_pos,
         duplicate: false,
+        notify: false,
     })
 }

@@ -27,6 +27,7 @@ mod contacts;
 mod conversations;
 mod groups;
 mod lock;
+mod push;
 mod read_pool;
 mod rows;
 mod schema;

@@ -158,6 +158,7 @@ pub(super) fn appended(message: Message, recipients: Vec<Id>) -> GroupAppended {
         message: Arc::new(message),
         recipients: recipients.into(),
         duplicate: false,
+        notify: false,
     }
 }
 
@@ -535,6 +536,7 @@ pub(super) async fn append_group_in(
             message: Arc::new(message_from_row(&row, 1)?),
             recipients: Arc::new([]),
             duplicate: true,
+            notify: false,
         }),
         "stored" => {
             let recipients: Vec<i64> = row.try_get::<_, Option<Vec<i64>>>(9)?.unwrap_or_default();

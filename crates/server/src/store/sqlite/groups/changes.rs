@@ -201,6 +201,7 @@ pub(super) fn system_message(
         }),
         recipients: recipients.into(),
         duplicate: false,
+        notify: false,
     })
 }
 

@@ -109,6 +109,7 @@ impl Groups for SqliteStore {
                 message: Arc::new(message),
                 recipients: Arc::from([]),
                 duplicate: true,
+                notify: false,
             };
             // A retry gets its first answer even if the sender has left since.
             if let Some(message) = find_sent(&w.conn, m.from, &m.client_id)? {
@@ -162,6 +163,7 @@ impl Groups for SqliteStore {
                 }),
                 recipients,
                 duplicate: false,
+                notify: false,
             })
         })
         .await
