@@ -220,9 +220,15 @@ impl Chat {
     /// Login steps 2-4: the socket is online; if the user just came online its friends are
     /// told. Returns the friends who are online now, for the socket. `friends` were read at
     /// login: one read serves both the announcement and the socket's list.
-    pub async fn went_online(&self, user: Id, socket: u64, friends: &[Id]) -> Vec<(Id, Presence)> {
+    pub async fn went_online(
+        &self,
+        user: Id,
+        device: Id,
+        socket: u64,
+        friends: &[Id],
+    ) -> Vec<(Id, Presence)> {
         let now = now_ms();
-        match self.presence.connected(user, socket, now).await {
+        match self.presence.connected(user, device, socket, now).await {
             Ok(true) => {
                 // `last_seen` is persisted when the user goes offline; while online the
                 // presence service holds it, so connecting costs no store write.

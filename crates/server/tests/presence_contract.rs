@@ -85,6 +85,7 @@ confab_testkit::contract! {
         only_the_first_connect_and_the_last_disconnect_are_transitions,
         status_answers_for_many_users_in_the_order_asked,
         last_seen_is_the_time_of_the_last_disconnect,
+        online_devices_are_those_with_a_live_socket,
     ],
     memory only: [has_nothing_to_sweep],
     redis only: [
@@ -99,16 +100,71 @@ confab_testkit::contract! {
 // ---------------------------------------------------------------------------------------------
 // The contract
 
+/// The push server's presence check: which devices have a socket, on any node.
+async fn online_devices_are_those_with_a_live_socket(backend: &Backend) {
+    let name = backend.name();
+    let (a, b) = (backend.node().await, backend.node().await);
+    let now = now_ms();
+    let (alice, bob) = (Id(1), Id(2));
+    // Alice: her phone (10) has two sockets, one on each node; her laptop (11) none yet.
+    a.connected(alice, Id(10), 100, now).await.unwrap();
+    b.connected(alice, Id(10), 101, now).await.unwrap();
+    b.connected(bob, Id(20), 200, now).await.unwrap();
+    let online = |p: Arc<dyn PresenceService>, users: Vec<Id>| async move {
+        let mut d: Vec<u64> = p
+            .online_devices(&users)
+            .await
+            .expect("online devices")
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        d.sort_unstable();
+        d
+    };
+    if let Backend::Memory = backend {
+        // One process: each node is its own; the cluster case is Redis's.
+        assert_eq!(online(a.clone(), vec![alice]).await, vec![10], "{name}");
+    } else {
+        assert_eq!(
+            online(a.clone(), vec![alice, bob]).await,
+            vec![10, 20],
+            "{name}"
+        );
+        assert_eq!(online(b.clone(), vec![bob]).await, vec![20], "{name}");
+        b.disconnected(alice, 101, now).await.unwrap();
+        assert_eq!(
+            online(b.clone(), vec![alice]).await,
+            vec![10],
+            "{name}: one socket left"
+        );
+    }
+    a.connected(alice, Id(11), 102, now).await.unwrap();
+    assert_eq!(online(a.clone(), vec![alice]).await, vec![10, 11], "{name}");
+    a.disconnected(alice, 100, now).await.unwrap();
+    assert_eq!(
+        online(a.clone(), vec![alice]).await,
+        vec![11],
+        "{name}: the phone left"
+    );
+    a.disconnected(alice, 102, now).await.unwrap();
+    assert!(
+        online(a.clone(), vec![alice, Id(99)]).await.is_empty(),
+        "{name}: none"
+    );
+    drop((a, b));
+    backend.clean_up().await;
+}
+
 async fn only_the_first_connect_and_the_last_disconnect_are_transitions(backend: &Backend) {
     let name = backend.name();
     let p = backend.node().await;
     let (user, now) = (Id(7), now_ms());
     assert!(
-        p.connected(user, 1, now).await.unwrap(),
+        p.connected(user, Id(1), 1, now).await.unwrap(),
         "{name}: first socket"
     );
     assert!(
-        !p.connected(user, 2, now).await.unwrap(),
+        !p.connected(user, Id(2), 2, now).await.unwrap(),
         "{name}: second socket"
     );
     assert_eq!(status_of(&*p, 7).await.status, ONLINE, "{name}");
@@ -131,7 +187,10 @@ async fn only_the_first_connect_and_the_last_disconnect_are_transitions(backend:
         "{name}: unknown"
     );
     // Online again after being offline: a transition again.
-    assert!(p.connected(user, 3, now).await.unwrap(), "{name}: back");
+    assert!(
+        p.connected(user, Id(3), 3, now).await.unwrap(),
+        "{name}: back"
+    );
     p.check().await.expect("check");
 }
 
@@ -142,7 +201,7 @@ async fn status_answers_for_many_users_in_the_order_asked(backend: &Backend) {
     // Users 1..=1000: the even ones online, every third one was online once.
     for u in 1..=1000u64 {
         if u % 2 == 0 || u % 3 == 0 {
-            p.connected(Id(u), u, now).await.unwrap();
+            p.connected(Id(u), Id(u), u, now).await.unwrap();
         }
         if u % 2 != 0 && u % 3 == 0 {
             p.disconnected(Id(u), u, now + 5).await.unwrap();
@@ -184,8 +243,8 @@ async fn last_seen_is_the_time_of_the_last_disconnect(backend: &Backend) {
     let name = backend.name();
     let p = backend.node().await;
     let t = now_ms();
-    p.connected(Id(1), 10, t).await.unwrap();
-    p.connected(Id(1), 11, t + 1).await.unwrap();
+    p.connected(Id(1), Id(10), 10, t).await.unwrap();
+    p.connected(Id(1), Id(11), 11, t + 1).await.unwrap();
     p.disconnected(Id(1), 10, t + 2).await.unwrap();
     p.disconnected(Id(1), 11, t + 3).await.unwrap();
     let seen = status_of(&*p, 1).await;
@@ -202,8 +261,8 @@ async fn last_seen_is_the_time_of_the_last_disconnect(backend: &Backend) {
 async fn nodes_share_presence_and_exactly_one_sees_each_transition(backend: &Backend) {
     let (a, b) = (backend.node().await, backend.node().await);
     let now = now_ms();
-    assert!(a.connected(Id(1), 100, now).await.unwrap());
-    assert!(!b.connected(Id(1), 200, now).await.unwrap());
+    assert!(a.connected(Id(1), Id(100), 100, now).await.unwrap());
+    assert!(!b.connected(Id(1), Id(200), 200, now).await.unwrap());
     assert_eq!(status_of(&*b, 1).await.status, ONLINE);
     assert!(!a.disconnected(Id(1), 100, now).await.unwrap());
     assert_eq!(
@@ -218,7 +277,11 @@ async fn nodes_share_presence_and_exactly_one_sees_each_transition(backend: &Bac
     let nodes = [a.clone(), b.clone()];
     let opens = (0..40u64).map(|s| {
         let node = nodes[(s % 2) as usize].clone();
-        tokio::spawn(async move { node.connected(Id(2), 1000 + s, now).await.unwrap() })
+        tokio::spawn(async move {
+            node.connected(Id(2), Id(1000 + s), 1000 + s, now)
+                .await
+                .unwrap()
+        })
     });
     let firsts = futures::future::join_all(opens).await;
     assert_eq!(
@@ -243,7 +306,7 @@ async fn a_live_node_keeps_its_sockets_past_the_ttl(backend: &Backend) {
         backend.node_with_ttl(ttl).await,
         backend.node_with_ttl(ttl).await,
     );
-    a.connected(Id(1), 1, now_ms()).await.unwrap();
+    a.connected(Id(1), Id(1), 1, now_ms()).await.unwrap();
     tokio::time::sleep(ttl * 3).await;
     assert!(b.sweep(now_ms()).await.unwrap().is_empty());
     assert_eq!(status_of(&*b, 1).await.status, ONLINE);
@@ -259,14 +322,14 @@ async fn a_dead_nodes_users_are_swept_offline_exactly_once(backend: &Backend) {
     let now = now_ms();
     // User 1 only on the dying node; user 2 there and on b; user 3 only on b; users 4 and
     // 5 on the dying node and, later, on b.
-    dying.connected(Id(1), 11, now).await.unwrap();
-    dying.connected(Id(1), 12, now).await.unwrap();
-    dying.connected(Id(2), 21, now).await.unwrap();
-    b.connected(Id(2), 22, now).await.unwrap();
-    b.connected(Id(3), 31, now).await.unwrap();
-    dying.connected(Id(4), 41, now).await.unwrap();
-    b.connected(Id(4), 42, now).await.unwrap();
-    dying.connected(Id(5), 51, now).await.unwrap();
+    dying.connected(Id(1), Id(11), 11, now).await.unwrap();
+    dying.connected(Id(1), Id(12), 12, now).await.unwrap();
+    dying.connected(Id(2), Id(21), 21, now).await.unwrap();
+    b.connected(Id(2), Id(22), 22, now).await.unwrap();
+    b.connected(Id(3), Id(31), 31, now).await.unwrap();
+    dying.connected(Id(4), Id(41), 41, now).await.unwrap();
+    b.connected(Id(4), Id(42), 42, now).await.unwrap();
+    dying.connected(Id(5), Id(51), 51, now).await.unwrap();
     drop(dying); // stops renewing without disconnecting anything
 
     assert!(
@@ -282,7 +345,7 @@ async fn a_dead_nodes_users_are_swept_offline_exactly_once(backend: &Backend) {
     // Before any sweep: user 4's last live socket closes (that call reports the offline),
     // user 5 connects anew (online again: only unexpired sockets count).
     assert!(b.disconnected(Id(4), 42, now_ms()).await.unwrap());
-    assert!(b.connected(Id(5), 52, now_ms()).await.unwrap());
+    assert!(b.connected(Id(5), Id(52), 52, now_ms()).await.unwrap());
     let (from_b, from_c) = tokio::join!(b.sweep(now_ms()), c.sweep(now_ms()));
     let all: Vec<(Id, i64)> = [from_b.unwrap(), from_c.unwrap()].concat();
     let users: Vec<Id> = all.iter().map(|(u, _)| *u).collect();
@@ -316,7 +379,7 @@ async fn a_big_dead_node_is_swept_completely_and_once(backend: &Backend) {
     let users = 2500u64; // more than one sweep batch
     let opens = (0..users).map(|u| {
         let node = dying.clone();
-        tokio::spawn(async move { node.connected(Id(u), u, now).await.unwrap() })
+        tokio::spawn(async move { node.connected(Id(u), Id(u), u, now).await.unwrap() })
     });
     futures::future::join_all(opens).await;
     drop(dying);
@@ -333,7 +396,7 @@ async fn a_big_dead_node_is_swept_completely_and_once(backend: &Backend) {
 
 async fn has_nothing_to_sweep(_: &Backend) {
     let p = MemoryPresence::new();
-    p.connected(Id(1), 1, 5).await.unwrap();
+    p.connected(Id(1), Id(1), 1, 5).await.unwrap();
     assert!(p.sweep(i64::MAX).await.unwrap().is_empty());
 }
 

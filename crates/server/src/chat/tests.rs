@@ -359,7 +359,7 @@ async fn friends_hear_who_comes_online_and_goes_offline() {
     let f = fixture(true).await;
     f.befriend().await;
     // b comes online first: a is not online, and hears that b is.
-    let online = f.chat.went_online(f.b, 2, &[f.a]).await;
+    let online = f.chat.went_online(f.b, Id(2), 2, &[f.a]).await;
     assert!(online.is_empty());
     let published = ephemeral(f.sync.take());
     assert_eq!(published.len(), 1);
@@ -369,12 +369,12 @@ async fn friends_hear_who_comes_online_and_goes_offline() {
         ServerFrame::Presence { user_id, status: PresenceStatus::Online, .. } if user_id == f.b
     ));
     // a comes online: told that b is online.
-    let online = f.chat.went_online(f.a, 1, &[f.b]).await;
+    let online = f.chat.went_online(f.a, Id(1), 1, &[f.b]).await;
     assert_eq!(online.len(), 1);
     assert_eq!(online[0].0, f.b);
     f.sync.take();
     // b's second socket closing is not b going offline; its last is.
-    f.chat.went_online(f.b, 3, &[f.a]).await;
+    f.chat.went_online(f.b, Id(3), 3, &[f.a]).await;
     f.sync.take();
     f.chat.went_offline(f.b, 2).await;
     assert!(f.sync.take().is_empty());
@@ -389,7 +389,7 @@ async fn friends_hear_who_comes_online_and_goes_offline() {
 #[tokio::test]
 async fn strangers_hear_nothing_of_presence() {
     let f = fixture(true).await;
-    f.chat.went_online(f.b, 2, &[]).await;
+    f.chat.went_online(f.b, Id(2), 2, &[]).await;
     f.chat.became_friends(f.a, f.b).await; // not friends in the store: the caller decides
     f.chat.went_offline(f.b, 2).await;
     let presence_to_a = ephemeral(f.sync.take())

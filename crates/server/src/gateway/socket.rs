@@ -245,7 +245,12 @@ impl Conn {
     /// online now.
     async fn go_online(&mut self, io: &mut Io, friends: &[Id]) -> Result<(), Stop> {
         let online = (self.gateway.chat)
-            .went_online(self.session.user_id, self.socket, friends)
+            .went_online(
+                self.session.user_id,
+                self.session.device_id,
+                self.socket,
+                friends,
+            )
             .await;
         for (friend, p) in online {
             let frame = ServerFrame::Presence {

@@ -10,7 +10,8 @@ use super::{PresenceError, PresenceService};
 
 #[derive(Default)]
 struct Entry {
-    sockets: HashSet<u64>,
+    /// Each socket's device.
+    sockets: HashMap<u64, Id>,
     last_seen: i64,
 }
 
@@ -28,11 +29,17 @@ impl MemoryPresence {
 
 #[async_trait]
 impl PresenceService for MemoryPresence {
-    async fn connected(&self, user: Id, socket: u64, now: i64) -> Result<bool, PresenceError> {
+    async fn connected(
+        &self,
+        user: Id,
+        device: Id,
+        socket: u64,
+        now: i64,
+    ) -> Result<bool, PresenceError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         let entry = users.entry(user).or_default();
         let first = entry.sockets.is_empty();
-        entry.sockets.insert(socket);
+        entry.sockets.insert(socket, device);
         entry.last_seen = now;
         Ok(first)
     }
@@ -42,7 +49,7 @@ impl PresenceService for MemoryPresence {
         let Some(entry) = users.get_mut(&user) else {
             return Ok(false);
         };
-        let removed = entry.sockets.remove(&socket);
+        let removed = entry.sockets.remove(&socket).is_some();
         if removed {
             entry.last_seen = now;
         }
@@ -67,6 +74,15 @@ impl PresenceService for MemoryPresence {
                     last_seen: 0,
                 },
             })
+            .collect())
+    }
+
+    async fn online_devices(&self, ids: &[Id]) -> Result<HashSet<Id>, PresenceError> {
+        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(ids
+            .iter()
+            .filter_map(|id| users.get(id))
+            .flat_map(|e| e.sockets.values().copied())
             .collect())
     }
 

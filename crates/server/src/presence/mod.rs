@@ -7,6 +7,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,12 +30,22 @@ pub enum PresenceError {
 /// a distributed backend); `last_seen` is the time of that last disconnect (0 if never seen).
 #[async_trait]
 pub trait PresenceService: Send + Sync + 'static {
-    /// A socket of `user` reached `welcome`. `socket` is unique per socket in the cluster.
-    async fn connected(&self, user: Id, socket: u64, now: i64) -> Result<bool, PresenceError>;
+    /// A socket of `user`'s `device` reached `welcome`. `socket` is unique per socket in the
+    /// cluster.
+    async fn connected(
+        &self,
+        user: Id,
+        device: Id,
+        socket: u64,
+        now: i64,
+    ) -> Result<bool, PresenceError>;
     /// That socket closed. Returns true when it was the user's last one.
     async fn disconnected(&self, user: Id, socket: u64, now: i64) -> Result<bool, PresenceError>;
     /// Current presence of each user, in the order asked.
     async fn status(&self, users: &[Id]) -> Result<Vec<Presence>, PresenceError>;
+    /// The devices of `users` with a socket past `welcome` (unexpired, on any node): the
+    /// push server's presence check (design messaging step 6).
+    async fn online_devices(&self, users: &[Id]) -> Result<HashSet<Id>, PresenceError>;
     async fn check(&self) -> Result<(), PresenceError>;
     /// Removes sockets whose node stopped renewing them (it died) and returns the users that
     /// thereby went offline, each exactly once cluster-wide, with their `last_seen`. The server

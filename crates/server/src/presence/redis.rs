@@ -11,7 +11,9 @@
 //! - `P u:<user>`: sorted set, the user's socket ids scored by expiry (ms, Redis clock);
 //! - `P sockets`: sorted set, `<user>:<socket>` for every socket of the cluster, scored by
 //!   the same expiry, so a sweep finds the expired ones without scanning users;
-//! - `P last_seen`: hash, user → the last time (ms) the user was known online.
+//! - `P last_seen`: hash, user → the last time (ms) the user was known online;
+//! - `P d:<user>`: hash, the user's socket ids → each one's device, for the push server's
+//!   presence check (which devices have a live socket); an entry goes with its socket.
 //!
 //! Every change is one Lua script, so it is atomic, and the scripts keep one rule: **the
 //! call that takes a user's socket set from non-empty to empty reports the user offline**
@@ -64,25 +66,27 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: user set, cluster set, last_seen. ARGV: user, socket, ttl ms, caller's now.
-/// Drops the user's expired sockets, adds this one; returns 1 if the user had no unexpired
-/// socket before (it just came online), else 0.
+/// KEYS: user set, cluster set, last_seen, user's devices. ARGV: user, socket, ttl ms,
+/// caller's now, device. Drops the user's expired sockets, adds this one; returns 1 if the
+/// user had no unexpired socket before (it just came online), else 0.
 const CONNECTED: &str = r"
 local member = ARGV[1] .. ':'
 for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   redis.call('ZREM', KEYS[1], s)
   redis.call('ZREM', KEYS[2], member .. s)
+  redis.call('HDEL', KEYS[4], s)
 end
 local live = redis.call('ZCARD', KEYS[1])
 local expiry = now + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], expiry, ARGV[2])
 redis.call('ZADD', KEYS[2], expiry, member .. ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[2], ARGV[5])
 if live == 0 then return 1 end
 return 0
 ";
 
-/// KEYS: user set, cluster set, last_seen. ARGV: user, socket, caller's now.
+/// KEYS: user set, cluster set, last_seen, user's devices. ARGV: user, socket, caller's now.
 /// Removes the socket and the user's expired sockets; returns 1 if that emptied the user's
 /// set (it just went offline), else 0.
 const DISCONNECTED: &str = r"
@@ -90,9 +94,11 @@ local member = ARGV[1] .. ':'
 local had = redis.call('ZCARD', KEYS[1])
 local removed = redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[2], member .. ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
 for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   redis.call('ZREM', KEYS[1], s)
   redis.call('ZREM', KEYS[2], member .. s)
+  redis.call('HDEL', KEYS[4], s)
 end
 local offline = had > 0 and redis.call('ZCARD', KEYS[1]) == 0
 if removed == 1 or offline then
@@ -102,7 +108,7 @@ if offline then return 1 end
 return 0
 ";
 
-/// KEYS: cluster set, last_seen. ARGV: user-set key prefix, batch size.
+/// KEYS: cluster set, last_seen. ARGV: user-set key prefix, batch size, devices key prefix.
 /// Removes up to a batch of expired sockets; returns `scanned, user, last_seen, user, …`
 /// listing each user whose set this emptied, with the expiry of its last socket.
 const SWEEP: &str = r"
@@ -122,6 +128,7 @@ for i = 1, #due, 2 do
       kept = true
     elseif score then
       redis.call('ZREM', key, socket)
+      redis.call('HDEL', ARGV[3] .. user, socket)
       if latest[user] == nil then
         touched[#touched + 1] = user
         latest[user] = expiry
@@ -138,6 +145,7 @@ for _, user in ipairs(touched) do
   for _, s in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now)) do
     redis.call('ZREM', key, s)
     redis.call('ZREM', KEYS[1], user .. ':' .. s)
+    redis.call('HDEL', ARGV[3] .. user, s)
   end
   if redis.call('ZCARD', key) == 0 then
     local seen = latest[user]
@@ -187,11 +195,28 @@ end
 return out
 ";
 
+/// ARGV: user-set key prefix, devices key prefix, then users.
+/// Returns the devices of the users' unexpired sockets.
+const ONLINE_DEVICES: &str = r"
+local out = {}
+for i = 3, #ARGV do
+  local live = redis.call('ZRANGEBYSCORE', ARGV[1] .. ARGV[i], '(' .. string.format('%d', now), '+inf')
+  if #live > 0 then
+    for _, d in ipairs(redis.call('HMGET', ARGV[2] .. ARGV[i], unpack(live))) do
+      if d then out[#out + 1] = d end
+    end
+  end
+end
+return out
+";
+
 /// The keys of one cluster's presence.
 #[derive(Clone, Debug)]
 struct Keys {
     /// Prefix of the per-user socket sets; the user id follows.
     user_prefix: String,
+    /// Prefix of the per-user socket → device hashes; the user id follows.
+    devices_prefix: String,
     sockets: String,
     last_seen: String,
 }
@@ -200,6 +225,7 @@ impl Keys {
     fn new(cluster: &str) -> Keys {
         Keys {
             user_prefix: format!("{cluster}:presence:u:"),
+            devices_prefix: format!("{cluster}:presence:d:"),
             sockets: format!("{cluster}:presence:sockets"),
             last_seen: format!("{cluster}:presence:last_seen"),
         }
@@ -207,6 +233,10 @@ impl Keys {
 
     fn user(&self, user: Id) -> String {
         format!("{}{user}", self.user_prefix)
+    }
+
+    fn devices(&self, user: Id) -> String {
+        format!("{}{user}", self.devices_prefix)
     }
 }
 
@@ -216,6 +246,7 @@ struct Scripts {
     sweep: Script,
     renew: Script,
     status: Script,
+    online_devices: Script,
 }
 
 impl Scripts {
@@ -227,6 +258,7 @@ impl Scripts {
             sweep: script(SWEEP),
             renew: script(RENEW),
             status: script(STATUS),
+            online_devices: script(ONLINE_DEVICES),
         }
     }
 }
@@ -364,7 +396,13 @@ impl RedisPresence {
 
 #[async_trait]
 impl PresenceService for RedisPresence {
-    async fn connected(&self, user: Id, socket: u64, now: i64) -> Result<bool, PresenceError> {
+    async fn connected(
+        &self,
+        user: Id,
+        device: Id,
+        socket: u64,
+        now: i64,
+    ) -> Result<bool, PresenceError> {
         let s = &self.shared;
         let first: i64 = s
             .scripts
@@ -372,10 +410,12 @@ impl PresenceService for RedisPresence {
             .key(s.keys.user(user))
             .key(&s.keys.sockets)
             .key(&s.keys.last_seen)
+            .key(s.keys.devices(user))
             .arg(user.0)
             .arg(socket)
             .arg(s.ttl_ms)
             .arg(now)
+            .arg(device.0)
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
@@ -393,6 +433,7 @@ impl PresenceService for RedisPresence {
             .key(s.keys.user(user))
             .key(&s.keys.sockets)
             .key(&s.keys.last_seen)
+            .key(s.keys.devices(user))
             .arg(user.0)
             .arg(socket)
             .arg(now)
@@ -432,6 +473,26 @@ impl PresenceService for RedisPresence {
         Ok(out)
     }
 
+    async fn online_devices(&self, users: &[Id]) -> Result<HashSet<Id>, PresenceError> {
+        let s = &self.shared;
+        let mut out = HashSet::new();
+        for chunk in users.chunks(BATCH) {
+            let mut invocation = s.scripts.online_devices.prepare_invoke();
+            invocation
+                .arg(&s.keys.user_prefix)
+                .arg(&s.keys.devices_prefix);
+            for user in chunk {
+                invocation.arg(user.0);
+            }
+            let devices: Vec<u64> = invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            out.extend(devices.into_iter().map(Id));
+        }
+        Ok(out)
+    }
+
     async fn check(&self) -> Result<(), PresenceError> {
         let (mut conn, ping) = (self.conn(), redis::cmd("PING"));
         tokio::time::timeout(TIMEOUT, ping.query_async::<String>(&mut conn))
@@ -453,6 +514,7 @@ impl PresenceService for RedisPresence {
                 .key(&s.keys.last_seen)
                 .arg(&s.keys.user_prefix)
                 .arg(BATCH)
+                .arg(&s.keys.devices_prefix)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(unavailable)?;

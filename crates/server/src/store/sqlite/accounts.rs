@@ -6,6 +6,7 @@ use confab_protocol::{Id, User};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
+use super::push::forget_devices;
 use super::rows::{id_col, internal, is_unique_violation};
 use crate::store::sql_integers::id_to_sql;
 use crate::store::{
@@ -156,7 +157,7 @@ impl Accounts for SqliteStore {
             )
             .and_then(|mut s| s.execute(params![id_to_sql(device_id), now]))
             .map_err(internal)?;
-            Ok(())
+            forget_devices(conn, &[device_id])
         })
         .await
     }
@@ -226,11 +227,14 @@ impl Accounts for SqliteStore {
                      RETURNING id",
                 )
                 .map_err(internal)?;
-            s.query_map(params![id_to_sql(user), id_to_sql(keep_device), now], |r| {
-                id_col(r, 0)
-            })
-            .and_then(Iterator::collect)
-            .map_err(internal)
+            let revoked: Vec<Id> = s
+                .query_map(params![id_to_sql(user), id_to_sql(keep_device), now], |r| {
+                    id_col(r, 0)
+                })
+                .and_then(Iterator::collect)
+                .map_err(internal)?;
+            forget_devices(conn, &revoked)?;
+            Ok(revoked)
         })
         .await
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use confab_protocol::{Id, Message};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::push::insert_message_intent;
 use super::rows::{MESSAGE_COLUMNS, internal, is_unique_violation, message_from_row};
 use super::writer::Writer;
 use crate::store::sql_integers::id_to_sql;
@@ -50,6 +51,8 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
             ));
         }
     }
+    // Read before the first change, which a failure after would poison.
+    let notify = w.may_push(m.to)?;
     let recipient_pos = w
         .head(m.to)?
         .ok_or_else(|| StoreError::NotFound(format!("no user {}", m.to)))?
@@ -141,6 +144,11 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
         w.poisoned = true;
         return Err(internal(e));
     }
+    if notify && let Err(e) = insert_message_intent(&w.conn, &conversation, m.id, seq, m.from, m.ts)
+    {
+        w.poisoned = true;
+        return Err(internal(e));
+    }
     w.heads.insert(id_to_sql(m.to), recipient_pos);
     w.heads.insert(id_to_sql(m.from), sender_pos);
     w.seqs.insert(conversation.clone(), seq);
@@ -158,6 +166,6 @@ pub(super) fn append_in(w: &mut Writer, m: NewMessage) -> StoreResult<Appended> 
         sender_pos,
         recipient_pos,
         duplicate: false,
-        notify: false,
+        notify,
     })
 }

@@ -137,6 +137,54 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device_id, group_id)
     ) WITHOUT ROWID;
     "#,
+    // 7: push (`store::push`). One subscription per device, its kind's fields as JSON. The
+    // outbox holds an intent per message (written only when a recipient has a subscription)
+    // or per read; the pending rows are a device's notification per conversation: `due`
+    // (to send at `next_at`) or `shown` (sent; kept so that a read elsewhere sends a clear).
+    // `lease_until` keeps a claimed row from being claimed again before it passes.
+    r#"
+    CREATE TABLE push_subscriptions (
+        device_id   INTEGER PRIMARY KEY,
+        user_id     INTEGER NOT NULL,
+        id          INTEGER NOT NULL,
+        kind        TEXT    NOT NULL,
+        data        TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL
+    );
+    CREATE INDEX push_subscriptions_user ON push_subscriptions(user_id);
+    CREATE TABLE push_outbox (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        conversation TEXT    NOT NULL,
+        kind         TEXT    NOT NULL,
+        message_id   INTEGER,
+        seq          INTEGER NOT NULL,
+        user_id      INTEGER NOT NULL,
+        device_id    INTEGER,
+        created_at   INTEGER NOT NULL,
+        lease_until  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE push_pending (
+        device_id    INTEGER NOT NULL,
+        conversation TEXT    NOT NULL,
+        user_id      INTEGER NOT NULL,
+        kind         TEXT    NOT NULL,
+        message_id   INTEGER,
+        seq          INTEGER NOT NULL,
+        state        TEXT    NOT NULL,
+        shown_seq    INTEGER NOT NULL DEFAULT 0,
+        version      INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at      INTEGER NOT NULL,
+        created_at   INTEGER NOT NULL,
+        lease_until  INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (device_id, conversation)
+    ) WITHOUT ROWID;
+    CREATE INDEX push_pending_due ON push_pending(next_at) WHERE state = 'due';
+    CREATE TABLE push_keys (
+        name TEXT PRIMARY KEY,
+        pem  TEXT NOT NULL
+    );
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

@@ -84,7 +84,10 @@ pub(super) struct Writer {
     pub(super) members: HashMap<i64, Arc<[Id]>>,
     /// Who has blocked anyone: most users block nobody, and a message to them skips the
     /// blocks lookup.
-    blockers: Blockers,
+    blockers: UserSet,
+    /// Who has a push subscription: a message to anyone else writes no intent to notify,
+    /// and most messages skip the lookup.
+    push_users: UserSet,
     /// Set by a job that failed after changing something it cannot undo alone (it ran without
     /// a savepoint): the whole transaction is rolled back and every job in it fails, which is
     /// safe because nobody has been answered yet, and senders retry idempotently.
@@ -98,7 +101,8 @@ impl Writer {
             heads: HashMap::new(),
             seqs: HashMap::new(),
             members: HashMap::new(),
-            blockers: Blockers::Unloaded,
+            blockers: UserSet::Unloaded,
+            push_users: UserSet::Unloaded,
             poisoned: false,
         }
     }
@@ -108,42 +112,39 @@ impl Writer {
         self.heads.clear();
         self.seqs.clear();
         self.members.clear();
-        self.blockers = Blockers::Unloaded;
+        self.blockers = UserSet::Unloaded;
+        self.push_users = UserSet::Unloaded;
         self.poisoned = false;
     }
 
     /// Whether `user` may have blocked someone (`false` only if they certainly have not).
     pub(super) fn may_block(&mut self, user: Id) -> StoreResult<bool> {
-        if let Blockers::Unloaded = self.blockers {
-            let owners: Vec<i64> = self
-                .conn
-                .prepare_cached("SELECT DISTINCT owner FROM blocks LIMIT ?1")
-                .and_then(|mut s| {
-                    s.query_map(params![WRITER_CACHE + 1], |r| r.get(0))?
-                        .collect()
-                })
-                .map_err(internal)?;
-            self.blockers = if owners.len() > WRITER_CACHE {
-                Blockers::TooMany
-            } else {
-                Blockers::Known(owners.into_iter().collect())
-            };
-        }
-        Ok(match &self.blockers {
-            Blockers::Known(owners) => owners.contains(&id_to_sql(user)),
-            Blockers::Unloaded | Blockers::TooMany => true,
-        })
+        self.blockers.may_contain(
+            &self.conn,
+            "SELECT DISTINCT owner FROM blocks LIMIT ?1",
+            user,
+        )
     }
 
     /// Called before `owner`'s block is written: the set may hold more than is committed
     /// (a rolled-back or removed block costs a lookup), never less.
     pub(super) fn note_blocker(&mut self, owner: Id) {
-        if let Blockers::Known(owners) = &mut self.blockers {
-            owners.insert(id_to_sql(owner));
-            if owners.len() > WRITER_CACHE {
-                self.blockers = Blockers::TooMany;
-            }
-        }
+        self.blockers.note(owner);
+    }
+
+    /// Whether `user` may have a push subscription (`false` only if they certainly have
+    /// none). A message to a user who may costs a lookup of their devices at expansion.
+    pub(super) fn may_push(&mut self, user: Id) -> StoreResult<bool> {
+        self.push_users.may_contain(
+            &self.conn,
+            "SELECT DISTINCT user_id FROM push_subscriptions LIMIT ?1",
+            user,
+        )
+    }
+
+    /// Called before `user`'s subscription is written (as [`Writer::note_blocker`]).
+    pub(super) fn note_push_user(&mut self, user: Id) {
+        self.push_users.note(user);
     }
 
     /// The user's stream head, or `None` if there is no such user.
@@ -199,14 +200,48 @@ impl Writer {
     }
 }
 
-/// The writer's knowledge of who blocks anyone.
-enum Blockers {
+/// The writer's knowledge of a set of users (who blocks anyone, who has a push
+/// subscription): a superset of the committed one, or unknown.
+enum UserSet {
     /// Not read yet (or forgotten after a rollback).
     Unloaded,
-    /// Every user with a block, and maybe some without.
+    /// Every user in the set, and maybe some no longer in it.
     Known(std::collections::HashSet<i64>),
-    /// More than [`WRITER_CACHE`] users: every message looks its block up.
+    /// More than [`WRITER_CACHE`] users: every message looks its user up.
     TooMany,
+}
+
+impl UserSet {
+    /// Whether `user` may be in the set; `load` (one `?1`, the limit) lists it.
+    fn may_contain(&mut self, conn: &Connection, load: &str, user: Id) -> StoreResult<bool> {
+        if let UserSet::Unloaded = self {
+            let users: Vec<i64> = conn
+                .prepare_cached(load)
+                .and_then(|mut s| {
+                    s.query_map(params![WRITER_CACHE + 1], |r| r.get(0))?
+                        .collect()
+                })
+                .map_err(internal)?;
+            *self = if users.len() > WRITER_CACHE {
+                UserSet::TooMany
+            } else {
+                UserSet::Known(users.into_iter().collect())
+            };
+        }
+        Ok(match self {
+            UserSet::Known(users) => users.contains(&id_to_sql(user)),
+            UserSet::Unloaded | UserSet::TooMany => true,
+        })
+    }
+
+    fn note(&mut self, user: Id) {
+        if let UserSet::Known(users) = self {
+            users.insert(id_to_sql(user));
+            if users.len() > WRITER_CACHE {
+                *self = UserSet::TooMany;
+            }
+        }
+    }
 }
 
 fn writer_loop(

@@ -15,6 +15,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use super::append::find_sent;
+use super::push::insert_message_intent;
 use super::rows::{MESSAGE_COLUMNS, id_col, internal, is_unique_violation, message_from_row};
 use super::writer::in_savepoint;
 use crate::store::groups::{
@@ -128,7 +129,14 @@ impl Groups for SqliteStore {
             }
             let conversation = group_conversation_id(m.group);
             let seq = w.last_seq(&conversation)?.ok_or_else(no_group)? + 1;
-            // The only change: refused whole by a unique key, or else it poisons the batch.
+            let mut notify = false;
+            for member in recipients.iter().filter(|r| **r != m.from) {
+                if w.may_push(*member)? {
+                    notify = true;
+                    break;
+                }
+            }
+            // The first change: refused whole by a unique key, or else it poisons the batch.
             let inserted = insert_message(
                 &w.conn,
                 m.id,
@@ -149,6 +157,13 @@ impl Groups for SqliteStore {
                 w.poisoned = true;
                 return Err(internal(e));
             }
+            if notify
+                && let Err(e) =
+                    insert_message_intent(&w.conn, &conversation, m.id, seq, m.from, m.ts)
+            {
+                w.poisoned = true;
+                return Err(internal(e));
+            }
             w.seqs.insert(conversation.clone(), seq);
             Ok(GroupAppended {
                 message: Arc::new(Message {
@@ -163,7 +178,7 @@ impl Groups for SqliteStore {
                 }),
                 recipients,
                 duplicate: false,
-                notify: false,
+                notify,
             })
         })
         .await
