@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod admin;
 mod chat;
+mod push_args;
 
 // mimalloc: per-thread free lists make the many small, short-lived allocations of message
 // handling (frames, tasks, channel slots) markedly cheaper than glibc's malloc, which
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the chat server (every service in this process by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Operator tasks on a store.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
@@ -194,6 +195,8 @@ struct ServeArgs {
           default_value_t = u32::try_from(defaults().max_groups_per_user).unwrap_or(u32::MAX),
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_groups_per_user: u32,
+    #[command(flatten)]
+    push: push_args::PushArgs,
 }
 
 impl ServeArgs {
@@ -242,6 +245,7 @@ impl ServeArgs {
             auth.hash_concurrency = usize::try_from(n).unwrap_or(usize::MAX);
         }
         auth.hash_queue = self.hash_queue;
+        self.push.apply(&mut config.push)?;
         Ok(config)
     }
 }
@@ -293,7 +297,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
         Command::Admin(cmd) => runtime.block_on(admin::run(cmd)),
         Command::Chat(args) => runtime.block_on(chat::run(args)),
         Command::Bench(args) => runtime.block_on(confab_bench::run(args)),

@@ -7,8 +7,9 @@ use crate::Id;
 
 /// Longest Web Push endpoint URL accepted (browsers' are well under 1 KiB).
 pub const MAX_ENDPOINT_CHARS: usize = 2048;
-/// Longest APNs/FCM token, gateway pushkey, gateway name or app id accepted.
-pub const MAX_TOKEN_CHARS: usize = 4096;
+/// Longest APNs/FCM token or gateway pushkey accepted (APNs tokens are 64 hex digits, FCM's
+/// about 160 characters): a subscription fits the 4 KiB bound of HTTP bodies.
+pub const MAX_TOKEN_CHARS: usize = 1024;
 
 /// A device's push subscription: `PUT /v1/push/subscription`'s body and `GET`'s answer.
 ///

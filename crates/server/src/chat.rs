@@ -37,6 +37,9 @@ pub struct Chat {
     ids: Arc<IdSource>,
     local: Arc<dyn LocalSockets>,
     metrics: Metrics,
+    /// Rung when an intent to notify was stored: the push server looks at its outbox then
+    /// rather than at its next poll.
+    push_wake: Arc<tokio::sync::Notify>,
     /// The sync queue reaches this node's sockets only (a single node): an ephemeral event
     /// for a user with no socket here would reach nobody, so it need not be made.
     sync_is_node_local: bool,
@@ -45,6 +48,10 @@ pub struct Chat {
 impl Chat {
     /// The flows over these handles. `sync_is_node_local` is the wiring's knowledge of the
     /// queue: true when it delivers within this process only.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per handle the flows hold; the wiring is the only caller"
+    )]
     pub fn new(
         store: Arc<dyn MessageStore>,
         sync: Arc<dyn SyncQueue>,
@@ -52,6 +59,7 @@ impl Chat {
         ids: Arc<IdSource>,
         local: Arc<dyn LocalSockets>,
         metrics: Metrics,
+        push_wake: Arc<tokio::sync::Notify>,
         sync_is_node_local: bool,
     ) -> Self {
         Chat {
@@ -61,6 +69,7 @@ impl Chat {
             ids,
             local,
             metrics,
+            push_wake,
             sync_is_node_local,
         }
     }
@@ -98,6 +107,9 @@ impl Chat {
             seq: m.seq,
             ts: m.ts,
         };
+        if appended.notify {
+            self.push_wake.notify_one();
+        }
         if !appended.duplicate {
             self.metrics.messages_stored.inc();
             let event = SyncEvent::Message {
@@ -146,6 +158,8 @@ impl Chat {
         else {
             return Ok(());
         };
+        self.clear_notifications(reader, &conversation, advance.seq)
+            .await;
         let to = if advance.friends {
             vec![advance.peer, reader.user_id]
         } else {
@@ -165,6 +179,28 @@ impl Chat {
             tracing::warn!(error = %e, "read receipt publish failed; peers see it in the conversation list");
         }
         Ok(())
+    }
+
+    /// The design's push server, after a read: the reader's other devices clear their
+    /// notification of the conversation. The read is stored already; a failure here leaves
+    /// a notification shown, so it is logged, not answered.
+    async fn clear_notifications(&self, reader: DeviceSession, conversation: &str, seq: u64) {
+        match self
+            .store
+            .record_read(
+                reader.user_id,
+                reader.device_id,
+                conversation,
+                seq,
+                now_ms(),
+            )
+            .await
+        {
+            Ok(()) => self.push_wake.notify_one(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a read for push; notifications stay")
+            }
+        }
     }
 
     /// A `typing`: relayed to the peer's connected sockets only while the two are friends

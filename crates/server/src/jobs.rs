@@ -1,5 +1,5 @@
 //! The node's background jobs: the presence sweep, the node-id lease keeper, the resync
-//! ticker, the session toucher and the exchange of rate limits. Which of them run is decided by the wiring, from what the
+//! ticker, the session toucher, the exchange of rate limits and the push server. Which of them run is decided by the wiring, from what the
 //! backends need.
 
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct Jobs {
     pub touch_sessions: Option<Duration>,
     /// Share what each device was granted with the other nodes this often (a cluster).
     pub exchange_limits: Option<Duration>,
+    /// Run the push server: expand the outbox, send due notifications.
+    pub push: bool,
 }
 
 /// The running jobs; they stop when this is dropped.
@@ -67,6 +69,9 @@ impl Jobs {
         }
         if let Some(every) = self.exchange_limits {
             tasks.push(tokio::spawn(exchange_limits(gateway.clone(), every)));
+        }
+        if self.push {
+            tasks.push(tokio::spawn(app.push.clone().run(app.shutdown.clone())));
         }
         Running(tasks)
     }

@@ -22,6 +22,111 @@ pub struct Metrics {
     /// Requests and frames refused by a rate limit, by `limit`: `login`, `registration`
     /// (429 over HTTP), `send`, `frame` (`rate_limited` over the WebSocket).
     pub rate_limited: IntCounterVec,
+    /// The push server's.
+    pub push: PushMetrics,
+}
+
+/// The push server's metrics (the operations guide explains each).
+#[derive(Clone)]
+pub struct PushMetrics {
+    /// Notifications a push service accepted, by `kind` of subscription.
+    pub sent: IntCounterVec,
+    /// Attempts that failed, by `kind` and `outcome`: `retry` (tried again later), `rejected`
+    /// (refused for good: dropped), `gone` (the subscription no longer exists: deleted).
+    pub failed: IntCounterVec,
+    /// Retries scheduled, by `kind`.
+    pub retried: IntCounterVec,
+    /// Notifications given up, by `reason`: `expired` (24 h of retries), `rejected`, `full`
+    /// (the bound of waiting notifications), `unsupported` (no provider for its kind here).
+    pub dropped: IntCounterVec,
+    /// Messages folded into a device's notification already waiting for their conversation.
+    pub coalesced: IntCounter,
+    /// Devices not notified because they had a socket (the presence check).
+    pub online_skipped: IntCounter,
+    /// Intents not yet expanded (`outbox`) and notifications waiting (`pending`).
+    pub backlog: prometheus::IntGaugeVec,
+    /// Age of the oldest intent or notification waiting, in seconds (0 when none).
+    pub oldest_age: prometheus::Gauge,
+    /// From the message's time to its notification's acceptance by the push service.
+    pub latency: Histogram,
+}
+
+impl PushMetrics {
+    fn new() -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        PushMetrics {
+            sent: counter(
+                "push_sent_total",
+                "Push notifications accepted by their push service",
+                &["kind"],
+            ),
+            failed: counter(
+                "push_failed_total",
+                "Push attempts that failed (outcome: retry, rejected, gone)",
+                &["kind", "outcome"],
+            ),
+            retried: counter(
+                "push_retried_total",
+                "Push retries scheduled with backoff",
+                &["kind"],
+            ),
+            dropped: counter(
+                "push_dropped_total",
+                "Push notifications given up (reason: expired, rejected, full, unsupported)",
+                &["reason"],
+            ),
+            coalesced: IntCounter::new(
+                "push_coalesced_total",
+                "Messages folded into a notification already waiting for their conversation",
+            )
+            .expect("valid metric"),
+            online_skipped: IntCounter::new(
+                "push_online_skipped_total",
+                "Devices not pushed to because they had a socket",
+            )
+            .expect("valid metric"),
+            backlog: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "push_outbox_depth",
+                    "Push work waiting (queue: outbox = intents, pending = notifications)",
+                ),
+                &["queue"],
+            )
+            .expect("valid metric"),
+            oldest_age: prometheus::Gauge::new(
+                "push_outbox_age_seconds",
+                "Age of the oldest push intent or notification waiting",
+            )
+            .expect("valid metric"),
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "push_latency_seconds",
+                    "From a message's time to its push notification's acceptance",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0,
+                    3600.0,
+                ]),
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.sent.clone()),
+            Box::new(self.failed.clone()),
+            Box::new(self.retried.clone()),
+            Box::new(self.dropped.clone()),
+            Box::new(self.coalesced.clone()),
+            Box::new(self.online_skipped.clone()),
+            Box::new(self.backlog.clone()),
+            Box::new(self.oldest_age.clone()),
+            Box::new(self.latency.clone()),
+        ]
+    }
 }
 
 impl Metrics {
@@ -85,6 +190,10 @@ impl Metrics {
             &["limit"],
         )
         .expect("valid metric");
+        let push = PushMetrics::new();
+        for m in push.collectors() {
+            registry.register(m).expect("metric names are unique");
+        }
         for m in [
             Box::new(connections.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_refused.clone()),
@@ -111,6 +220,7 @@ impl Metrics {
             http_connections,
             http_connections_refused,
             rate_limited,
+            push,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::chat::Chat;
 use crate::config::GroupBounds;
 use crate::metrics::Metrics;
 use crate::presence::PresenceService;
+use crate::push::PushServer;
 use crate::sequencer::IdSource;
 use crate::sessions::Sessions;
 use crate::store::MessageStore;
@@ -32,6 +33,8 @@ pub struct App {
     pub ids: Arc<IdSource>,
     /// The design's flows over the handles above.
     pub chat: Arc<Chat>,
+    /// The push server (messaging steps 6-8): subscriptions are checked against it.
+    pub push: Arc<PushServer>,
     /// Password hashing and verification, on a bounded pool of threads.
     pub auth: Auth,
     /// Failed logins and registrations per account and client address; who the client is.

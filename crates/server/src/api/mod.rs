@@ -8,6 +8,7 @@ mod extract;
 mod groups;
 mod history;
 mod ops;
+mod push;
 mod sessions;
 
 use std::sync::Arc;
@@ -60,6 +61,13 @@ pub fn routes(app: Arc<App>) -> Router {
                 .delete(groups::remove_member),
         )
         .route("/v1/groups/{conversation}/receipts", get(groups::receipts))
+        .route("/v1/push/vapid", get(push::vapid))
+        .route(
+            "/v1/push/subscription",
+            put(push::put_subscription)
+                .get(push::get_subscription)
+                .delete(push::delete_subscription),
+        )
         .route("/v1/conversations", get(history::list_conversations))
         .route(
             "/v1/conversations/{conversation}/messages",

@@ -126,6 +126,9 @@ impl Chat {
                 ts: now_ms(),
             })
             .await?;
+        if appended.notify {
+            self.push_wake.notify_one();
+        }
         self.publish_group(&appended).await;
         let m = &appended.message;
         self.metrics
@@ -155,11 +158,13 @@ impl Chat {
         else {
             return Ok(());
         };
+        let conversation = group_conversation_id(group);
+        self.clear_notifications(reader, &conversation, seq).await;
         let event = SyncEvent::Ephemeral {
             to: vec![reader.user_id],
             except_device: Some(reader.device_id),
             frame: Arc::new(ServerFrame::Receipt {
-                conversation: group_conversation_id(group),
+                conversation,
                 user_id: reader.user_id,
                 kind: ReceiptKind::Read,
                 seq,

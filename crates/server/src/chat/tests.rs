@@ -96,6 +96,7 @@ async fn fixture(sync_is_node_local: bool) -> Fixture {
         ids.clone(),
         sockets.clone(),
         metrics,
+        Arc::new(tokio::sync::Notify::new()),
         sync_is_node_local,
     );
     Fixture {

@@ -13,12 +13,28 @@
 //! - `gateway.rs`: the Matrix Push Gateway API v1 (e.g. Sygnal, which holds APNs/FCM keys);
 //! - `apns.rs`, `fcm.rs`: APNs and FCM directly, with the operator's credentials.
 
+pub mod backoff;
+mod deliver;
+mod outbox;
+
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use confab_protocol::PushPayload;
+use confab_protocol::{
+    MAX_ENDPOINT_CHARS, MAX_TOKEN_CHARS, PushKind, PushPayload, PushSubscription,
+};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
 
+use crate::config::PushConfig;
+use crate::metrics::PushMetrics;
+use crate::presence::PresenceService;
+use crate::store::MessageStore;
 use crate::store::push::Due;
+
+pub use deliver::payload;
 
 /// How one attempt to hand a notification to its push service went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +69,154 @@ pub struct Notification<'a> {
 pub trait Provider: Send + Sync {
     /// Sends one notification. Never takes longer than the configured request timeout.
     async fn deliver(&self, notification: &Notification<'_>) -> Delivery;
+
+    /// Refuses a subscription this provider could never send to, with the reason (the
+    /// client's 400): malformed keys, an endpoint on a private address, a gateway not
+    /// configured. Called at `PUT /v1/push/subscription`.
+    async fn validate(&self, _subscription: &PushSubscription) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The push server of a node. Every node of a cluster runs one over the shared store; the
+/// store's leases make each intent and notification one node's at a time.
+pub struct PushServer {
+    store: Arc<dyn MessageStore>,
+    presence: Arc<dyn PresenceService>,
+    providers: HashMap<PushKind, Arc<dyn Provider>>,
+    config: PushConfig,
+    backoff: backoff::Backoff,
+    metrics: PushMetrics,
+    /// Rung when an intent was stored here (by the flows, who hold it too) or a sending slot
+    /// came free.
+    wake: Arc<Notify>,
+    /// The VAPID public key browsers subscribe with (`GET /v1/push/vapid`).
+    vapid_public_key: String,
+    /// Requests to push services in flight (`PushConfig::concurrency`).
+    slots: Arc<Semaphore>,
+}
+
+impl PushServer {
+    /// A push server sending through `providers` (the kinds without one are refused at
+    /// subscription).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one argument per handle the push server holds; the wiring is the only caller"
+    )]
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        presence: Arc<dyn PresenceService>,
+        providers: HashMap<PushKind, Arc<dyn Provider>>,
+        vapid_public_key: String,
+        config: PushConfig,
+        metrics: PushMetrics,
+        wake: Arc<Notify>,
+    ) -> Self {
+        PushServer {
+            store,
+            presence,
+            providers,
+            backoff: backoff::Backoff {
+                base: config.retry_base,
+                max: config.max_retry_delay,
+                max_age: config.max_age,
+            },
+            slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            config,
+            metrics,
+            wake,
+            vapid_public_key,
+        }
+    }
+
+    /// The VAPID public key (uncompressed P-256, base64url), browsers' `applicationServerKey`.
+    pub fn vapid_public_key(&self) -> &str {
+        &self.vapid_public_key
+    }
+
+    /// Refuses a subscription this server cannot send to, with the reason: a kind it has no
+    /// provider for (no APNs credentials, say), fields out of bounds, or what the kind's
+    /// provider refuses.
+    pub async fn check(&self, subscription: &PushSubscription) -> Result<(), String> {
+        let kind = subscription.kind();
+        let provider = self.providers.get(&kind).ok_or_else(|| {
+            format!(
+                "this server sends no {} notifications (not configured)",
+                kind.as_str()
+            )
+        })?;
+        let fields: &[(&str, &str, usize)] = match subscription {
+            PushSubscription::Webpush { endpoint, keys, .. } => &[
+                ("endpoint", endpoint, MAX_ENDPOINT_CHARS),
+                ("keys.p256dh", &keys.p256dh, 128),
+                ("keys.auth", &keys.auth, 64),
+            ],
+            PushSubscription::Gateway {
+                gateway,
+                pushkey,
+                app_id,
+                ..
+            } => &[
+                ("gateway", gateway, 64),
+                ("pushkey", pushkey, MAX_TOKEN_CHARS),
+                ("app_id", app_id, 256),
+            ],
+            PushSubscription::Apns { token, .. } | PushSubscription::Fcm { token, .. } => {
+                &[("token", token, MAX_TOKEN_CHARS)]
+            }
+        };
+        for (name, value, max) in fields {
+            if value.is_empty() || value.chars().count() > *max {
+                return Err(format!("{name} must be 1 to {max} characters"));
+            }
+        }
+        provider.validate(subscription).await
+    }
+
+    /// Runs until `shutdown`: expands the outbox and sends what is due whenever woken, and
+    /// at least every `poll_interval` (for other nodes' intents and retries coming due).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backlog_read = tokio::time::Instant::now();
+        loop {
+            let busy = self.expand().await | self.deliver_due().await;
+            if backlog_read.elapsed() >= self.config.poll_interval {
+                self.read_backlog().await;
+                backlog_read = tokio::time::Instant::now();
+            }
+            if busy {
+                // More may be waiting past a batch; give other tasks a turn first.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn read_backlog(&self) {
+        match self.store.push_backlog().await {
+            Ok(b) => {
+                let m = &self.metrics;
+                m.backlog
+                    .with_label_values(&["outbox"])
+                    .set(i64::try_from(b.outbox).unwrap_or(i64::MAX));
+                m.backlog
+                    .with_label_values(&["pending"])
+                    .set(i64::try_from(b.pending).unwrap_or(i64::MAX));
+                let age_ms = if b.oldest == 0 {
+                    0
+                } else {
+                    crate::time::now_ms().saturating_sub(b.oldest).max(0)
+                };
+                m.oldest_age
+                    .set(Duration::from_millis(age_ms.unsigned_abs()).as_secs_f64());
+            }
+            Err(e) => tracing::debug!(error = %e, "push: cannot read the backlog"),
+        }
+    }
 }
 
 /// The `Topic` (Web Push) / collapse id (APNs, FCM) of a conversation's notifications: a
