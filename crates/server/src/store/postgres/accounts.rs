@@ -1,5 +1,6 @@
 //! [`Accounts`] on PostgreSQL: users and devices, each write a transaction of its own; seeding
-//! in multi-row inserts.
+//! in multi-row inserts. Revoking a device forgets its push subscription in the same
+//! transaction.
 
 use std::sync::Arc;
 
@@ -8,9 +9,10 @@ use confab_protocol::{Id, User};
 use deadpool_postgres::Transaction;
 
 use super::PostgresStore;
+use super::push::forget_devices;
 use super::retry::{Failure, classify};
 use super::rows::{execute, id_col, is_unique_violation, query, query_opt, u64_col};
-use crate::store::sql_integers::id_to_sql;
+use crate::store::sql_integers::{id_from_sql, id_to_sql};
 use crate::store::{
     Accounts, DeviceRecord, DeviceSession, NewDevice, SeedAccount, StoreError, StoreResult,
     UserRecord,
@@ -191,7 +193,7 @@ impl Accounts for PostgresStore {
                     &[&id_to_sql(device_id), &now],
                 )
                 .await?;
-                Ok(())
+                forget_devices(tx, &[id_to_sql(device_id)]).await
             })
         })
         .await
@@ -274,10 +276,12 @@ impl Accounts for PostgresStore {
                     &[&id_to_sql(user), &id_to_sql(keep_device), &now],
                 )
                 .await?;
-                Ok(rows
+                let revoked: Vec<i64> = rows
                     .iter()
-                    .map(|r| id_col(r, 0))
-                    .collect::<Result<_, _>>()?)
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?;
+                forget_devices(tx, &revoked).await?;
+                Ok(revoked.into_iter().map(id_from_sql).collect())
             })
         })
         .await

@@ -308,6 +308,183 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE groups SET (fillfactor = 50);
     ALTER TABLE group_members SET (fillfactor = 50);
     "#,
+    // 8: push (`store::push`): subscriptions, the outbox of intents, each device's pending
+    // notification per conversation, the VAPID key. A message's intent is written by its own
+    // append, so both sends get a function that takes the steps of migration 2's or 7's and
+    // then writes the intent, still one round trip. The steps are repeated rather than the
+    // older function called: a nested call costs more than the rest of the intent. They are
+    // new functions rather than replacements: a node of the previous version keeps its
+    // prepared `SELECT * FROM confab_append(…)`, whose result a new OUT column would change
+    // under it ("cached plan must not change result type"); its sends just write no intent
+    // until it is upgraded.
+    //
+    // `version` is drawn from a sequence, not counted per row: a row deleted and made again
+    // never repeats a version that an old claim still holds.
+    r#"
+    CREATE TABLE push_subscriptions (
+        device_id  BIGINT  PRIMARY KEY,
+        user_id    BIGINT  NOT NULL,
+        id         BIGINT  NOT NULL,
+        kind       TEXT    NOT NULL,
+        data       TEXT    NOT NULL,
+        created_at BIGINT  NOT NULL
+    );
+    CREATE INDEX push_subscriptions_user ON push_subscriptions(user_id);
+    CREATE TABLE push_outbox (
+        id           BIGSERIAL PRIMARY KEY,
+        conversation TEXT    COLLATE "C" NOT NULL,
+        kind         TEXT    NOT NULL,
+        message_id   BIGINT,
+        seq          BIGINT  NOT NULL,
+        user_id      BIGINT  NOT NULL,
+        device_id    BIGINT,
+        created_at   BIGINT  NOT NULL,
+        lease_until  BIGINT  NOT NULL DEFAULT 0
+    );
+    CREATE TABLE push_pending (
+        device_id    BIGINT,
+        conversation TEXT    COLLATE "C",
+        user_id      BIGINT  NOT NULL,
+        kind         TEXT    NOT NULL,
+        message_id   BIGINT,
+        seq          BIGINT  NOT NULL,
+        state        TEXT    NOT NULL,
+        shown_seq    BIGINT  NOT NULL DEFAULT 0,
+        version      BIGINT  NOT NULL,
+        attempts     INT     NOT NULL DEFAULT 0,
+        next_at      BIGINT  NOT NULL,
+        created_at   BIGINT  NOT NULL,
+        lease_until  BIGINT  NOT NULL DEFAULT 0,
+        PRIMARY KEY (device_id, conversation)
+    );
+    CREATE INDEX push_pending_due ON push_pending(next_at) WHERE state = 'due';
+    CREATE SEQUENCE push_pending_versions;
+    CREATE TABLE push_keys (
+        name TEXT PRIMARY KEY,
+        pem  TEXT NOT NULL
+    );
+
+    -- A 1:1 send: migration 2's steps, then the intent when the recipient (never the
+    -- sender, as in a message to oneself) has a subscribed device. A repeat writes none.
+    CREATE FUNCTION confab_append_notify(
+        p_id BIGINT, p_from BIGINT, p_to BIGINT, p_conversation TEXT, p_lo BIGINT,
+        p_hi BIGINT, p_client_id TEXT, p_body TEXT, p_ts BIGINT,
+        OUT o_status TEXT, OUT o_id BIGINT, OUT o_conversation TEXT, OUT o_seq BIGINT,
+        OUT o_sender BIGINT, OUT o_recipient BIGINT, OUT o_body TEXT, OUT o_ts BIGINT,
+        OUT o_sender_pos BIGINT, OUT o_recipient_pos BIGINT, OUT o_notify BOOLEAN)
+    LANGUAGE plpgsql AS $fn$
+    BEGIN
+        o_notify := false;
+        -- The common repeat (a client resending after a lost `sent`): the stored row.
+        SELECT m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts
+          INTO o_id, o_conversation, o_seq, o_sender, o_recipient, o_body, o_ts
+          FROM messages m WHERE m.sender = p_from AND m.client_id = p_client_id;
+        IF FOUND THEN
+            o_status := 'duplicate';
+            RETURN;
+        END IF;
+        IF EXISTS (SELECT 1 FROM blocks b WHERE b.owner = p_to AND b.blocked = p_from) THEN
+            o_status := 'blocked';
+            RETURN;
+        END IF;
+        -- Heads in ascending id order; a message to oneself bumps the recipient first.
+        IF p_to <= p_from THEN
+            UPDATE users SET stream_head = stream_head + 1 WHERE id = p_to
+                RETURNING stream_head INTO o_recipient_pos;
+            UPDATE users SET stream_head = stream_head + 1 WHERE id = p_from
+                RETURNING stream_head INTO o_sender_pos;
+        ELSE
+            UPDATE users SET stream_head = stream_head + 1 WHERE id = p_from
+                RETURNING stream_head INTO o_sender_pos;
+            UPDATE users SET stream_head = stream_head + 1 WHERE id = p_to
+                RETURNING stream_head INTO o_recipient_pos;
+        END IF;
+        IF o_recipient_pos IS NULL THEN
+            RAISE EXCEPTION 'no user %', p_to USING ERRCODE = 'CF404';
+        END IF;
+        IF o_sender_pos IS NULL THEN
+            RAISE EXCEPTION 'no user %', p_from USING ERRCODE = 'CF404';
+        END IF;
+        INSERT INTO conversations AS c (id, user_lo, user_hi, last_seq, last_ts)
+            VALUES (p_conversation, p_lo, p_hi, 1, p_ts)
+            ON CONFLICT (id) DO UPDATE
+                SET last_seq = c.last_seq + 1,
+                    last_ts = GREATEST(c.last_ts, EXCLUDED.last_ts)
+            RETURNING c.last_seq INTO o_seq;
+        INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
+            VALUES (p_id, p_conversation, o_seq, p_from, p_to, p_client_id, p_body, p_ts);
+        INSERT INTO stream (user_id, pos, message_id)
+            VALUES (p_to, o_recipient_pos, p_id), (p_from, o_sender_pos, p_id);
+        IF p_to <> p_from
+           AND EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.user_id = p_to) THEN
+            INSERT INTO push_outbox (conversation, kind, message_id, seq, user_id, created_at)
+                VALUES (p_conversation, 'message', p_id, o_seq, p_from, p_ts);
+            o_notify := true;
+        END IF;
+        o_status := 'stored';
+        o_id := p_id;
+        o_conversation := p_conversation;
+        o_sender := p_from;
+        o_recipient := p_to;
+        o_body := p_body;
+        o_ts := p_ts;
+    END
+    $fn$;
+
+    -- A group send: migration 7's steps, then the intent when a member at the message's seq
+    -- (the recipients read under the group's lock) other than the sender has a subscribed
+    -- device.
+    CREATE FUNCTION confab_append_group_notify(
+        p_id BIGINT, p_group BIGINT, p_conversation TEXT, p_from BIGINT, p_client_id TEXT,
+        p_body TEXT, p_ts BIGINT,
+        OUT o_status TEXT, OUT o_id BIGINT, OUT o_conversation TEXT, OUT o_seq BIGINT,
+        OUT o_sender BIGINT, OUT o_recipient BIGINT, OUT o_body TEXT, OUT o_ts BIGINT,
+        OUT o_system TEXT, OUT o_recipients BIGINT[], OUT o_notify BOOLEAN)
+    LANGUAGE plpgsql AS $fn$
+    BEGIN
+        o_notify := false;
+        -- A repeat is answered first: a sender removed since still learns its send's outcome.
+        SELECT m.id, m.conversation, m.seq, m.sender, m.recipient, m.body, m.ts, m.system
+          INTO o_id, o_conversation, o_seq, o_sender, o_recipient, o_body, o_ts, o_system
+          FROM messages m WHERE m.sender = p_from AND m.client_id = p_client_id;
+        IF FOUND THEN
+            o_status := 'duplicate';
+            RETURN;
+        END IF;
+        -- The group's row lock, held until commit, puts every write to the group in turn.
+        UPDATE groups SET last_seq = last_seq + 1 WHERE id = p_group
+            RETURNING last_seq INTO o_seq;
+        IF NOT FOUND THEN
+            o_status := 'not_member';
+            RETURN;
+        END IF;
+        -- A new snapshot, taken with the lock held: the membership every earlier change left.
+        IF NOT EXISTS (SELECT 1 FROM group_members gm
+                       WHERE gm.group_id = p_group AND gm.user_id = p_from
+                         AND gm.to_seq IS NULL) THEN
+            RAISE EXCEPTION 'no such conversation' USING ERRCODE = 'CF404';
+        END IF;
+        INSERT INTO messages (id, conversation, seq, sender, recipient, client_id, body, ts)
+            VALUES (p_id, p_conversation, o_seq, p_from, 0, p_client_id, p_body, p_ts);
+        SELECT array_agg(gm.user_id ORDER BY gm.from_seq, gm.role <> 'owner', gm.user_id)
+          INTO o_recipients
+          FROM group_members gm WHERE gm.group_id = p_group AND gm.to_seq IS NULL;
+        IF EXISTS (SELECT 1 FROM push_subscriptions s
+                   WHERE s.user_id = ANY(o_recipients) AND s.user_id <> p_from) THEN
+            INSERT INTO push_outbox (conversation, kind, message_id, seq, user_id, created_at)
+                VALUES (p_conversation, 'message', p_id, o_seq, p_from, p_ts);
+            o_notify := true;
+        END IF;
+        o_status := 'stored';
+        o_id := p_id;
+        o_conversation := p_conversation;
+        o_sender := p_from;
+        o_recipient := 0;
+        o_body := p_body;
+        o_ts := p_ts;
+    END
+    $fn$;
+    "#,
 ];
 
 impl PostgresStore {

@@ -23,7 +23,8 @@ use crate::store::{
 /// SQLSTATE of `confab_append`'s "no such user" (migration 2).
 const NO_SUCH_USER: &str = "CF404";
 
-/// The append: one call of `confab_append` (migration 2), a transaction of its own.
+/// The append: one call of `confab_append_notify` (migration 8: `confab_append` of migration
+/// 2, then the push intent), a transaction of its own.
 ///
 /// Stream positions must be assigned in commit order: a device that has read position `p+1`
 /// must never later find a `p` that committed after it (catch-up would skip it forever). An
@@ -54,7 +55,7 @@ pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<
     let conversation = conversation_id(m.from, m.to);
     let row = query_one(
         c,
-        "SELECT * FROM confab_append($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "SELECT * FROM confab_append_notify($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &id_to_sql(m.id),
             &from,
@@ -90,10 +91,10 @@ pub(super) async fn append_in(c: &impl GenericClient, m: &NewMessage) -> Result<
             sender_pos: u64_col(&row, 8)?,
             recipient_pos: u64_col(&row, 9)?,
             duplicate: false,
-            notify: false,
+            notify: row.try_get(10)?,
         }),
         other => Err(Failure::Final(StoreError::Internal(format!(
-            "confab_append answered {other:?}"
+            "confab_append_notify answered {other:?}"
         )))),
     }
 }

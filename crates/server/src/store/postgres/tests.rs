@@ -31,6 +31,13 @@ async fn two_users(url: &str, pool: usize) -> PostgresStore {
     store
 }
 
+/// What undoes migration 8 (push), for the tests that take a database back to an older
+/// version.
+const UNDO_PUSH: &str = "
+    DROP FUNCTION confab_append_notify; DROP FUNCTION confab_append_group_notify;
+    DROP TABLE push_subscriptions, push_outbox, push_pending, push_keys;
+    DROP SEQUENCE push_pending_versions;";
+
 fn msg(id: u64, client_id: &str) -> NewMessage {
     NewMessage {
         id: Id(id),
@@ -105,8 +112,9 @@ async fn a_version_1_database_is_upgraded_in_place() {
     let first = store.append(msg(10, "a")).await.unwrap();
     // Back to version 1 with its data: what a database of the previous release holds.
     let c = store.pool.get().await.unwrap();
-    c.batch_execute(
-        "DROP FUNCTION confab_append; DROP FUNCTION confab_set_cursor;
+    c.batch_execute(&format!(
+        "{UNDO_PUSH}
+         DROP FUNCTION confab_append; DROP FUNCTION confab_set_cursor;
          DROP INDEX conversations_lo; DROP INDEX conversations_hi;
          CREATE INDEX conversations_lo ON conversations(user_lo, last_ts);
          CREATE INDEX conversations_hi ON conversations(user_hi, last_ts);
@@ -118,8 +126,8 @@ async fn a_version_1_database_is_upgraded_in_place() {
          DROP FUNCTION confab_append_group;
          ALTER TABLE messages DROP COLUMN system;
          DROP TABLE groups; DROP TABLE group_members; DROP TABLE group_marks;
-         DELETE FROM schema_migrations WHERE version >= 2",
-    )
+         DELETE FROM schema_migrations WHERE version >= 2"
+    ))
     .await
     .unwrap();
     drop(c);
@@ -160,15 +168,16 @@ async fn a_device_from_before_expiry_counts_as_used_at_the_upgrade() {
     let store = two_users(&url, 1).await;
     // Back to version 4, with a device created then (it had no `last_active`).
     let c = store.pool.get().await.unwrap();
-    c.batch_execute(
-        "ALTER TABLE devices DROP COLUMN last_active;
+    c.batch_execute(&format!(
+        "{UNDO_PUSH}
+         ALTER TABLE devices DROP COLUMN last_active;
          INSERT INTO devices (id, user_id, token_hash, created_at)
              VALUES (20, 1, decode(repeat('07', 32), 'hex'), 1);
          DROP FUNCTION confab_append_group;
          ALTER TABLE messages DROP COLUMN system;
          DROP TABLE groups; DROP TABLE group_members; DROP TABLE group_marks;
-         DELETE FROM schema_migrations WHERE version >= 5",
-    )
+         DELETE FROM schema_migrations WHERE version >= 5"
+    ))
     .await
     .unwrap();
     drop(c);
@@ -456,12 +465,13 @@ async fn a_version_6_database_is_upgraded_in_place() {
     let store = six_users(&url, 1).await;
     store.create_group(new_group(7, 1, &[2])).await.unwrap();
     let c = store.pool.get().await.unwrap();
-    c.batch_execute(
-        "DROP FUNCTION confab_append_group;
+    c.batch_execute(&format!(
+        "{UNDO_PUSH}
+         DROP FUNCTION confab_append_group;
          ALTER TABLE groups RESET (fillfactor);
          ALTER TABLE group_members RESET (fillfactor);
-         DELETE FROM schema_migrations WHERE version >= 7",
-    )
+         DELETE FROM schema_migrations WHERE version >= 7"
+    ))
     .await
     .unwrap();
     drop(c);

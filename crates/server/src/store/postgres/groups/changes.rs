@@ -495,20 +495,22 @@ pub(super) async fn hand_over(
     Ok(Some(appended(message, members_in(c, ch.group).await?)))
 }
 
-/// A group send: one call of `confab_append_group` (migration 7), a transaction of its own.
+/// A group send: one call of `confab_append_group_notify` (migration 8: `confab_append_group`
+/// of migration 7, then the push intent), a transaction of its own.
 ///
 /// Its steps: a stored `(from, client_id)` is answered as it was (before membership, so that
 /// a sender removed since still learns the outcome of its send); the group's counter is
 /// taken, which locks the group's row until commit; membership is read after the lock, so it
 /// is the membership every earlier write left; the message is stored and the members read as
-/// its recipients.
+/// its recipients; last, the intent to notify, when a recipient other than the sender has a
+/// subscribed device.
 pub(super) async fn append_group_in(
     c: &impl GenericClient,
     m: &NewGroupMessage,
 ) -> Result<GroupAppended, Failure> {
     let row = query_one(
         c,
-        "SELECT * FROM confab_append_group($1, $2, $3, $4, $5, $6, $7)",
+        "SELECT * FROM confab_append_group_notify($1, $2, $3, $4, $5, $6, $7)",
         &[
             &id_to_sql(m.id),
             &id_to_sql(m.group),
@@ -540,13 +542,16 @@ pub(super) async fn append_group_in(
         }),
         "stored" => {
             let recipients: Vec<i64> = row.try_get::<_, Option<Vec<i64>>>(9)?.unwrap_or_default();
-            Ok(appended(
-                message_from_row(&row, 1)?,
-                recipients.into_iter().map(id_from_sql).collect(),
-            ))
+            Ok(GroupAppended {
+                notify: row.try_get(10)?,
+                ..appended(
+                    message_from_row(&row, 1)?,
+                    recipients.into_iter().map(id_from_sql).collect(),
+                )
+            })
         }
         other => Err(Failure::Final(StoreError::Internal(format!(
-            "confab_append_group answered {other:?}"
+            "confab_append_group_notify answered {other:?}"
         )))),
     }
 }
