@@ -109,6 +109,9 @@ impl SqliteStore {
         let path = dir.join("confab.db");
         let mut conn = open_writer(&path)?;
         migrate(&mut conn)?;
+        // One process owns the data dir (the lock above): a claim still leased was made by a
+        // process that died, so the push server takes it up at once, not when it would end.
+        push::release_leases(&conn)?;
         let (stop_checkpoints, gate) =
             checkpoint::start(&path, wal_restart_bytes, metrics.wal_restarts)?;
         let (tx, writer) = writer::start(conn, max_commit_batch, metrics.commit_batch_size, gate)?;

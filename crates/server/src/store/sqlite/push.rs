@@ -58,6 +58,15 @@ pub(super) fn forget_devices(conn: &Connection, devices: &[Id]) -> StoreResult<(
     Ok(())
 }
 
+/// Ends every claim (see `SqliteStore::open`).
+pub(super) fn release_leases(conn: &Connection) -> StoreResult<()> {
+    conn.execute_batch(
+        "UPDATE push_outbox SET lease_until = 0 WHERE lease_until > 0;
+         UPDATE push_pending SET lease_until = 0 WHERE lease_until > 0;",
+    )
+    .map_err(internal)
+}
+
 fn lease_end(now: i64, lease: Duration) -> i64 {
     now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
 }
@@ -591,7 +600,8 @@ fn message_data(
             }),
         None => conn
             .prepare_cached(
-                "SELECT last_seq, CASE WHEN user_lo = ?2 THEN read_lo ELSE read_hi END
+                "SELECT (SELECT max(seq) FROM messages WHERE conversation = ?1),
+                        CASE WHEN user_lo = ?2 THEN read_lo ELSE read_hi END
                  FROM conversations WHERE id = ?1",
             )
             .and_then(|mut s| {
