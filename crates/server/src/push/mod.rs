@@ -16,6 +16,7 @@
 pub mod backoff;
 mod deliver;
 mod outbox;
+pub mod vapid;
 
 use std::collections::HashMap;
 use std::sync::Arc;
