@@ -18,6 +18,7 @@ pub mod backoff;
 mod deliver;
 mod outbox;
 pub mod vapid;
+pub mod webpush;
 
 use std::collections::HashMap;
 use std::sync::Arc;
