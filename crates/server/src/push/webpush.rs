@@ -123,6 +123,16 @@ impl Provider for WebPush {
             Err(e) => failed(&e),
         }
     }
+
+    /// The keys are a browser's, and the endpoint an https URL on public addresses (unless
+    /// `allow_private`).
+    async fn validate(&self, subscription: &PushSubscription) -> Result<(), String> {
+        validate(subscription)?;
+        let PushSubscription::Webpush { endpoint, .. } = subscription else {
+            return Err("not a Web Push subscription".into());
+        };
+        address::check_endpoint(endpoint, self.allow_private).await
+    }
 }
 
 impl WebPush {

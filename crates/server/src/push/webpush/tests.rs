@@ -296,6 +296,48 @@ async fn validate_takes_browser_keys_padded_or_not() {
     assert!(validate(&apns).is_err());
 }
 
+#[tokio::test]
+async fn the_providers_check_refuses_private_endpoints_unless_allowed() {
+    let receiver = WebPushReceiver::start().await;
+    let subscription: PushSubscription =
+        serde_json::from_value(receiver.subscription_json("a")).unwrap();
+    let (private_allowed, _) = provider(true, WAIT);
+    assert_eq!(
+        Provider::validate(&private_allowed, &subscription).await,
+        Ok(())
+    );
+    let (public_only, _) = provider(false, WAIT);
+    let e = Provider::validate(&public_only, &subscription)
+        .await
+        .unwrap_err();
+    assert!(e.contains("https"), "{e}");
+    let PushSubscription::Webpush { keys, .. } = subscription else {
+        unreachable!()
+    };
+    let on_localhost = PushSubscription::Webpush {
+        endpoint: "https://localhost/a".into(),
+        keys: keys.clone(),
+        preview: false,
+    };
+    let e = Provider::validate(&public_only, &on_localhost)
+        .await
+        .unwrap_err();
+    assert!(e.contains("not a public address"), "{e}");
+    let bad_keys = PushSubscription::Webpush {
+        endpoint: receiver.endpoint("a"),
+        keys: confab_protocol::WebPushKeys {
+            auth: "AAAA".into(),
+            ..keys
+        },
+        preview: false,
+    };
+    assert!(
+        Provider::validate(&private_allowed, &bad_keys)
+            .await
+            .is_err()
+    );
+}
+
 #[test]
 fn retry_after_is_seconds_or_a_date() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
