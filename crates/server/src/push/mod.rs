@@ -13,9 +13,12 @@
 //! - `gateway.rs`: the Matrix Push Gateway API v1 (e.g. Sygnal, which holds APNs/FCM keys);
 //! - `apns.rs`, `fcm.rs`: APNs and FCM directly, with the operator's credentials.
 
+pub mod address;
 pub mod backoff;
 mod deliver;
 mod outbox;
+pub mod vapid;
+pub mod webpush;
 
 use std::collections::HashMap;
 use std::sync::Arc;

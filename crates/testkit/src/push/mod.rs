@@ -1,0 +1,7 @@
+//! Stand-ins for the push services a server sends notifications to, for end-to-end tests:
+//! each listens on 127.0.0.1:0, checks every request as the real service would, records what
+//! arrived, and answers as the test scripts it.
+
+pub mod webpush;
+
+pub use webpush::{Received, Reply, WebPushReceiver};
