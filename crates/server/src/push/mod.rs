@@ -13,6 +13,10 @@
 //! - `gateway.rs`: the Matrix Push Gateway API v1 (e.g. Sygnal, which holds APNs/FCM keys);
 //! - `apns.rs`, `fcm.rs`: APNs and FCM directly, with the operator's credentials.
 
+pub mod apns;
+pub mod fcm;
+pub mod gateway;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
