@@ -27,6 +27,9 @@ use crate::error::StartError;
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// The JWT bearer grant (RFC 7523 section 2.1).
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// The most of a message's text sent: FCM takes at most 4 KiB of data and notification,
+/// and the text is in both. More than a notification shows.
+const MAX_TEXT_BYTES: usize = 1024;
 /// How long the grant's assertion is valid: Google takes at most an hour.
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
 /// An access token is replaced this long before it expires, so none expires in flight.
@@ -209,6 +212,7 @@ fn message(payload: &PushPayload, token: &str, ttl: Duration) -> Value {
                 name
             };
             let value = match value {
+                Value::String(s) if name == "body" => shortened(&s),
                 Value::String(s) => s,
                 other => other.to_string(),
             };
@@ -244,7 +248,7 @@ fn message(payload: &PushPayload, token: &str, ttl: Duration) -> Value {
             body: Some(body),
             ..
         } => {
-            message["notification"] = json!({ "title": from_username, "body": body });
+            message["notification"] = json!({ "title": from_username, "body": shortened(body) });
             message["apns"]["headers"]["apns-priority"] = json!("10");
         }
         // Without a notification, a data message reaches an iOS app only as a background
@@ -255,6 +259,18 @@ fn message(payload: &PushPayload, token: &str, ttl: Duration) -> Value {
         }
     }
     json!({ "message": message })
+}
+
+/// `text`, cut on a character to at most [`MAX_TEXT_BYTES`] and an ellipsis.
+fn shortened(text: &str) -> String {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// How FCM's answer ends the attempt.
@@ -323,6 +339,15 @@ mod tests {
         assert_eq!(m["android"]["priority"], "HIGH");
         assert_eq!(m["android"]["collapse_key"], topic("3-4"));
         assert_eq!(m["apns"]["headers"]["apns-collapse-id"], topic("3-4"));
+    }
+
+    #[test]
+    fn a_long_text_is_cut_on_a_character() {
+        let text = "é".repeat(MAX_TEXT_BYTES);
+        let m = &message(&payload(Some(&text)), "tok", Duration::from_secs(90))["message"];
+        let body = m["data"]["body"].as_str().unwrap();
+        assert!(body.len() <= MAX_TEXT_BYTES + '…'.len_utf8() && body.ends_with('…'));
+        assert_eq!(m["notification"]["body"], body);
     }
 
     #[test]
