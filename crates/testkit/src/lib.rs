@@ -8,6 +8,7 @@
 pub mod engines;
 pub mod names;
 pub mod postgres;
+pub mod push;
 pub mod redis;
 pub mod ws;
 
