@@ -148,9 +148,12 @@ impl Fcm {
 
     /// The signed JWT the grant asks for.
     fn assertion(&self) -> Result<String, String> {
-        let claims = Claims::with_custom_claims(Scope { scope: SCOPE }, ASSERTION_LIFETIME.into())
-            .with_issuer(&self.client_email)
-            .with_audience(&self.token_uri);
+        let mut claims =
+            Claims::with_custom_claims(Scope { scope: SCOPE }, ASSERTION_LIFETIME.into())
+                .with_issuer(&self.client_email)
+                .with_audience(&self.token_uri);
+        // Only the claims Google documents for the grant: iss, scope, aud, iat, exp.
+        claims.invalid_before = None;
         self.key
             .sign(claims)
             .map_err(|e| format!("cannot sign the FCM grant: {e}"))

@@ -241,7 +241,7 @@ impl State {
         };
         record.status = status;
         let reply = if status == 200 {
-            let id = format!("00000000-0000-0000-0000-{:012}", self.log.all().len());
+            let id = format!("00000000-0000-0000-0000-{:012}", self.log.len());
             answer(200, &[("apns-id", id)], "")
         } else {
             record.reason = Some(reason.clone());

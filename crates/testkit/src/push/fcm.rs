@@ -256,11 +256,7 @@ impl State {
         };
         record.status = status;
         let reply = if status == 200 {
-            let name = format!(
-                "projects/{}/messages/{}",
-                self.project_id,
-                self.log.all().len()
-            );
+            let name = format!("projects/{}/messages/{}", self.project_id, self.log.len());
             answer(200, &[], json!({ "name": name }).to_string())
         } else {
             let (code, error_code) = usual_error(status);
@@ -301,7 +297,7 @@ impl State {
         };
         match checked {
             Ok(()) => {
-                let token = format!("ya29.test-{}", self.grants.all().len());
+                let token = format!("ya29.test-{}", self.grants.len());
                 self.grants.push(FcmGrant {
                     status: 200,
                     access_token: Some(token.clone()),

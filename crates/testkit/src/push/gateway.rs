@@ -343,6 +343,10 @@ impl<T: Clone> Log<T> {
         self.count.send_replace(items.len());
     }
 
+    pub(super) fn len(&self) -> usize {
+        lock(&self.items).len()
+    }
+
     pub(super) fn all(&self) -> Vec<T> {
         lock(&self.items).clone()
     }
