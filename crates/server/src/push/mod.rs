@@ -14,8 +14,11 @@
 //! - `apns.rs`, `fcm.rs`: APNs and FCM directly, with the operator's credentials.
 
 pub mod address;
+pub mod apns;
 pub mod backoff;
 mod deliver;
+pub mod fcm;
+pub mod gateway;
 mod outbox;
 pub mod vapid;
 pub mod webpush;
