@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use confab_protocol::PushKind;
+
 use crate::auth::Auth;
 use crate::chat::{Chat, LocalSockets};
 use crate::config::{Config, GroupBounds, PresenceConfig, QueueConfig, StoreConfig};
@@ -19,7 +21,12 @@ use crate::metrics::Metrics;
 use crate::presence::PresenceService;
 use crate::presence::memory::MemoryPresence;
 use crate::presence::redis::RedisPresence;
-use crate::push::PushServer;
+use crate::push::apns::Apns;
+use crate::push::fcm::Fcm;
+use crate::push::gateway::Gateways;
+use crate::push::vapid::VapidKeyPair;
+use crate::push::webpush::WebPush;
+use crate::push::{Provider, PushServer};
 use crate::sequencer::IdSource;
 use crate::sequencer::lease::NodeLease;
 use crate::sessions::Sessions;
@@ -178,12 +185,45 @@ async fn open_push(
     metrics: &Metrics,
     wake: Arc<tokio::sync::Notify>,
 ) -> Result<Arc<PushServer>, StartError> {
-    let providers = HashMap::new();
+    let push = &config.push;
+    let pem = match &push.vapid_key {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| StartError::Backend(format!("VAPID key {}: {e}", path.display())))?,
+        // The first node to start stores the key it made; every later start, on any node,
+        // reads that one, so browsers' subscriptions stay valid across nodes and restarts.
+        None => store
+            .vapid_key(&VapidKeyPair::generate_pem())
+            .await
+            .map_err(|e| StartError::Backend(format!("VAPID key: {e}")))?,
+    };
+    let vapid = Arc::new(
+        VapidKeyPair::from_pem(&pem).map_err(|e| StartError::Backend(format!("VAPID key: {e}")))?,
+    );
+    let mut providers: HashMap<PushKind, Arc<dyn Provider>> = HashMap::new();
+    providers.insert(
+        PushKind::Webpush,
+        Arc::new(WebPush::new(push, vapid.clone()).map_err(StartError::Backend)?),
+    );
+    if !push.gateways.is_empty() {
+        providers.insert(PushKind::Gateway, Arc::new(Gateways::new(push)?));
+    }
+    if let Some(apns) = &push.apns {
+        providers.insert(
+            PushKind::Apns,
+            Arc::new(Apns::new(apns, push.request_timeout)?),
+        );
+    }
+    if let Some(fcm) = &push.fcm {
+        providers.insert(
+            PushKind::Fcm,
+            Arc::new(Fcm::new(fcm, push.request_timeout)?),
+        );
+    }
     Ok(Arc::new(PushServer::new(
         store.clone(),
         presence.clone(),
         providers,
-        String::new(),
+        vapid.public_key().to_owned(),
         config.push.clone(),
         metrics.push.clone(),
         wake,

@@ -124,6 +124,17 @@ impl Apns {
 
 #[async_trait]
 impl Provider for Apns {
+    async fn validate(&self, subscription: &PushSubscription) -> Result<(), String> {
+        match subscription {
+            PushSubscription::Apns { token, .. }
+                if !token.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Err("an APNs device token is hexadecimal".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn deliver(&self, notification: &Notification<'_>) -> Delivery {
         let PushSubscription::Apns { token, .. } = &notification.due.subscription else {
             return Delivery::Rejected {

@@ -62,6 +62,15 @@ impl Gateways {
 
 #[async_trait]
 impl Provider for Gateways {
+    async fn validate(&self, subscription: &PushSubscription) -> Result<(), String> {
+        match subscription {
+            PushSubscription::Gateway { gateway, .. } if !self.has(gateway) => Err(format!(
+                "no push gateway named {gateway:?} is configured on this server"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn deliver(&self, notification: &Notification<'_>) -> Delivery {
         let PushSubscription::Gateway {
             gateway,
