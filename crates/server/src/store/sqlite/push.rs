@@ -10,6 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::SqliteStore;
 use super::rows::{id_col, internal};
 use super::writer::in_savepoint;
+use crate::store::push::rules::{Room, Slot};
 use crate::store::push::{
     Backlog, Due, DueKind, Intent, NewPending, OutboxEntry, Outcome, PendingKind, Push, PushTarget,
     Settled,
@@ -90,6 +91,15 @@ impl Push for SqliteStore {
         self.write_raw(move |w| {
             w.note_push_user(user);
             in_savepoint(&w.conn, |conn| {
+                let live = conn
+                    .prepare_cached(
+                        "SELECT 1 FROM devices WHERE id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
+                    )
+                    .and_then(|mut s| s.exists(params![id_to_sql(device), id_to_sql(user)]))
+                    .map_err(internal)?;
+                if !live {
+                    return Err(StoreError::NotFound("no such device".into()));
+                }
                 conn.prepare_cached(
                     "INSERT INTO push_subscriptions (device_id, user_id, id, kind, data, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -237,13 +247,17 @@ impl Push for SqliteStore {
                     .and_then(|mut s| s.execute(params![id]))
                     .map_err(internal)?;
             }
-            let mut due: u64 = conn
+            let due: u64 = conn
                 .prepare_cached("SELECT count(*) FROM push_pending WHERE state = 'due'")
                 .and_then(|mut s| s.query_row([], |r| r.get(0)))
                 .map_err(internal)?;
+            let mut room = Room {
+                due,
+                max: max_pending,
+            };
             let mut settled = Settled::default();
             for p in &pending {
-                settle_one(conn, p, max_pending, now, &mut due, &mut settled)?;
+                settle_one(conn, p, &mut room, now, &mut settled)?;
             }
             Ok(settled)
         })
@@ -384,132 +398,126 @@ fn targets(conn: &Connection, conversation: &str, intent: &Intent) -> StoreResul
     Ok(found)
 }
 
-/// A pending row as [`settle_one`] finds it.
-struct Existing {
-    read: bool,
-    seq: u64,
-    due: bool,
-    shown_seq: u64,
-    in_flight: bool,
+/// The next version of a pending row (see the schema's migration 7).
+fn next_version(conn: &Connection) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "UPDATE push_versions SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+    .map_err(internal)
 }
 
+/// Applies one new pending notification by the shared rules (`store::push::rules`).
 fn settle_one(
     conn: &Connection,
     p: &NewPending,
-    max_pending: u64,
+    room: &mut Room,
     now: i64,
-    due: &mut u64,
     settled: &mut Settled,
 ) -> StoreResult<()> {
     let device = id_to_sql(p.target.device);
-    let existing = conn
+    // A device whose subscription went since the claim gets nothing: the row would never go.
+    let subscribed = conn
+        .prepare_cached("SELECT 1 FROM push_subscriptions WHERE device_id = ?1")
+        .and_then(|mut s| s.exists(params![device]))
+        .map_err(internal)?;
+    if !subscribed {
+        return Ok(());
+    }
+    let before = conn
         .prepare_cached(
-            "SELECT kind, seq, state, shown_seq, lease_until FROM push_pending
-             WHERE device_id = ?1 AND conversation = ?2",
+            "SELECT kind, message_id, seq, state, shown_seq, lease_until, created_at, user_id
+             FROM push_pending WHERE device_id = ?1 AND conversation = ?2",
         )
         .and_then(|mut s| {
             s.query_row(params![device, p.conversation], |r| {
-                Ok(Existing {
-                    read: r.get::<_, String>(0)? == "read",
-                    seq: r.get(1)?,
-                    due: r.get::<_, String>(2)? == "due",
-                    shown_seq: r.get(3)?,
-                    in_flight: r.get::<_, i64>(4)? > now,
+                let seq: u64 = r.get(2)?;
+                let kind = match r.get::<_, Option<i64>>(1)? {
+                    Some(message) if r.get::<_, String>(0)? == "message" => PendingKind::Message {
+                        message: id_from_sql(message),
+                        seq,
+                    },
+                    _ => PendingKind::Read { seq },
+                };
+                Ok(Slot {
+                    user: id_col(r, 7)?,
+                    kind,
+                    due: r.get::<_, String>(3)? == "due",
+                    shown_seq: r.get(4)?,
+                    in_flight: r.get::<_, i64>(5)? > now,
+                    created_at: r.get(6)?,
+                    changed: false,
                 })
             })
             .optional()
         })
         .map_err(internal)?;
-    let exec = |sql: &str, p: &[&dyn rusqlite::ToSql]| {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute(p))
-            .map(|_| ())
-            .map_err(internal)
+    let existed = before.is_some();
+    let mut slot = before;
+    Slot::apply(&mut slot, p.target.user, p.kind, p.created_at, room).count(settled);
+    let (kind, message, seq) = match slot.as_ref().map(|s| s.kind) {
+        Some(PendingKind::Message { message, seq }) => ("message", Some(id_to_sql(message)), seq),
+        Some(PendingKind::Read { seq }) => ("read", None, seq),
+        None => ("", None, 0),
     };
-    // Makes the row a due message (new, or replacing what it held); keeps a retry schedule.
-    let to_message = |message: Id, seq: u64, fresh: bool| {
-        exec(
-            "INSERT INTO push_pending (device_id, conversation, user_id, kind, message_id, seq,
-                                       state, version, next_at, created_at)
-             VALUES (?1, ?2, ?3, 'message', ?4, ?5, 'due', 1, ?6, ?7)
-             ON CONFLICT (device_id, conversation) DO UPDATE SET kind = 'message',
-                 message_id = excluded.message_id, seq = excluded.seq, state = 'due',
-                 version = version + 1, created_at = excluded.created_at,
-                 attempts = CASE WHEN ?8 THEN 0 ELSE attempts END,
-                 next_at = CASE WHEN ?8 THEN excluded.next_at ELSE next_at END",
-            &[
-                &device,
-                &p.conversation,
-                &id_to_sql(p.target.user),
-                &id_to_sql(message),
-                &seq,
-                &now,
-                &p.created_at,
-                &fresh,
-            ],
-        )
-    };
-    let to_read = |seq: u64| {
-        exec(
-            "UPDATE push_pending SET kind = 'read', message_id = NULL, seq = ?3, state = 'due',
-                 version = version + 1, attempts = 0, next_at = ?4, created_at = ?5
-             WHERE device_id = ?1 AND conversation = ?2",
-            &[&device, &p.conversation, &seq, &now, &p.created_at],
-        )
-    };
-    match (p.kind, existing) {
-        (PendingKind::Message { message, seq }, None) => {
-            if *due >= max_pending {
-                settled.dropped_full += 1;
-            } else {
-                to_message(message, seq, true)?;
-                *due += 1;
-                settled.queued += 1;
-            }
+    match (existed, &slot) {
+        (true, None) => {
+            conn.prepare_cached(
+                "DELETE FROM push_pending WHERE device_id = ?1 AND conversation = ?2",
+            )
+            .and_then(|mut s| s.execute(params![device, p.conversation]))
+            .map_err(internal)?;
         }
-        (PendingKind::Message { message, seq }, Some(e)) if e.due => {
-            if e.read || e.seq < seq {
-                to_message(message, seq, false)?;
-            }
-            settled.coalesced += 1;
+        (false, Some(made)) => {
+            let version = next_version(conn)?;
+            conn.prepare_cached(
+                "INSERT INTO push_pending (device_id, conversation, user_id, kind, message_id, seq,
+                                           state, version, next_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'due', ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    device,
+                    p.conversation,
+                    id_to_sql(made.user),
+                    kind,
+                    message,
+                    seq,
+                    version,
+                    now,
+                    made.created_at
+                ])
+            })
+            .map_err(internal)?;
         }
-        (PendingKind::Message { message, seq }, Some(e)) => {
-            if e.shown_seq >= seq {
-                settled.coalesced += 1;
-            } else if *due >= max_pending {
-                settled.dropped_full += 1;
-            } else {
-                to_message(message, seq, true)?;
-                *due += 1;
-                settled.queued += 1;
-            }
+        (true, Some(changed)) if changed.changed => {
+            // Due with its new content: a shown row at once, a due one keeping its retry time
+            // and count (the push service's backoff holds for the newer content too) and its
+            // lease (one in flight is sent again after its finish).
+            let version = next_version(conn)?;
+            conn.prepare_cached(
+                "UPDATE push_pending SET kind = ?3, message_id = ?4, seq = ?5, created_at = ?6,
+                     version = ?7,
+                     next_at = CASE WHEN state = 'due' THEN next_at ELSE ?8 END,
+                     attempts = CASE WHEN state = 'due' THEN attempts ELSE 0 END,
+                     state = 'due'
+                 WHERE device_id = ?1 AND conversation = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    device,
+                    p.conversation,
+                    kind,
+                    message,
+                    seq,
+                    changed.created_at,
+                    version,
+                    now
+                ])
+            })
+            .map_err(internal)?;
         }
-        (PendingKind::Read { .. }, None) => {}
-        (PendingKind::Read { seq }, Some(e)) if e.due && e.read => {
-            if seq > e.seq {
-                to_read(seq)?;
-            }
-        }
-        (PendingKind::Read { seq }, Some(e)) if e.due => {
-            if e.seq <= seq {
-                if e.shown_seq > 0 || e.in_flight {
-                    to_read(seq)?;
-                } else {
-                    exec(
-                        "DELETE FROM push_pending WHERE device_id = ?1 AND conversation = ?2",
-                        &[&device, &p.conversation],
-                    )?;
-                    *due = due.saturating_sub(1);
-                    settled.cleared += 1;
-                }
-            }
-        }
-        (PendingKind::Read { seq }, Some(e)) => {
-            if e.shown_seq <= seq {
-                to_read(seq)?;
-                *due += 1;
-            }
-        }
+        _ => {}
     }
     Ok(())
 }
@@ -625,71 +633,62 @@ fn message_data(
 
 fn finish_in(conn: &Connection, due: &Due, outcome: Outcome) -> StoreResult<()> {
     let device = id_to_sql(due.target.device);
-    let key: [&dyn rusqlite::ToSql; 2] = [&device, &due.conversation];
-    let exec = |sql: &str, extra: &[&dyn rusqlite::ToSql]| {
-        let all: Vec<&dyn rusqlite::ToSql> =
-            key.iter().copied().chain(extra.iter().copied()).collect();
+    let version = i64::try_from(due.version).unwrap_or(i64::MAX);
+    let run = |sql: &str, extra: &[&dyn rusqlite::ToSql]| -> StoreResult<usize> {
+        let key: [&dyn rusqlite::ToSql; 3] = [&device, &due.conversation, &version];
+        let all: Vec<&dyn rusqlite::ToSql> = key.iter().chain(extra).copied().collect();
         conn.prepare_cached(sql)
             .and_then(|mut s| s.execute(all.as_slice()))
             .map_err(internal)
     };
-    let version = i64::try_from(due.version).unwrap_or(i64::MAX);
-    let sent_seq = match due.what {
-        DueKind::Message { seq, .. } => seq,
-        DueKind::Read { .. } => 0,
-    };
-    match outcome {
-        Outcome::Sent => {
-            // Shown, if the row is still what was sent; else only what was shown is noted and
-            // the newer content goes out next.
-            exec(
-                "DELETE FROM push_pending WHERE device_id = ?1 AND conversation = ?2
-                     AND version = ?3 AND kind = 'read'",
-                &[&version],
-            )?;
-            exec(
-                "UPDATE push_pending SET lease_until = 0, shown_seq = max(shown_seq, ?4),
+    // Each outcome applies to the version claimed; a row changed since (newer content) is
+    // only released, so it is sent next.
+    let release = "UPDATE push_pending SET lease_until = 0
+                   WHERE device_id = ?1 AND conversation = ?2 AND version <> ?3";
+    match (outcome, &due.what) {
+        (Outcome::Sent, DueKind::Message { seq, .. }) => {
+            let next = next_version(conn)?;
+            run(
+                "UPDATE push_pending SET
                      state = CASE WHEN version = ?3 THEN 'shown' ELSE state END,
-                     attempts = CASE WHEN version = ?3 THEN 0 ELSE attempts END
+                     attempts = CASE WHEN version = ?3 THEN 0 ELSE attempts END,
+                     version = CASE WHEN version = ?3 THEN ?5 ELSE version END,
+                     shown_seq = max(shown_seq, ?4),
+                     lease_until = 0
                  WHERE device_id = ?1 AND conversation = ?2",
-                &[&version, &sent_seq],
+                &[seq, &next],
             )?;
         }
-        Outcome::Retry { at, attempts } => {
-            exec(
-                "UPDATE push_pending SET lease_until = 0, next_at = ?3, attempts = ?4
+        (Outcome::Sent, DueKind::Read { .. }) | (Outcome::Dropped, _) => {
+            run(
+                "DELETE FROM push_pending
+                 WHERE device_id = ?1 AND conversation = ?2 AND version = ?3",
+                &[],
+            )?;
+            run(release, &[])?;
+        }
+        (Outcome::Retry { at, attempts }, _) => {
+            run(
+                "UPDATE push_pending SET
+                     next_at = CASE WHEN version = ?3 THEN ?4 ELSE next_at END,
+                     attempts = CASE WHEN version = ?3 THEN ?5 ELSE attempts END,
+                     lease_until = 0
                  WHERE device_id = ?1 AND conversation = ?2",
                 &[&at, &attempts],
             )?;
         }
-        Outcome::Dropped => {
-            // What was shown before stays shown (a read still clears it).
-            exec(
-                "DELETE FROM push_pending WHERE device_id = ?1 AND conversation = ?2
-                     AND version = ?3 AND shown_seq = 0",
-                &[&version],
-            )?;
-            exec(
-                "UPDATE push_pending SET lease_until = 0,
-                     state = CASE WHEN version = ?3 THEN 'shown' ELSE state END
-                 WHERE device_id = ?1 AND conversation = ?2",
-                &[&version],
-            )?;
-        }
-        Outcome::Gone => {
+        (Outcome::Gone, _) => {
             let deleted = conn
                 .prepare_cached("DELETE FROM push_subscriptions WHERE device_id = ?1 AND id = ?2")
                 .and_then(|mut s| s.execute(params![device, id_to_sql(due.subscription_id)]))
                 .map_err(internal)?;
             if deleted > 0 {
-                conn.prepare_cached("DELETE FROM push_pending WHERE device_id = ?1")
-                    .and_then(|mut s| s.execute(params![device]))
-                    .map_err(internal)?;
+                forget_devices(conn, &[due.target.device])?;
             } else {
-                // A newer subscription replaced it: send to that one.
-                exec(
+                // A newer subscription replaced the one found gone: send to that one.
+                run(
                     "UPDATE push_pending SET lease_until = 0
-                     WHERE device_id = ?1 AND conversation = ?2",
+                     WHERE device_id = ?1 AND conversation = ?2 AND ?3 = ?3",
                     &[],
                 )?;
             }

@@ -141,7 +141,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // outbox holds an intent per message (written only when a recipient has a subscription)
     // or per read; the pending rows are a device's notification per conversation: `due`
     // (to send at `next_at`) or `shown` (sent; kept so that a read elsewhere sends a clear).
-    // `lease_until` keeps a claimed row from being claimed again before it passes.
+    // `lease_until` keeps a claimed row from being claimed again before it passes. Every
+    // change of a pending row takes a new `version` from one counter, so that a row deleted
+    // and made again never matches a claim of the old one.
     r#"
     CREATE TABLE push_subscriptions (
         device_id   INTEGER PRIMARY KEY,
@@ -180,6 +182,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device_id, conversation)
     ) WITHOUT ROWID;
     CREATE INDEX push_pending_due ON push_pending(next_at) WHERE state = 'due';
+    CREATE TABLE push_versions (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO push_versions (id, version) VALUES (1, 0);
     CREATE TABLE push_keys (
         name TEXT PRIMARY KEY,
         pem  TEXT NOT NULL

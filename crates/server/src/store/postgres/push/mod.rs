@@ -9,7 +9,6 @@
 //! revocation's transaction (`forget_devices`).
 
 mod claims;
-mod rules;
 mod settle;
 mod statements;
 
@@ -199,9 +198,17 @@ impl Push for PostgresStore {
                         execute(tx, RETRY_SQL, &[key.0, key.1, key.2, &at, &attempts]).await?;
                     }
                     (Outcome::Gone, _) => {
-                        execute(tx, DELETE_SUBSCRIPTION_IF_SQL, &[&device, &subscription]).await?;
-                        let devices = [device];
-                        execute(tx, FORGET_PENDING_SQL, &[&devices.as_slice()]).await?;
+                        let deleted =
+                            execute(tx, DELETE_SUBSCRIPTION_IF_SQL, &[&device, &subscription])
+                                .await?;
+                        if deleted > 0 {
+                            let devices = [device];
+                            execute(tx, FORGET_PENDING_SQL, &[&devices.as_slice()]).await?;
+                        } else {
+                            // A newer subscription replaced the one found gone: the row is
+                            // sent to that one.
+                            execute(tx, RELEASE_SQL, &[key.0, key.1]).await?;
+                        }
                     }
                 }
                 Ok(())

@@ -1,5 +1,5 @@
 //! [`Push::settle_outbox`]'s transaction: the outbox rows go, and the pending rows they bring
-//! are made or changed by the rules of `rules.rs`.
+//! are made or changed by the rules of `store::push::rules`.
 //!
 //! A batch costs the same few statements whatever its size (a group's message may bring a
 //! row for each of its members' devices): the subscriptions and the rows concerned are read
@@ -15,12 +15,12 @@ use tokio_postgres::Row;
 
 use super::super::retry::Failure;
 use super::super::rows::{execute, id_col, query, query_one, u64_col};
-use super::rules::{Room, Slot};
 use super::statements::{
     DELETE_OUTBOX_SQL, DELETE_PENDING_SQL, DUE_COUNT_SQL, INSERT_PENDING_SQL, PENDING_SQL,
     SUBSCRIBED_SQL, UPDATE_PENDING_SQL,
 };
 use crate::store::StoreError;
+use crate::store::push::rules::{Room, Slot};
 use crate::store::push::{NewPending, PendingKind, Settled};
 use crate::store::sql_integers::{count_to_sql, id_from_sql, id_to_sql};
 

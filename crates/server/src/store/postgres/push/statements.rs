@@ -201,6 +201,10 @@ pub(super) const RETRY_SQL: &str = "
 pub(super) const DELETE_CLAIMED_SQL: &str = "
     DELETE FROM push_pending WHERE device_id = $1 AND conversation = $2 AND version = $3";
 
+/// A claimed row's lease ends: it may be claimed again at once.
+pub(super) const RELEASE_SQL: &str =
+    "UPDATE push_pending SET lease_until = 0 WHERE device_id = $1 AND conversation = $2";
+
 /// The endpoint is gone: the subscription, if it is still the one that was claimed with.
 pub(super) const DELETE_SUBSCRIPTION_IF_SQL: &str =
     "DELETE FROM push_subscriptions WHERE device_id = $1 AND id = $2";

@@ -1,17 +1,17 @@
 //! How a device's pending notification for a conversation changes when the expansion of the
-//! outbox brings it a message or a read ([`Push::settle_outbox`]'s rules), with no SQL: the
-//! transaction in `settle.rs` loads the rows, runs every new one through [`Slot::apply`] in
-//! order, and writes back what changed.
+//! outbox brings it a message or a read ([`Push::settle_outbox`]'s rules), with no SQL: each
+//! store's settle loads the rows, runs every new one through [`Slot::apply`] in order, and
+//! writes back what changed. Both stores share them, so they cannot disagree.
 //!
 //! [`Push::settle_outbox`]: crate::store::push::Push::settle_outbox
 
 use confab_protocol::Id;
 
-use crate::store::push::{PendingKind, Settled};
+use super::{PendingKind, Settled};
 
 /// A pending row as the rules see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Slot {
+pub(crate) struct Slot {
     pub user: Id,
     pub kind: PendingKind,
     /// Waiting to be sent (`due`), or a message already sent and kept (`shown`) so that a
@@ -29,7 +29,7 @@ pub(super) struct Slot {
 
 /// What one new pending notification did, counted into [`Settled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Effect {
+pub(crate) enum Effect {
     /// Something to send where nothing waited: a new row, or a shown one due again.
     Queued,
     /// A row already waited for the conversation and took it in (or it changed nothing).
@@ -43,7 +43,7 @@ pub(super) enum Effect {
 }
 
 impl Effect {
-    pub(super) fn count(self, settled: &mut Settled) {
+    pub(crate) fn count(self, settled: &mut Settled) {
         match self {
             Effect::Queued => settled.queued += 1,
             Effect::Coalesced => settled.coalesced += 1,
@@ -56,7 +56,7 @@ impl Effect {
 
 /// The bound on due rows, as counted at the start of the settle and moved by its changes.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Room {
+pub(crate) struct Room {
     pub due: u64,
     pub max: u64,
 }
@@ -104,7 +104,7 @@ impl Slot {
     ///   than itself, it changes nothing (both coalesced: the row sends what is needed).
     /// - A read at or past a shown row's `shown_seq` makes it a read to send (queued).
     /// - A read with no row, or below what was shown, is nothing to do.
-    pub(super) fn apply(
+    pub(crate) fn apply(
         slot: &mut Option<Slot>,
         user: Id,
         kind: PendingKind,

@@ -25,6 +25,8 @@
 //! the version claimed: a message that arrived while the previous one was in flight is sent
 //! next, not lost.
 
+pub(crate) mod rules;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
