@@ -504,3 +504,47 @@ async fn gateways_apns_and_fcm_get_their_notifications() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_push_service_that_never_answers_does_not_delay_chat() {
+    // Accepts connections and never answers: every push request waits out its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            open.push(conn);
+        }
+    });
+    let s = server(|c| {
+        c.push.request_timeout = Duration::from_secs(30);
+        c.push.concurrency = 4;
+    })
+    .await;
+    let bob = s.user("bob").await;
+    let mut users = Vec::new();
+    for i in 0..8 {
+        let u = s.user(&format!("silent{i}")).await;
+        let mut body = receiver(&s).await.subscription_json("x");
+        body["endpoint"] = json!(format!("http://{addr}/u{i}"));
+        subscribed(&s, &u, body).await;
+        users.push(u);
+    }
+    let (mut ws, _) = s.connect(&bob).await;
+    // Every sending slot is taken by a request that hangs; messages keep their pace.
+    let started = std::time::Instant::now();
+    for round in 0..5 {
+        for (i, u) in users.iter().enumerate() {
+            send(&mut ws, u, &format!("m{round}-{i}"), "hi").await;
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "40 sends took {took:?} with the push service hanging"
+    );
+    let (mut reader, caught_up) = s.connect(&users[0]).await;
+    assert_eq!(caught_up.len(), 5, "the messages themselves are all there");
+    reader.expect_silence(Duration::from_millis(100)).await;
+    held.abort();
+}
