@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use confab_protocol::{Id, PushPayload, PushSubscription};
+use confab_protocol::{Id, PushSubscription};
 use confab_server::config::{ApnsConfig, FcmConfig, PushConfig};
 use confab_server::push::apns::Apns;
 use confab_server::push::fcm::Fcm;
 use confab_server::push::gateway::Gateways;
-use confab_server::push::{Delivery, Notification, Provider, topic};
+use confab_server::push::{Delivery, Notification, Provider, payload, topic};
 use confab_server::store::push::{Due, DueKind, PushTarget};
 use confab_testkit::push::{ApnsDouble, FcmDouble, GatewayReceiver};
 use serde_json::Value;
@@ -44,31 +44,6 @@ fn message_due(subscription: PushSubscription) -> Due {
     }
 }
 
-/// The payload the push server builds for `due`: the text only with `preview`.
-fn payload(due: &Due) -> PushPayload {
-    match &due.what {
-        DueKind::Message {
-            id,
-            seq,
-            from,
-            from_username,
-            body,
-            unread,
-        } => PushPayload::Message {
-            conversation: due.conversation.clone(),
-            id: *id,
-            seq: *seq,
-            from: *from,
-            from_username: from_username.clone(),
-            unread: *unread,
-            body: due.subscription.preview().then(|| body.clone()),
-        },
-        DueKind::Read { seq } => PushPayload::Read {
-            conversation: due.conversation.clone(),
-            seq: *seq,
-        },
-    }
-}
 
 fn read_due(subscription: PushSubscription) -> Due {
     Due {
