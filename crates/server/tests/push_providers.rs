@@ -44,7 +44,6 @@ fn message_due(subscription: PushSubscription) -> Due {
     }
 }
 
-
 fn read_due(subscription: PushSubscription) -> Due {
     Due {
         what: DueKind::Read { seq: 5 },
