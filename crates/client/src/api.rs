@@ -1,8 +1,10 @@
-//! The HTTP half of the SDK: accounts, sessions, history, contacts and blocks, groups.
+//! The HTTP half of the SDK: accounts, sessions, history, contacts and blocks, groups, push
+//! subscriptions.
 
 use confab_protocol::{
     ChangePassword, Contacts, Conversations, CreateGroup, CreateSession, CreateUser, ErrorBody,
-    Group, GroupReceipts, Id, MessagePage, RenameGroup, Role, Session, Sessions, SetRole, User,
+    ErrorCode, Group, GroupReceipts, Id, MessagePage, PushSubscription, RenameGroup, Role, Session,
+    Sessions, SetRole, User, VapidKey,
 };
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
@@ -272,6 +274,36 @@ impl Api {
     pub async fn unblock(&self, token: &str, user: Id) -> Result<(), Error> {
         let id = user.to_string();
         empty(self.request(Method::DELETE, &["blocks", &id], Some(token))?).await
+    }
+
+    /// `GET /v1/push/vapid`: the server's VAPID public key, a browser's `applicationServerKey`.
+    pub async fn push_vapid_key(&self) -> Result<VapidKey, Error> {
+        json(self.request(Method::GET, &["push", "vapid"], None)?).await
+    }
+
+    /// `PUT /v1/push/subscription`: this device's push subscription, replacing any other.
+    pub async fn subscribe_push(
+        &self,
+        token: &str,
+        subscription: &PushSubscription,
+    ) -> Result<(), Error> {
+        let req = self.request(Method::PUT, &["push", "subscription"], Some(token))?;
+        empty(req.json(subscription)).await
+    }
+
+    /// `GET /v1/push/subscription`: this device's subscription, `None` if it has none.
+    pub async fn push_subscription(&self, token: &str) -> Result<Option<PushSubscription>, Error> {
+        let req = self.request(Method::GET, &["push", "subscription"], Some(token))?;
+        match json(req).await {
+            Ok(subscription) => Ok(Some(subscription)),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `DELETE /v1/push/subscription` (idempotent).
+    pub async fn unsubscribe_push(&self, token: &str) -> Result<(), Error> {
+        empty(self.request(Method::DELETE, &["push", "subscription"], Some(token))?).await
     }
 
     /// A request to `/v1/<segments...>`. Segments are percent-encoded one by one, so a

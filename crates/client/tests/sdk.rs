@@ -605,3 +605,43 @@ async fn api_transport_failure_is_a_transport_error() {
     assert_eq!(*e.kind(), ErrorKind::Transport);
     assert!(std::error::Error::source(&e).is_some());
 }
+
+#[tokio::test]
+async fn api_push_subscription_requests() {
+    let (base, seen) = http_server(|req| match req.line.as_str() {
+        "GET /v1/push/vapid" => (200, r#"{"public_key":"BKey"}"#.into()),
+        "PUT /v1/push/subscription" | "DELETE /v1/push/subscription" => (204, String::new()),
+        "GET /v1/push/subscription" => (
+            404,
+            r#"{"error":{"code":"not_found","message":"none"}}"#.into(),
+        ),
+        _ => (502, String::new()),
+    })
+    .await;
+    let api = Api::new(&base);
+    assert_eq!(api.push_vapid_key().await.unwrap().public_key, "BKey");
+    let subscription = confab_protocol::PushSubscription::Fcm {
+        token: "tok".into(),
+        preview: true,
+    };
+    api.subscribe_push("t1", &subscription).await.unwrap();
+    assert_eq!(api.push_subscription("t1").await.unwrap(), None);
+    api.unsubscribe_push("t1").await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let put = seen
+        .iter()
+        .find(|r| r.line == "PUT /v1/push/subscription")
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&put.body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"kind": "fcm", "token": "tok", "preview": true})
+    );
+    assert_eq!(put.authorization.as_deref(), Some("Bearer t1"));
+    let vapid = seen
+        .iter()
+        .find(|r| r.line == "GET /v1/push/vapid")
+        .unwrap();
+    assert_eq!(vapid.authorization, None);
+}
