@@ -68,6 +68,12 @@ pub struct PushArgs {
     /// Seconds before a failed notification's first retry (each next one doubles, with jitter).
     #[arg(long, env = "CONFAB_PUSH_RETRY_BASE", default_value_t = defaults().retry_base.as_secs_f64())]
     push_retry_base: f64,
+    /// Seconds a node's claim on an intent or a notification lasts: a node that dies holding
+    /// one leaves it to the others after this. Keep it well above --push-timeout: a claim that
+    /// ends while its request is in flight is claimed and sent again. Hidden: for tests of a
+    /// node's death, which would otherwise wait out the default.
+    #[arg(long, env = "CONFAB_PUSH_LEASE", hide = true, default_value_t = defaults().lease.as_secs_f64())]
+    push_lease: f64,
 }
 
 impl PushArgs {
@@ -101,6 +107,7 @@ impl PushArgs {
         push.request_timeout = secs("--push-timeout", self.push_timeout)?;
         push.max_pending = self.push_max_pending;
         push.retry_base = secs("--push-retry-base", self.push_retry_base)?;
+        push.lease = secs("--push-lease", self.push_lease)?;
         Ok(())
     }
 }
