@@ -95,7 +95,8 @@ impl Slot {
     /// - A message with no row makes one, if fewer than `room.max` rows are due.
     /// - A message meeting a due row replaces it if newer (a pending read included: the new
     ///   notification replaces the shown one by its topic); an older one changes nothing.
-    ///   Both are coalesced.
+    ///   Both are coalesced, except a newer one meeting a row in flight: that one is sent
+    ///   after it, so it is queued.
     /// - A message newer than a shown row makes it due again (queued); an older one is
     ///   coalesced.
     /// - A read meeting a due message at or below its `seq` turns it into a read to send when
@@ -125,10 +126,17 @@ impl Slot {
         let (new_seq, old_seq) = (seq_of(kind), seq_of(row.kind));
         match (kind, row.due) {
             (PendingKind::Message { .. }, true) => {
-                if new_seq > old_seq {
-                    row.becomes(kind, created_at);
+                if new_seq <= old_seq {
+                    return Effect::Coalesced;
                 }
-                Effect::Coalesced
+                // One in flight is sent anyway, and this one after it: nothing was saved.
+                let queued = row.in_flight;
+                row.becomes(kind, created_at);
+                if queued {
+                    Effect::Queued
+                } else {
+                    Effect::Coalesced
+                }
             }
             (PendingKind::Message { .. }, false) => {
                 if new_seq <= old_seq.max(row.shown_seq) {
