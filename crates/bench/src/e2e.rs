@@ -188,7 +188,7 @@ async fn push_notifies_every_subscribed_device() {
     assert_eq!((n.devices, n.devices_notified), (20, 20));
     assert_eq!((n.per_device_min, n.per_device_max), (2, 2));
     assert_eq!((n.extra, n.unknown, n.without_own), (0, 0, 0));
-    assert_eq!(n.latency_ms.count, 40);
+    assert_eq!((n.latency_ms.count, n.sample_latency_ms.count), (40, 40));
     assert_eq!(n.decrypted, 40);
     assert_eq!(n.genuine, 40, "{:?}", n.bad);
     assert_eq!(n.in_order, 40);

@@ -60,8 +60,12 @@ pub struct Notifications {
     pub extra: u64,
     /// Requests to an endpoint of no device.
     pub unknown: u64,
-    /// Each notification's arrival − the intended send time of the message matched to it.
+    /// Each notification's arrival − the intended send time of the message matched to it
+    /// by order: exact while nothing is coalesced, overstated when messages are.
     pub latency_ms: LatencySummary,
+    /// Each decrypted genuine notification's arrival − the intended send time of the
+    /// message it carries: exact, for the sample only.
+    pub sample_latency_ms: LatencySummary,
     /// Notifications decrypted with their device's key.
     pub decrypted: u64,
     /// Of those, a `message` payload of this run, from the sender of one of the device's
@@ -105,7 +109,7 @@ impl Notifications {
                 None => n.extra += 1,
             }
         }
-        let mut latency = stats::histogram();
+        let (mut latency, mut sample_latency) = (stats::histogram(), stats::histogram());
         let mut per_device = Vec::new();
         for (sent, mut got) in messages.iter().zip(by_device) {
             if sent.is_empty() {
@@ -123,9 +127,13 @@ impl Notifications {
                 if let Some(d) = &a.decrypted {
                     n.decrypted += 1;
                     match check(d, sent, run) {
-                        Ok(id) => {
+                        Ok(carried) => {
                             n.genuine += 1;
-                            n.in_order += u64::from(matched.id == Some(id));
+                            n.in_order += u64::from(matched.id == carried.id);
+                            stats::record_ns(
+                                &mut sample_latency,
+                                ns(a.at).saturating_sub(carried.intended_ns),
+                            );
                         }
                         Err(reason) => count(&mut n.bad, &reason),
                     }
@@ -138,6 +146,7 @@ impl Notifications {
         n.per_device_min = per_device.iter().copied().min().unwrap_or(0);
         n.per_device_max = per_device.iter().copied().max().unwrap_or(0);
         n.latency_ms = LatencySummary::of(&latency);
+        n.sample_latency_ms = LatencySummary::of(&sample_latency);
         n.last_arrival_s = last_ns as f64 / 1e9;
         if window_s > 0.0 {
             n.per_sec_in_window = n.arrived_in_window as f64 / window_s;
@@ -155,9 +164,13 @@ impl Notifications {
     }
 }
 
-/// The message id a decrypted payload is for, if it is one of the device's messages of
-/// this run; else why not.
-fn check(decrypted: &Result<PushPayload, String>, sent: &[Sent], run: u32) -> Result<Id, String> {
+/// The message a decrypted payload carries, if it is one of the device's messages of this
+/// run; else why not.
+fn check<'a>(
+    decrypted: &Result<PushPayload, String>,
+    sent: &'a [Sent],
+    run: u32,
+) -> Result<&'a Sent, String> {
     let payload = decrypted.as_ref().map_err(Clone::clone)?;
     let PushPayload::Message { id, from, body, .. } = payload else {
         return Err("a read, not a message".into());
@@ -167,7 +180,7 @@ fn check(decrypted: &Result<PushPayload, String>, sent: &[Sent], run: u32) -> Re
         return Err("the preview is not a message of this run".into());
     }
     match sent.iter().find(|s| s.id == Some(*id)) {
-        Some(s) if s.from == *from => Ok(*id),
+        Some(s) if s.from == *from => Ok(s),
         Some(_) => Err("the sender is not the message's".into()),
         None => Err("a message id not sent to this device".into()),
     }
@@ -263,6 +276,13 @@ mod tests {
             n.latency_ms
         );
         assert_eq!((n.decrypted, n.genuine, n.in_order), (3, 3, 2));
+        // The coalesced notification carries the later message: 990 ms, not 1,490.
+        assert_eq!(n.sample_latency_ms.count, 3);
+        assert!(
+            (n.sample_latency_ms.max_ms - 990.0).abs() < 1.0,
+            "{:?}",
+            n.sample_latency_ms
+        );
         assert!(n.bad.is_empty(), "{:?}", n.bad);
         assert!((n.last_arrival_s - 1.5).abs() < 1e-9);
         assert!((n.per_sec_to_last - 5.0 / 1.5).abs() < 1e-9);

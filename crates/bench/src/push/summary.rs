@@ -161,7 +161,16 @@ impl fmt::Display for PushReport {
             t.row("latency", n.latency_ms.line());
             t.row(
                 "  measured",
-                "from the intended send time to the arrival, matched by order per device",
+                if n.without_own == 0 {
+                    "from the intended send time to the arrival, matched by order per device"
+                } else {
+                    "by order per device: overstated, as messages were coalesced"
+                },
+            );
+            t.row("sample latency", n.sample_latency_ms.line());
+            t.row(
+                "  measured",
+                "the decrypted ones, from the intended send time of the message each carries",
             );
             t.row(
                 "payloads",
