@@ -51,13 +51,13 @@ impl PushReport {
     }
 }
 
-/// The value columns of the side-by-side rows.
-const COLUMN: usize = 18;
+/// The value columns of the side-by-side rows: at least this wide, and two spaces apart.
+const COLUMN: usize = 20;
 
 fn columns(push: String, baseline: Option<String>, added: Option<String>) -> String {
-    let mut line = format!("{push:<COLUMN$}");
+    let mut line = format!("{push:<COLUMN$}  ");
     if let Some(b) = baseline {
-        line.push_str(&format!("{b:<COLUMN$}"));
+        line.push_str(&format!("{b:<COLUMN$}  "));
         if let Some(a) = added {
             line.push_str(&a);
         }
@@ -283,9 +283,16 @@ mod tests {
     use crate::stats::ProcessStats;
 
     fn phase(cpu_secs: f64, disk_mib: f64) -> PhaseReport {
+        let wide = LatencySummary {
+            count: 1,
+            p50_ms: 12.25,
+            p99_ms: 195.5,
+            ..Default::default()
+        };
         PhaseReport {
             sent: 1000,
             acked: 1000,
+            ack_latency_ms: wide,
             measured_s: 2.0,
             server_process: Some(ProcessStats {
                 pid: 1,
@@ -331,6 +338,8 @@ mod tests {
             table.contains("1,000 arrived for 1,000 acked messages"),
             "{table}"
         );
+        let ack = table.lines().find(|l| l.contains("sent (ack)")).unwrap();
+        assert!(!ack.contains("ms1"), "columns stay apart: {ack}");
         let cpu = table
             .lines()
             .find(|l| l.contains("server CPU / message"))
