@@ -197,9 +197,16 @@ async fn push_notifies_every_subscribed_device() {
     assert!(r.passed());
     let baseline = r.baseline.as_ref().unwrap();
     assert_eq!(baseline.acked, 40, "{baseline:#?}");
+    let counted = &baseline.push_counters;
+    assert!(counted.commits > 0, "the store committed");
     assert_eq!(
-        baseline.push_counters,
-        Default::default(),
+        (
+            counted.sent,
+            counted.coalesced,
+            counted.failed,
+            counted.dropped
+        ),
+        (0, 0, 0, 0),
         "no subscription, no push"
     );
     assert!(baseline.notifications.is_none());

@@ -1,5 +1,6 @@
 //! The push server's own counters, read from the server's `/metrics` before and after a
-//! phase: what it says it sent, folded, dropped and failed, beside what the receiver got.
+//! phase: what it says it sent, folded, dropped and failed, beside what the receiver got;
+//! and the store's commits, which tell what the writes per message are made of.
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,10 @@ pub struct PushCounters {
     pub failed: u64,
     /// `confab_push_online_skipped_total`: devices not pushed to because they had a socket.
     pub online_skipped: u64,
+    /// `confab_store_commit_batch_size_count`: the store's transactions, each one `fsync`
+    /// (the embedded store; none counted with PostgreSQL).
+    #[serde(default)]
+    pub commits: u64,
 }
 
 impl PushCounters {
@@ -29,6 +34,7 @@ impl PushCounters {
             dropped: self.dropped.saturating_sub(before.dropped),
             failed: self.failed.saturating_sub(before.failed),
             online_skipped: self.online_skipped.saturating_sub(before.online_skipped),
+            commits: self.commits.saturating_sub(before.commits),
         }
     }
 }
@@ -66,6 +72,7 @@ pub(super) fn parse(text: &str) -> Scrape {
             dropped: sum("confab_push_dropped_total"),
             failed: sum("confab_push_failed_total"),
             online_skipped: sum("confab_push_online_skipped_total"),
+            commits: sum("confab_store_commit_batch_size_count"),
         },
         backlog: sum("confab_push_outbox_depth"),
     }
@@ -109,6 +116,8 @@ confab_push_online_skipped_total 0
 confab_push_outbox_depth{queue=\"outbox\"} 10
 confab_push_outbox_depth{queue=\"pending\"} 4
 confab_push_outbox_age_seconds 0.5
+confab_store_commit_batch_size_sum 40
+confab_store_commit_batch_size_count 9
 ";
         let s = parse(text);
         assert_eq!(
@@ -119,6 +128,7 @@ confab_push_outbox_age_seconds 0.5
                 dropped: 2,
                 failed: 6,
                 online_skipped: 0,
+                commits: 9,
             }
         );
         assert_eq!(s.backlog, 14, "not the age");

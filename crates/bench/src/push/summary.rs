@@ -237,6 +237,17 @@ impl fmt::Display for PushReport {
         let added_wchar =
             b.and_then(|b| Some(p.wchar_kib_per_message()? - b.wchar_kib_per_message()?));
         side(
+            "commits / message",
+            both(&|r| {
+                let per = r.push_counters.commits as f64 / r.acked.max(1) as f64;
+                format!("{per:.2}")
+            }),
+            b.map(|b| {
+                let per = |r: &PhaseReport| r.push_counters.commits as f64 / r.acked.max(1) as f64;
+                format!("{:+.2}", per(p) - per(b))
+            }),
+        );
+        side(
             "write()s / message",
             both(&|r| opt(r.wchar_kib_per_message().map(|v| format!("{v:.1} KiB")))),
             added_wchar.map(|v| format!("{v:+.1} KiB")),
