@@ -114,6 +114,7 @@ impl Phase<'_> {
         let before = metrics::scrape(self.client, &base).await?;
         let duration = Duration::from_secs_f64(cfg.duration_s);
         let schedule = Schedule::new(cfg.rate, duration, cfg.senders);
+        let opened = Instant::now();
         let window = ProcWindow::open(self.target);
         let workers = cfg.workers.clamp(1, cfg.senders);
         let ctx = Arc::new(RunCtx::new(schedule, &cfg.pace(), workers));
@@ -173,7 +174,7 @@ impl Phase<'_> {
             .as_secs_f64();
         tokio::time::sleep(SETTLE).await;
         let (server_process, bench_process) = window.close(self.target);
-        let measured_s = ctx.start.elapsed().as_secs_f64();
+        let measured_s = opened.elapsed().as_secs_f64();
         let after = metrics::scrape(self.client, &base).await?;
 
         let notifications = self.receiver.map(|r| {
