@@ -23,6 +23,8 @@ async fn server(users: usize) -> (Server, Target, tempfile::TempDir) {
     config.gateway.send_burst = 1_000_000;
     config.gateway.frame_rate_per_sec = 1e6;
     config.gateway.frame_burst = 1_000_000;
+    // The push bench's receiver is on 127.0.0.1, over plain http.
+    config.push.allow_private = true;
     // Seed first: the store is opened by one owner at a time.
     let seeded = confab_server::admin::seed(&config, "e2e", users, "e2e-password", |_| {})
         .await
@@ -144,6 +146,70 @@ async fn idle_sockets_connect_from_several_source_addresses() {
     assert_eq!(r.dropped, 0);
     assert_eq!(r.source_addresses, 3);
     assert_eq!(r.source_range, "127.0.0.1-127.0.0.3");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_notifies_every_subscribed_device() {
+    // 2 senders, 40 msgs/s for 1 s to 20 recipients: 2 messages each, 500 ms apart, so that
+    // even an unoptimised build's push server sends each before the next comes (no
+    // coalescing).
+    let args = crate::push::PushArgs {
+        target: TargetArgs::default(),
+        senders: 2,
+        recipients: 20,
+        rate: 40.0,
+        pace: PaceArgs {
+            duration: 1.0,
+            body: 64,
+            grace: 3.0,
+            workers: Some(2),
+            ack_interval: 200,
+            connect_concurrency: 4,
+        },
+        push_wait: 20.0,
+        decrypt_every: 100,
+        no_baseline: false,
+        output: Default::default(),
+    };
+    let cfg = crate::push::PushConfig::check(&args).unwrap();
+    assert_eq!(
+        cfg.decrypt_every, 1,
+        "a small run decrypts every notification"
+    );
+    let (server, target, _dir) = server(cfg.users()).await;
+    let r = crate::push::run_push(&target, &cfg, false).await.unwrap();
+    assert_eq!(r.push.acked, 40, "{r:#?}");
+    assert_eq!(r.push.unacked, 0);
+    let n = r.push.notifications.as_ref().unwrap();
+    assert!(n.complete, "{n:#?}");
+    assert_eq!(n.expected, 40);
+    assert_eq!(n.arrived, 40, "one notification per message: {n:#?}");
+    assert_eq!((n.devices, n.devices_notified), (20, 20));
+    assert_eq!((n.per_device_min, n.per_device_max), (2, 2));
+    assert_eq!((n.extra, n.unknown, n.without_own), (0, 0, 0));
+    assert_eq!((n.latency_ms.count, n.sample_latency_ms.count), (40, 40));
+    assert_eq!(n.decrypted, 40);
+    assert_eq!(n.genuine, 40, "{:?}", n.bad);
+    assert_eq!(n.in_order, 40);
+    assert_eq!(r.push.push_counters.sent, 40);
+    assert_eq!(r.push.push_counters.dropped, 0);
+    assert!(r.passed());
+    let baseline = r.baseline.as_ref().unwrap();
+    assert_eq!(baseline.acked, 40, "{baseline:#?}");
+    let counted = &baseline.push_counters;
+    assert!(counted.commits > 0, "the store committed");
+    assert_eq!(
+        (
+            counted.sent,
+            counted.coalesced,
+            counted.failed,
+            counted.dropped
+        ),
+        (0, 0, 0, 0),
+        "no subscription, no push"
+    );
+    assert!(baseline.notifications.is_none());
     server.shutdown().await.unwrap();
 }
 

@@ -5,6 +5,9 @@
 //! - `pairs`: users in pairs sending to each other at an offered rate; throughput and latency.
 //! - `group`: groups whose online members send to them at an offered rate; fan-out to devices,
 //!   latency at every reader, the server's CPU and writes per message.
+//! - `push`: messages to offline recipients with a Web Push subscription, at an offered rate;
+//!   notifications delivered to the bench's own receiver, their latency, and what a
+//!   subscription adds to the server's CPU and writes per message.
 //! - `sweep`: `pairs` at rising rates until throughput stops growing; an SVG plot.
 //! - `idle`: many authenticated idle sockets; connect rate and server memory per socket.
 //! - `catchup`: one device offline while messages pile up; time from reconnect to `synced`.
@@ -22,6 +25,7 @@ mod group;
 mod idle;
 mod login_flood;
 mod pairs;
+mod push;
 mod relay;
 mod report;
 mod schedule;
@@ -37,6 +41,9 @@ pub use group::{GroupArgs, GroupConfig, GroupReport, run_group};
 pub use idle::{IdleArgs, IdleReport, IdleWorkerArgs};
 pub use login_flood::{LoginFloodArgs, LoginFloodReport};
 pub use pairs::{LoadArgs, PaceArgs, PairsArgs, PairsConfig, PairsReport, run_pairs};
+pub use push::{
+    Notifications, PhaseReport, PushArgs, PushConfig, PushCounters, PushReport, run_push,
+};
 pub use relay::RelayArgs;
 pub use report::OutputArgs;
 pub use stats::{LatencySummary, ProcessStats};
@@ -61,6 +68,12 @@ pub enum BenchCommand {
     /// second, latency at every reader, `sent` latency, and the server's CPU and writes per
     /// message.
     Group(GroupArgs),
+    /// S senders send at a total offered rate, each message to another of N recipients who
+    /// have no socket and one device subscribed to Web Push at the bench's own receiver;
+    /// reports notifications delivered per second, their latency from the send, the push
+    /// server's counters, and the server's CPU and writes per message beside a baseline of
+    /// recipients without a subscription.
+    Push(PushArgs),
     /// `pairs` at stepped rates until delivered throughput stops growing; writes an SVG of
     /// latency and delivered rate against offered rate.
     Sweep(SweepArgs),
@@ -86,7 +99,8 @@ pub enum BenchCommand {
 /// Runs one `confab bench` command. Exit status: 2 for bad flags; 1 when the run could not be
 /// done or a check failed (`pairs`: an acked message was not delivered within the grace
 /// period; `group`: an acked message did not reach every online member within it;
-/// `catchup`: one was missing from the catch-up; `idle`: a socket failed or dropped;
+/// `push`: a notification did not arrive and was not coalesced, or a decrypted one was not
+/// the message sent; `catchup`: one was missing from the catch-up; `idle`: a socket failed or dropped;
 /// `sweep`: no step ran); 0 otherwise.
 pub async fn run(args: BenchArgs) -> ExitCode {
     // Every socket is a file: take all the process may have before opening thousands.
@@ -94,6 +108,7 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     let outcome = match args.command {
         BenchCommand::Pairs(a) => pairs::main(a).await,
         BenchCommand::Group(a) => group::main(a).await,
+        BenchCommand::Push(a) => push::main(a).await,
         BenchCommand::Sweep(a) => sweep::main(a).await,
         BenchCommand::Idle(a) => idle::main(a).await,
         BenchCommand::Catchup(a) => catchup::main(a).await,
