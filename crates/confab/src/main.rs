@@ -42,7 +42,7 @@ enum Command {
     Admin(admin::AdminCommand),
     /// A terminal chat client: prints incoming messages, sends each stdin line to `--to`.
     Chat(chat::ChatArgs),
-    /// Load generator: pairs, sweep, idle, catchup, login-flood (loopback only).
+    /// Load generator: pairs, group, push, sweep, idle, catchup, login-flood (loopback only).
     Bench(confab_bench::BenchArgs),
 }
 
