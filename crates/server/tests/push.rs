@@ -548,3 +548,37 @@ async fn a_push_service_that_never_answers_does_not_delay_chat() {
     reader.expect_silence(Duration::from_millis(100)).await;
     held.abort();
 }
+
+#[tokio::test]
+async fn a_notification_older_than_its_age_is_dropped_not_retried_forever() {
+    // 24 hours in production; a second here.
+    let s = server(|c| c.push.max_age = Duration::from_secs(1)).await;
+    let r = receiver(&s).await;
+    let alice = s.user("alice").await;
+    let bob = s.user("bob").await;
+    subscribed(&s, &alice, r.subscription_json("alice")).await;
+    // The service asks for a retry after the notification's age is over.
+    r.respond_with("alice", [Reply::status(503).retry_after("2")]);
+    let (mut ws, _) = s.connect(&bob).await;
+    send(&mut ws, &alice, "c1", "hi").await;
+    r.wait_for(1, WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = s.metrics().await;
+        // Dropped, and nothing left waiting (the gauge is read at the push server's poll).
+        if metric(&m, "confab_push_dropped_total{reason=\"expired\"}") == 1.0
+            && metric(&m, "confab_push_outbox_depth{queue=\"pending\"}") == 0.0
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not dropped: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        r.received().len(),
+        1,
+        "never tried again: {:?}",
+        r.received()
+    );
+}
