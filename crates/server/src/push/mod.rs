@@ -190,6 +190,9 @@ impl PushServer {
                 backlog_read = tokio::time::Instant::now();
             }
             if busy {
+                if shutdown.is_cancelled() {
+                    return;
+                }
                 // More may be waiting past a batch; give other tasks a turn first.
                 tokio::task::yield_now().await;
                 continue;
