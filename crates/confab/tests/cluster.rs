@@ -41,7 +41,7 @@ fn all_engines() -> Option<Engines> {
 
 mod common;
 
-use common::{Node, post};
+use common::{Node, login, post, user};
 
 /// Nodes sharing one fresh database and cluster name; on drop the nodes are killed, then the
 /// database dropped.
@@ -143,35 +143,6 @@ async fn put(addr: SocketAddr, path: &str, token: &str) {
         .await
         .unwrap();
     assert_eq!(r.status(), 204, "{path}");
-}
-
-#[derive(Clone)]
-struct User {
-    token: String,
-    id: String,
-}
-
-async fn user(addr: SocketAddr, name: &str) -> User {
-    post(
-        addr,
-        "/v1/users",
-        json!({"username": name, "password": "password1"}),
-    )
-    .await;
-    login(addr, name).await
-}
-
-async fn login(addr: SocketAddr, name: &str) -> User {
-    let s = post(
-        addr,
-        "/v1/sessions",
-        json!({"username": name, "password": "password1"}),
-    )
-    .await;
-    User {
-        token: s["token"].as_str().unwrap().to_owned(),
-        id: s["user_id"].as_str().unwrap().to_owned(),
-    }
 }
 
 #[tokio::test]

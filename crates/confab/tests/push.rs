@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 
 mod common;
 
-use common::{Node, post};
+use common::{Node, User, login, user};
 
 /// What every node here runs with: push services on loopback accepted, and quick retries.
 const PUSH: &[&str] = &["--push-allow-private", "--push-retry-base", "0.2"];
@@ -37,37 +37,6 @@ const QUIET: Duration = Duration::from_secs(2);
 
 /// The cluster tests run one at a time: each starts several servers on a small machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-#[derive(Clone, Debug)]
-struct User {
-    token: String,
-    id: String,
-}
-
-/// Registers `name` and logs in: a user with one device.
-async fn user(addr: SocketAddr, name: &str) -> User {
-    post(
-        addr,
-        "/v1/users",
-        json!({"username": name, "password": "password1"}),
-    )
-    .await;
-    login(addr, name).await
-}
-
-/// A new device of `name`.
-async fn login(addr: SocketAddr, name: &str) -> User {
-    let s = post(
-        addr,
-        "/v1/sessions",
-        json!({"username": name, "password": "password1"}),
-    )
-    .await;
-    User {
-        token: s["token"].as_str().unwrap().to_owned(),
-        id: s["user_id"].as_str().unwrap().to_owned(),
-    }
-}
 
 /// Sets the device's push subscription.
 async fn subscribe(addr: SocketAddr, device: &User, subscription: Value) {

@@ -71,6 +71,19 @@ async fn wait_accepted(r: &WebPushReceiver, path: &str, n: usize) -> Vec<Value> 
     }
 }
 
+/// Waits until `user`'s device has no subscription (the push server deleted it).
+async fn wait_unsubscribed(s: &TestServer, user: &TestUser, why: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _) = s.get("/v1/push/subscription", &user.token).await;
+        if status == 404 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The value of a metric line starting with `prefix` (0 if absent).
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -252,15 +265,7 @@ async fn a_gone_endpoint_deletes_the_subscription() {
     r.respond_with("alice", [410]);
     let (mut ws, _) = s.connect(&bob).await;
     send(&mut ws, &alice, "c1", "hi").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, _) = s.get("/v1/push/subscription", &alice.token).await;
-        if status == 404 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "not deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_unsubscribed(&s, &alice, "not deleted").await;
     // Nothing more is sent there.
     send(&mut ws, &alice, "c2", "again").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -491,18 +496,7 @@ async fn gateways_apns_and_fcm_get_their_notifications() {
     // A pushkey the gateway rejects is deleted.
     gateway.reject("pk1");
     send(&mut ws, &alice, "c2", "again").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, _) = s.get("/v1/push/subscription", &alice.token).await;
-        if status == 404 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rejected pushkey kept"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_unsubscribed(&s, &alice, "rejected pushkey kept").await;
 }
 
 #[tokio::test]

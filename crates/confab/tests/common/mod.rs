@@ -76,3 +76,35 @@ pub async fn post(addr: SocketAddr, path: &str, body: Value) -> Value {
     assert!(r.status().is_success(), "{path}: {}", r.status());
     r.json().await.unwrap()
 }
+
+/// A user's logged-in device, as the tests hold it.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub token: String,
+    pub id: String,
+}
+
+/// Registers `name` and logs in: a user with one device.
+pub async fn user(addr: SocketAddr, name: &str) -> User {
+    post(
+        addr,
+        "/v1/users",
+        serde_json::json!({"username": name, "password": "password1"}),
+    )
+    .await;
+    login(addr, name).await
+}
+
+/// A new device of `name`.
+pub async fn login(addr: SocketAddr, name: &str) -> User {
+    let s = post(
+        addr,
+        "/v1/sessions",
+        serde_json::json!({"username": name, "password": "password1"}),
+    )
+    .await;
+    User {
+        token: s["token"].as_str().unwrap().to_owned(),
+        id: s["user_id"].as_str().unwrap().to_owned(),
+    }
+}
